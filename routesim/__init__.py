@@ -1,0 +1,60 @@
+"""routesim: Mixture-of-Experts load balancing as a dynamical system.
+
+A vectorised discrete-time simulator of token routing (traffic, gates,
+biased top-K selection, capacity) and of the controllers that balance it,
+with the analytical results set beside it.
+
+Modules
+-------
+config       frozen dataclasses, TOML loading, sweeps
+traffic      router logits: popularity + noise, topic features, traces
+gates        softmax, sigmoid, sqrt-softplus
+routing      biased top-K, group limits, weights, capacity, counting
+controllers  bias update laws (sign, sign_centred, proportional, ema, ...)
+engine       the pure step function of the exact engine
+simulate     run all steps, return an xarray Dataset
+metrics      MaxVio, CV, entropy, flips
+store        atomic save/load of results
+plot         figures (matplotlib)
+rng          counter-based random numbers, reproducible across backends
+theory       analytic results (load map, stability, MaxVio, leakage)
+"""
+
+from .config import (
+    BatchConfig,
+    Config,
+    ControllerConfig,
+    PenaltyConfig,
+    RouterConfig,
+    RunConfig,
+    SweepConfig,
+    TrafficConfig,
+    config_from_dict,
+    load_config,
+)
+from .engine import make_simulator
+from .exceptions import BackendError, ConfigError
+from .simulate import simulate
+from .store import load, save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "BackendError",
+    "BatchConfig",
+    "Config",
+    "ConfigError",
+    "ControllerConfig",
+    "PenaltyConfig",
+    "RouterConfig",
+    "RunConfig",
+    "SweepConfig",
+    "TrafficConfig",
+    "config_from_dict",
+    "load",
+    "load_config",
+    "make_simulator",
+    "save",
+    "simulate",
+]

@@ -1,0 +1,143 @@
+"""Array backends: one namespace ``xp`` for NumPy, CuPy and array-api-strict.
+
+Everything in the engine is written against the array API standard through
+``xp``. This module supplies the few things the standard lacks (top-k
+indices, bincount, transfer to host) and is the only place that imports
+CuPy. The CuPy probe runs once and is cached.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .exceptions import BackendError
+
+__all__ = [
+    "get_namespace",
+    "cupy_available",
+    "is_numpy",
+    "to_numpy",
+    "topk_indices",
+    "bincount",
+    "one_hot",
+    "BACKENDS",
+]
+
+BACKENDS = ("numpy", "cupy", "array_api_strict")
+
+
+@functools.cache
+def cupy_available() -> tuple[bool, str]:
+    """Return ``(usable, reason)`` for CuPy with a working GPU (probed once)."""
+    try:
+        import cupy  # noqa: F401
+    except Exception as err:  # ImportError, or a broken CUDA install
+        return False, f"CuPy is not importable ({type(err).__name__}: {err})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:
+        return False, f"CuPy found no usable GPU ({type(err).__name__}: {err})"
+    if n < 1:
+        return False, "CuPy found no GPU"
+    return True, "ok"
+
+
+def get_namespace(name: str) -> ModuleType:
+    """The array namespace for a backend name.
+
+    Parameters
+    ----------
+    name : {"numpy", "cupy", "array_api_strict"}
+
+    Returns
+    -------
+    module
+        A namespace following the array API standard.
+
+    Raises
+    ------
+    BackendError
+        If the name is unknown or the backend cannot be used here.
+    """
+    if name == "numpy":
+        return np
+    if name == "cupy":
+        ok, reason = cupy_available()
+        if not ok:
+            raise BackendError(f"backend = 'cupy': not available here: {reason}")
+        import cupy
+
+        return cupy
+    if name == "array_api_strict":
+        try:
+            import array_api_strict
+        except ImportError:
+            raise BackendError("backend = 'array_api_strict': install the 'test' extra "
+                               "(pip install routesim[test])") from None
+        return array_api_strict
+    raise BackendError(f"backend = {name!r}: must be one of {', '.join(BACKENDS)}")
+
+
+def is_numpy(xp: ModuleType) -> bool:
+    """True for the NumPy namespace."""
+    return xp is np
+
+
+def _is_cupy(xp: ModuleType) -> bool:
+    return getattr(xp, "__name__", "") == "cupy"
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Copy an array of any backend to a NumPy array on the host."""
+    if isinstance(x, np.ndarray) or np.isscalar(x):
+        return np.asarray(x)
+    if hasattr(x, "get"):  # CuPy
+        return x.get()
+    return np.asarray(x)  # array-api-strict supports the buffer protocol on CPU
+
+
+def topk_indices(xp: ModuleType, x: Any, k: int) -> Any:
+    """Indices of the ``k`` largest entries along the last axis (unordered).
+
+    NumPy and CuPy use ``argpartition``; other namespaces a stable descending
+    ``argsort``. Ties are broken differently by the two methods; with
+    continuous scores they have probability zero.
+    """
+    n = x.shape[-1]
+    if k >= n:
+        return xp.broadcast_to(xp.arange(n), x.shape)
+    if is_numpy(xp) or _is_cupy(xp):
+        return xp.argpartition(-x, k - 1, axis=-1)[..., :k]
+    return xp.argsort(x, axis=-1, descending=True, stable=True)[..., :k]
+
+
+def bincount(xp: ModuleType, ids: Any, length: int) -> Any:
+    """Counts of each integer in ``ids`` (flattened) in ``[0, length)``.
+
+    Returns an int64 array of shape ``(length,)``.
+    """
+    if is_numpy(xp) or _is_cupy(xp):
+        return xp.bincount(xp.reshape(ids, (-1,)), minlength=length)
+    flat = xp.reshape(ids, (-1,))
+    # Chunked one-hot sum keeps memory bounded on namespaces without bincount.
+    out = xp.zeros(length, dtype=xp.int64)
+    grid = xp.arange(length)
+    step = max(1, 2**22 // max(length, 1))
+    for start in range(0, flat.shape[0], step):
+        part = flat[start:start + step]
+        out = out + xp.sum(xp.astype(part[:, None] == grid[None, :], xp.int64), axis=0)
+    return out
+
+
+def one_hot(xp: ModuleType, idx: Any, length: int) -> Any:
+    """Boolean mask of shape ``idx.shape[:-1] + (length,)``, true at ``idx``.
+
+    ``idx`` holds distinct indices along its last axis.
+    """
+    grid = xp.arange(length)
+    hits = idx[..., :, None] == grid
+    return xp.any(hits, axis=-2)

@@ -1,0 +1,134 @@
+"""Command line: ``routesim run CONFIG.toml`` (also ``python -m routesim``).
+
+Progress goes to stderr (off when stderr is not a terminal), the summary to
+stdout, results and figures to ``--out``. Bad input is reported as one line
+and exit status 2, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .exceptions import BackendError, ConfigError
+
+__all__ = ["main", "format_summary"]
+
+#: Columns of the summary table: (variable, header, reduction over steps).
+SUMMARY_COLUMNS = [
+    ("maxvio_batch", "MaxVio_batch", "tail"),
+    ("maxvio_global_run", "MaxVio_global", "scalar"),
+    ("dead_experts", "dead", "tail"),
+    ("drop_rate", "drop", "tail"),
+    ("task_proxy", "task proxy", "tail"),
+    ("interference", "interference", "mean"),
+    ("load_ratio", "max/min load", "scalar"),
+]
+
+
+def format_summary(ds) -> str:
+    """One-screen table: per point, final MaxVio_batch and MaxVio_global.
+
+    "Final" is the mean over the last 10 % of steps and over replicas.
+    """
+    steps = ds.sizes["step"]
+    tail = slice(steps - max(1, steps // 10), steps)
+    cols = [(v, h, how) for v, h, how in SUMMARY_COLUMNS if v in ds]
+    labels = [str(x) for x in ds["label"].values]
+    width = max([len("point")] + [len(x) for x in labels])
+    head = f"{'point':<{width}}  " + "  ".join(f"{h:>13}" for _, h, _ in cols)
+    lines = [head, "-" * len(head)]
+    for j, label in enumerate(labels):
+        cells = []
+        for var, _, how in cols:
+            da = ds[var].isel(point=j)
+            if how == "tail":
+                val = float(da.isel(step=tail).mean())
+            elif how == "mean":
+                val = float(da.mean())
+            else:
+                val = float(da.mean())
+            cells.append(f"{val:>13.4g}")
+        lines.append(f"{label:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routesim", description=(
+        "Simulate MoE load balancing: traffic, biased top-K routing, controllers."))
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a TOML config and summarise it")
+    run.add_argument("config", type=Path, help="TOML configuration file")
+    run.add_argument("--out", type=Path, default=None,
+                     help="directory for results.nc and the figure (default: none written)")
+    run.add_argument("--seed", type=int, default=None, help="override run.seed")
+    run.add_argument("--backend", choices=("numpy", "cupy", "array_api_strict"), default=None,
+                     help="override run.backend")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--no-plot", action="store_true", help="do not write the figure")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .simulate import simulate
+
+    cfg = load_config(args.config)
+    changes = {}
+    if args.seed is not None:
+        if args.seed < 0:
+            raise ConfigError(f"--seed = {args.seed}: must be an integer >= 0")
+        changes["run.seed"] = args.seed
+    if args.backend is not None:
+        changes["run.backend"] = args.backend
+    if changes:
+        cfg = cfg.replace(**changes)
+    if cfg.run.backend != "numpy":
+        from ._backend import get_namespace
+
+        get_namespace(cfg.run.backend)  # refuse an unusable backend before work
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out = {str(args.out)!r}: exists and is not a directory")
+    ds = simulate(cfg, progress=False if args.no_progress else None)
+    print(format_summary(ds))
+    if args.out is not None:
+        from .store import save
+
+        path = save(ds, args.out / "results.nc")
+        print(f"\nresults: {path}")
+        if not args.no_plot:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            from .plot import maxvio_plot, save_figure
+
+            ax = maxvio_plot(ds)
+            for p in save_figure(ax.figure, args.out / "maxvio_batch"):
+                print(f"figure: {p}")
+            plt.close(ax.figure)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+    except (ConfigError, BackendError) as err:
+        print(f"routesim: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("routesim: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Bias controllers: pure update laws ``(bias, loads, memory) -> (bias, memory)``.
+
+Counting is separate from updating: the engine accumulates the loads ``c``
+of one window (micro-batch, global batch or n steps) and calls the law once
+at the window's end; the new bias routes the *next* window (the one-window
+lag of every real implementation, which keeps routing causal).
+
+With ``c_bar = mean_i c_i`` and load fractions ``F_i = c_i / sum_j c_j``:
+
+=================  ==========================================================
+``none``           no update
+``sign``           ``b += u * sign(c_bar - c)`` (Loss-Free, Megatron
+                   ``get_updated_expert_bias``: no centring, sign(0) = 0)
+``sign_centred``   ``d = u * sign(c_bar - c); b += d - mean(d)`` (torchtitan)
+``proportional``   ``b += u * (c_bar - c) / c_bar`` (relative error; moe-lab)
+``ema``            ``m = beta m + (1 - beta) F; d = u (1/N - m);
+                   b = clip(b + d - mean(d), -cap, cap)`` after warm-up
+                   (axolotl ``AuxFreeShim.update_bias``; cap 0 = no clamp)
+``rms``            ``b -= u (F - 1/N) / RMS(F - 1/N)`` (Su Jianlin)
+``momentum_tanh``  ``v = beta v + (1 - beta) tanh(((c_bar - c) / c_bar) / kappa);
+                   d = u v; b += d - mean(d)`` after warm-up (SMEBU-like:
+                   the published constants are not public; this is our form)
+``quantile``       ``b = ema * b + (1 - ema) * b_hat; b -= mean(b)`` with
+                   ``b_hat`` the one-shot dual estimate of the window
+                   (Megatron ``qb_dual_update``; the bias acts on logits)
+=================  ==========================================================
+
+Shape legend: P points, R replicas, E experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import CONTROLLER_TYPES, Config
+
+__all__ = [
+    "sign_update",
+    "sign_centred_update",
+    "proportional_update",
+    "ema_update",
+    "rms_update",
+    "momentum_tanh_update",
+    "quantile_update",
+    "ControllerParams",
+    "make_controller_params",
+    "update_bias",
+]
+
+
+def _mean(xp: ModuleType, x: Any) -> Any:
+    return xp.mean(x, axis=-1, keepdims=True)
+
+
+def sign_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
+    """Loss-Free / Megatron sign law: ``b + u * sign(mean(c) - c)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sign_update(np, np.zeros(4), np.array([40., 30., 20., 10.]), 1e-3)
+    array([-0.001, -0.001,  0.001,  0.001])
+    """
+    load = xp.astype(load, bias.dtype)
+    return bias + rate * xp.sign(_mean(xp, load) - load)
+
+
+def sign_centred_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
+    """torchtitan's sign law, mean-centred so that ``sum(b)`` never moves."""
+    load = xp.astype(load, bias.dtype)
+    delta = rate * xp.sign(_mean(xp, load) - load)
+    return bias + (delta - _mean(xp, delta))
+
+
+def proportional_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
+    """Proportional law on the relative error: ``b + u * (c_bar - c) / c_bar``.
+
+    A window with no tokens (``c_bar = 0``) leaves the bias unchanged.
+    """
+    load = xp.astype(load, bias.dtype)
+    mean = _mean(xp, load)
+    safe = xp.where(mean > 0, mean, 1.0)
+    return bias + xp.where(mean > 0, rate * (mean - load) / safe, 0.0)
+
+
+def _fractions(xp: ModuleType, load: Any, dtype: Any) -> Any:
+    load = xp.astype(load, dtype)
+    total = xp.sum(load, axis=-1, keepdims=True)
+    return load / xp.where(total > 0, total, 1.0)
+
+
+def ema_update(xp: ModuleType, bias: Any, load: Any, ema: Any, rate: Any, momentum: Any,
+               cap: Any) -> tuple[Any, Any]:
+    """axolotl's EMA-filtered proportional law with centring and clamp.
+
+    Returns ``(bias, ema)``. ``cap <= 0`` disables the clamp.
+    """
+    n = bias.shape[-1]
+    ema = momentum * ema + (1.0 - momentum) * _fractions(xp, load, bias.dtype)
+    delta = rate * (1.0 / n - ema)
+    new = bias + (delta - _mean(xp, delta))
+    capped = xp.clip(new, -cap, cap)
+    return xp.where(cap > 0, capped, new), ema
+
+
+def rms_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
+    """Su's RMS-normalised law: ``b - u (F - 1/N) / RMS(F - 1/N)`` (0 when balanced)."""
+    n = bias.shape[-1]
+    dev = _fractions(xp, load, bias.dtype) - 1.0 / n
+    rms = xp.sqrt(_mean(xp, dev * dev))
+    return bias - xp.where(rms > 0, rate * dev / xp.where(rms > 0, rms, 1.0), 0.0)
+
+
+def momentum_tanh_update(xp: ModuleType, bias: Any, load: Any, velocity: Any, rate: Any,
+                         momentum: Any, tanh_scale: Any) -> tuple[Any, Any]:
+    """SMEBU-like law: tanh soft clamp of the relative error, momentum, centring.
+
+    ``v = beta v + (1 - beta) tanh(e / kappa)`` with ``e = (c_bar - c) / c_bar``;
+    ``d = u v``; ``b += d - mean(d)``. Near balance the gain is ``u / kappa``
+    per unit of relative error; far from it each step is at most ``u``.
+    Returns ``(bias, velocity)``.
+    """
+    load = xp.astype(load, bias.dtype)
+    mean = _mean(xp, load)
+    err = xp.where(mean > 0, (mean - load) / xp.where(mean > 0, mean, 1.0), 0.0)
+    velocity = momentum * velocity + (1.0 - momentum) * xp.tanh(err / tanh_scale)
+    delta = rate * velocity
+    return bias + (delta - _mean(xp, delta)), velocity
+
+
+def quantile_update(xp: ModuleType, bias: Any, estimate: Any, ema: Any) -> Any:
+    """Quantile balancing: blend the dual estimate into the bias, then re-centre."""
+    new = ema * bias + (1.0 - ema) * estimate
+    return new - _mean(xp, new)
+
+
+@dataclass(frozen=True)
+class ControllerParams:
+    """Per-point controller settings as host arrays of shape (P,)."""
+
+    types: tuple[str, ...]
+    rate_P: np.ndarray
+    momentum_P: np.ndarray
+    cap_P: np.ndarray
+    warmup_P: np.ndarray
+    tanh_scale_P: np.ndarray
+    quantile_ema_P: np.ndarray
+
+    @property
+    def any_quantile(self) -> bool:
+        """True if some point uses quantile balancing (bias on logits)."""
+        return "quantile" in self.types
+
+
+def make_controller_params(points: Sequence[Config]) -> ControllerParams:
+    """Collect per-point controller settings (set-up, not the hot path)."""
+
+    def col(name: str) -> np.ndarray:
+        return np.array([getattr(p.controller, name) for p in points], dtype=np.float64)
+
+    return ControllerParams(
+        types=tuple(p.controller.type for p in points), rate_P=col("bias_update_rate"),
+        momentum_P=col("momentum"), cap_P=col("bias_cap"), warmup_P=col("warmup_steps"),
+        tanh_scale_P=col("tanh_scale"), quantile_ema_P=col("quantile_ema"))
+
+
+def update_bias(xp: ModuleType, params: ControllerParams, bias_PRE: Any, memory_PRE: Any,
+                load_PRE: Any, estimate_PRE: Any, windows_done: int) -> tuple[Any, Any]:
+    """Apply each point's law to its window loads; returns ``(bias, memory)``.
+
+    Points are grouped by law: each law present runs once on the whole
+    (P, R, E) array and ``where`` keeps it for its own points, so the cost
+    does not grow with the number of points.
+
+    Parameters
+    ----------
+    bias_PRE, memory_PRE : arrays (P, R, E)
+    load_PRE : int array (P, R, E)
+        Loads counted over the window that just ended.
+    estimate_PRE : array (P, R, E) or None
+        Quantile-balancing dual estimate of the window (as a bias).
+    windows_done : int
+        Windows completed before this one (for warm-up).
+    """
+    dtype = bias_PRE.dtype
+
+    def per_point(v: np.ndarray) -> Any:
+        return xp.reshape(xp.asarray(v, dtype=dtype), (-1, 1, 1))
+
+    rate = per_point(params.rate_P)
+    new_bias, new_memory = bias_PRE, memory_PRE
+    types = np.asarray(params.types)
+    for law in CONTROLLER_TYPES:
+        chosen_P = types == law
+        if law == "none" or not chosen_P.any():
+            continue
+        if law == "sign":
+            b, m = sign_update(xp, bias_PRE, load_PRE, rate), memory_PRE
+        elif law == "sign_centred":
+            b, m = sign_centred_update(xp, bias_PRE, load_PRE, rate), memory_PRE
+        elif law == "proportional":
+            b, m = proportional_update(xp, bias_PRE, load_PRE, rate), memory_PRE
+        elif law == "rms":
+            b, m = rms_update(xp, bias_PRE, load_PRE, rate), memory_PRE
+        elif law == "ema":
+            b, m = ema_update(xp, bias_PRE, load_PRE, memory_PRE, rate,
+                              per_point(params.momentum_P), per_point(params.cap_P))
+        elif law == "momentum_tanh":
+            b, m = momentum_tanh_update(xp, bias_PRE, load_PRE, memory_PRE, rate,
+                                        per_point(params.momentum_P),
+                                        per_point(params.tanh_scale_P))
+        else:  # quantile
+            b, m = quantile_update(xp, bias_PRE, estimate_PRE,
+                                   per_point(params.quantile_ema_P)), memory_PRE
+        if law in ("ema", "momentum_tanh"):
+            chosen_P = chosen_P & (windows_done >= params.warmup_P)
+        mask = xp.reshape(xp.asarray(chosen_P), (-1, 1, 1))
+        new_bias = xp.where(mask, xp.astype(b, dtype), new_bias)
+        new_memory = xp.where(mask, xp.astype(m, dtype), new_memory)
+    return new_bias, new_memory

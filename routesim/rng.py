@@ -1,0 +1,181 @@
+"""Counter-based random numbers: the same draws on every backend and chunking.
+
+Each (point, replica) owns a 64-bit key derived from
+``numpy.random.SeedSequence(seed, spawn_key=(point, replica))``. A draw is a
+pure function of ``(key, step, stream, index)``: the counter is hashed with
+the SplitMix64 finaliser. Hence
+
+* a point's numbers do not depend on which other points ran with it, nor on
+  how tokens were split into chunks (the index is the global token index);
+* NumPy, CuPy and array-api-strict produce bit-identical uniform integers,
+  and normals that agree to rounding;
+* a compiled kernel can reproduce the stream element by element.
+
+Uniforms carry 24 bits (float32 resolution). Normals use the Box-Muller
+transform on the two 32-bit halves of one hash; their tails are cut at
+``sqrt(2 * 24 * log 2) = 5.77`` standard deviations.
+
+Shape legend: P points, R replicas, T tokens, E experts, D feature dim.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "point_keys",
+    "stream_base",
+    "hash_counter",
+    "uniform",
+    "standard_normal",
+    "noise",
+    "Stream",
+    "entropy_of",
+]
+
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+_GOLDEN = 0x9E3779B97F4A7C15
+_TWO_PI = 2.0 * math.pi
+_INV_2_24 = 1.0 / (1 << 24)
+
+
+class Stream:
+    """Stream ids: one per kind of draw, so draws never overlap."""
+
+    NOISE = 1
+    SEQUENCE = 2
+    FEATURE = 3
+    TOPIC = 4
+    DRIFT = 5
+    INIT = 6
+    MEANFIELD = 7
+    EXTRA = 8  # first id free for extensions (penalties, leakage, ...)
+
+
+def point_keys(seed: int, point_indices: Sequence[int], replicas: int) -> np.ndarray:
+    """64-bit keys of shape (P, R) for the given global point indices.
+
+    Parameters
+    ----------
+    seed : int >= 0
+        Root seed.
+    point_indices : sequence of int
+        Global index of each point of this run (so a point keeps its numbers
+        when a sweep is split over several runs).
+    replicas : int > 0
+
+    Returns
+    -------
+    ndarray of uint64, shape (P, R)
+    """
+    keys = np.empty((len(point_indices), replicas), dtype=np.uint64)
+    for i, p in enumerate(point_indices):
+        for r in range(replicas):
+            ss = np.random.SeedSequence(seed, spawn_key=(int(p), r))
+            keys[i, r] = ss.generate_state(1, dtype=np.uint64)[0]
+    return keys
+
+
+def entropy_of(seed: int) -> int:
+    """The SeedSequence entropy a run with this seed uses (for the record)."""
+    return int(np.random.SeedSequence(seed).entropy)
+
+
+def _mix(xp: ModuleType, x: Any) -> Any:
+    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
+    x = x ^ (x >> 30)
+    x = x * _M1
+    x = x ^ (x >> 27)
+    x = x * _M2
+    return x ^ (x >> 31)
+
+
+def _mix_int(x: int) -> int:
+    """SplitMix64 finaliser on a Python int (mod 2**64)."""
+    mask = (1 << 64) - 1
+    x &= mask
+    x ^= x >> 30
+    x = (x * _M1) & mask
+    x ^= x >> 27
+    x = (x * _M2) & mask
+    return x ^ (x >> 31)
+
+
+def stream_base(xp: ModuleType, keys_PR: Any, step: int, stream: int) -> Any:
+    """Per-(point, replica) base hash of one (step, stream) pair, uint64 (P, R)."""
+    counter = (int(step) + 2) * 64 + int(stream)  # step may be -1 (initialisation)
+    return _mix(xp, keys_PR ^ _mix_int(counter))
+
+
+def hash_counter(xp: ModuleType, base: Any, index: Any) -> Any:
+    """Hash of ``base + index * golden`` (uint64), broadcasting the two."""
+    return _mix(xp, base + index * _GOLDEN)
+
+
+def _bits_to_unit(xp: ModuleType, bits32: Any, dtype: Any) -> Any:
+    """Top 24 of 32 bits to a float in (0, 1)."""
+    top = xp.astype(bits32 >> 8, dtype)
+    return (top + 0.5) * _INV_2_24
+
+
+def uniform(xp: ModuleType, keys_PR: Any, step: int, stream: int, index: Any,
+            dtype: Any = None) -> Any:
+    """Uniform draws in (0, 1) with shape ``(P, R) + index.shape``.
+
+    ``index`` is an integer array of global element indices (uint64).
+    Each index yields one uniform (from the high half of its hash).
+    """
+    dtype = dtype or xp.float32
+    base = stream_base(xp, keys_PR, step, stream)
+    base = xp.reshape(base, tuple(base.shape) + (1,) * index.ndim)
+    h = hash_counter(xp, base, index)
+    return _bits_to_unit(xp, h >> 32, dtype)
+
+
+def standard_normal(xp: ModuleType, keys_PR: Any, step: int, stream: int, rows: Any,
+                    width: int, dtype: Any = None) -> Any:
+    """Standard normals of shape ``(P, R, len(rows), width)``.
+
+    Row ``r`` (a global row index, e.g. a token) and column ``j`` take a value
+    that depends only on ``(key, step, stream, r, j)``: chunking rows does not
+    change it. One hash gives two normals (Box-Muller), paired across the
+    columns ``j`` and ``j + ceil(width / 2)``.
+    """
+    dtype = dtype or xp.float32
+    half = (width + 1) // 2
+    rows = xp.astype(rows, xp.uint64)
+    index = rows[:, None] * half + xp.arange(half, dtype=xp.uint64)[None, :]
+    base = stream_base(xp, keys_PR, step, stream)[:, :, None, None]
+    h = hash_counter(xp, base, index)
+    u1 = _bits_to_unit(xp, h >> 32, dtype)
+    u2 = _bits_to_unit(xp, h & 0xFFFFFFFF, dtype)
+    radius = xp.sqrt(-2.0 * xp.log(u1))
+    angle = _TWO_PI * u2
+    out = xp.concat([radius * xp.cos(angle), radius * xp.sin(angle)], axis=-1)
+    return out[..., :width]
+
+
+def noise(xp: ModuleType, law: str, keys_PR: Any, step: int, stream: int, rows: Any,
+          width: int, dtype: Any = None) -> Any:
+    """Zero-location noise of a given law, shape ``(P, R, len(rows), width)``.
+
+    ``normal`` is standard; ``logistic`` is ``log(w / (1 - w))``; ``gumbel``
+    is ``-log(-log w)`` minus Euler's constant (mean zero). Scale 1 each.
+    """
+    if law == "normal":
+        return standard_normal(xp, keys_PR, step, stream, rows, width, dtype)
+    dtype = dtype or xp.float32
+    rows = xp.astype(rows, xp.uint64)
+    index = rows[:, None] * width + xp.arange(width, dtype=xp.uint64)[None, :]
+    base = stream_base(xp, keys_PR, step, stream)[:, :, None, None]
+    w = _bits_to_unit(xp, hash_counter(xp, base, index) >> 32, dtype)
+    if law == "logistic":
+        return xp.log(w) - xp.log1p(-w)
+    if law == "gumbel":
+        return -xp.log(-xp.log(w)) - 0.5772156649015329
+    raise ValueError(f"noise law {law!r}: must be one of normal, logistic, gumbel")

@@ -1,0 +1,202 @@
+"""Token-choice routing: biased top-K selection, gate weights, capacity, counting.
+
+The router reads in one direction, as in Megatron-LM and torchtitan:
+
+1. scores ``s = gate(z)``;
+2. selection scores ``s + b`` (additive), ``s * b`` (multiplicative), or
+   ``z + b`` for quantile balancing (a bias on the raw logits);
+3. optional group-limited top-K: keep the ``group_topk`` groups with the
+   largest sum of their top ``topk // group_topk`` selection scores, mask the
+   others with -inf;
+4. top-K of the selection scores: ``K`` distinct experts per token;
+5. weights from the *unbiased* ``s`` at the chosen experts (the bias only
+   picks experts), renormalised over the K for sigmoid-type gates when
+   ``K > 1``, times ``topk_scaling_factor``;
+6. optional capacity ``ceil(C * T * K / N)`` per micro-batch, dropping by
+   gate weight (``probs``) or by Megatron's [sequence position, batch] order
+   (``position``).
+
+Shape legend: P points, R replicas, B sequences, L positions, T tokens
+(``T = B * L``, sequence-major), E experts, K top-k, G groups.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+from ._backend import bincount, is_numpy, one_hot, topk_indices
+
+__all__ = [
+    "selection_scores",
+    "group_limit",
+    "select_topk",
+    "gate_weights",
+    "capacity",
+    "drop_to_capacity",
+    "counts_per_sequence",
+    "mask_counts_per_sequence",
+    "displaced_share",
+    "kth_largest",
+    "quantile_dual_estimate",
+]
+
+
+def selection_scores(xp: ModuleType, s_PRTE: Any, bias_PRE: Any, bias_mode: str) -> Any:
+    """Scores that decide the selection: ``s + b`` or ``s * b``."""
+    b = bias_PRE[:, :, None, :]
+    return s_PRTE * b if bias_mode == "multiplicative" else s_PRTE + b
+
+
+def group_limit(xp: ModuleType, scores_TE: Any, num_groups: int, group_topk: int,
+                topk: int) -> Any:
+    """Mask all but the best ``group_topk`` of ``num_groups`` expert groups with -inf.
+
+    A group's score is the sum of its top ``topk // group_topk`` scores
+    (DeepSeek-V3, Megatron ``group_limited_topk``). Works on any leading axes.
+    """
+    *lead, n = scores_TE.shape
+    per_group = n // num_groups
+    grouped = xp.reshape(scores_TE, tuple(lead) + (num_groups, per_group))
+    m = topk // group_topk
+    top_idx = topk_indices(xp, grouped, m)
+    group_score = xp.sum(xp.take_along_axis(grouped, top_idx, axis=-1), axis=-1)
+    keep_groups = one_hot(xp, topk_indices(xp, group_score, group_topk), num_groups)
+    keep = xp.reshape(xp.broadcast_to(keep_groups[..., None], tuple(grouped.shape)),
+                      tuple(lead) + (n,))
+    return xp.where(keep, scores_TE, -math.inf)
+
+
+def select_topk(xp: ModuleType, scores: Any, topk: int, num_groups: int | None = None,
+                group_topk: int | None = None) -> Any:
+    """Indices (..., K) of the K distinct experts with the largest scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sorted(select_topk(np, np.array([0.1, 0.9, 0.5, 0.7]), 2).tolist())
+    [1, 3]
+    """
+    if num_groups is not None and num_groups > 1:
+        scores = group_limit(xp, scores, num_groups, group_topk, topk)
+    return topk_indices(xp, scores, topk)
+
+
+def gate_weights(xp: ModuleType, s: Any, idx: Any, score_function: str, topk: int,
+                 scaling_factor: float | None = None) -> Any:
+    """Mixing weights (..., K) from the unbiased scores at the chosen experts.
+
+    Sigmoid-type gates are renormalised over the K chosen when ``K > 1``
+    (Megatron divides by the sum plus 1e-20); softmax weights are the raw
+    probabilities over all experts.
+    """
+    w = xp.take_along_axis(s, idx, axis=-1)
+    if score_function != "softmax" and topk > 1:
+        w = w / (xp.sum(w, axis=-1, keepdims=True) + 1e-20)
+    if scaling_factor is not None:
+        w = w * scaling_factor
+    return w
+
+
+def capacity(num_tokens: int, topk: int, num_experts: int, capacity_factor: float | None) -> int:
+    """Tokens an expert may take: ``ceil(C * T * K / N)``, or T when dropless.
+
+    Examples
+    --------
+    >>> capacity(4096, 8, 64, 1.25)
+    640
+    """
+    if capacity_factor is None or math.isinf(capacity_factor):
+        return num_tokens
+    return min(num_tokens, math.ceil(capacity_factor * num_tokens * topk / num_experts))
+
+
+def drop_to_capacity(xp: ModuleType, mask_PRTE: Any, weight_PRTE: Any, cap: int, policy: str,
+                     num_sequences: int, seq_length: int) -> Any:
+    """Keep at most ``cap`` tokens per expert (and per point, replica).
+
+    Parameters
+    ----------
+    mask_PRTE : bool array (P, R, T, E)
+        Routed assignments of one micro-batch, tokens sequence-major.
+    weight_PRTE : array (P, R, T, E)
+        Gate weight of each assignment (ignored where ``mask`` is false).
+    cap : int
+        Capacity per expert.
+    policy : {"probs", "position"}
+        ``probs`` keeps the largest weights; ``position`` the first tokens in
+        Megatron's [sequence position, batch] order.
+    num_sequences, seq_length : int
+        Micro-batch layout ``T = B * L``.
+
+    Returns
+    -------
+    bool array (P, R, T, E)
+        The kept assignments.
+    """
+    p, r, t, e = mask_PRTE.shape
+    if cap >= t:
+        return mask_PRTE
+    if policy == "position":
+        m = xp.reshape(mask_PRTE, (p, r, num_sequences, seq_length, e))
+        m = xp.permute_dims(m, (0, 1, 3, 2, 4))  # [position, batch] order
+        m = xp.reshape(m, (p, r, t, e))
+        cum = xp.cumulative_sum(xp.astype(m, xp.int32), axis=2)
+        kept = m & (cum <= cap)
+        kept = xp.reshape(kept, (p, r, seq_length, num_sequences, e))
+        return xp.reshape(xp.permute_dims(kept, (0, 1, 3, 2, 4)), (p, r, t, e))
+    if policy != "probs":
+        raise ValueError(f"token_drop_policy = {policy!r}: must be 'probs' or 'position'")
+    key = xp.where(mask_PRTE, weight_PRTE, -1.0)
+    order = xp.argsort(key, axis=2, descending=True, stable=True)
+    rank = xp.argsort(order, axis=2, stable=True)
+    return mask_PRTE & (rank < cap)
+
+
+def counts_per_sequence(xp: ModuleType, idx_PRTK: Any, num_sequences: int, seq_length: int,
+                        num_experts: int) -> Any:
+    """Tokens per (sequence, expert) from top-K indices: int array (P, R, B, E)."""
+    p, r, t, k = idx_PRTK.shape
+    pr = xp.reshape(xp.arange(p * r, dtype=xp.int64), (p, r, 1, 1))
+    seq = xp.reshape(xp.arange(t, dtype=xp.int64) // seq_length, (1, 1, t, 1))
+    ids = (pr * num_sequences + seq) * num_experts + xp.astype(idx_PRTK, xp.int64)
+    flat = bincount(xp, ids, p * r * num_sequences * num_experts)
+    return xp.reshape(flat, (p, r, num_sequences, num_experts))
+
+
+def mask_counts_per_sequence(xp: ModuleType, mask_PRTE: Any, num_sequences: int,
+                             seq_length: int) -> Any:
+    """Tokens per (sequence, expert) from an assignment mask: (P, R, B, E)."""
+    p, r, t, e = mask_PRTE.shape
+    m = xp.reshape(xp.astype(mask_PRTE, xp.int64), (p, r, num_sequences, seq_length, e))
+    return xp.sum(m, axis=3)
+
+
+def displaced_share(xp: ModuleType, idx_PRTK: Any, unbiased_idx_PRTK: Any) -> Any:
+    """Share of the selections not in the unbiased top-K, per (P, R)."""
+    same = xp.any(idx_PRTK[..., :, None] == unbiased_idx_PRTK[..., None, :], axis=-1)
+    k = idx_PRTK.shape[-1] * idx_PRTK.shape[-2]
+    return 1.0 - xp.sum(xp.astype(same, xp.float64), axis=(-2, -1)) / k
+
+
+def kth_largest(xp: ModuleType, x: Any, k: int, axis: int = -1) -> Any:
+    """The k-th largest value (k >= 1) along an axis, that axis removed."""
+    if is_numpy(xp):
+        return -xp.take(xp.partition(-x, k - 1, axis=axis), k - 1, axis=axis)
+    srt = xp.sort(x, axis=axis, descending=True)
+    return xp.squeeze(xp.take(srt, xp.asarray([k - 1]), axis=axis), axis=axis)
+
+
+def quantile_dual_estimate(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, topk: int) -> Any:
+    """One-shot dual estimate of the quantile-balancing bias, as ``b = -beta``.
+
+    Megatron ``qb_dual_update``: ``alpha_t`` is token t's (K+1)-th largest of
+    ``z - beta``; the new ``beta_i`` is the ``(T*K/N + 1)``-th largest of
+    ``z[:, i] - alpha`` over the tokens. Returned with the sign of a bias
+    that is *added* to the logits, shape (P, R, E).
+    """
+    t, e = z_PRTE.shape[-2], z_PRTE.shape[-1]
+    alpha = kth_largest(xp, z_PRTE + bias_PRE[:, :, None, :], topk + 1, axis=-1)
+    beta = kth_largest(xp, z_PRTE - alpha[..., None], t * topk // e + 1, axis=2)
+    return -beta

@@ -1,0 +1,321 @@
+"""Traffic: the router logits of each step's tokens.
+
+Three kinds (``traffic.kind``):
+
+``popularity``
+    ``z[t, i] = mu_i(step) + scale * (sqrt(rho) * a[seq(t), i] + sqrt(1 - rho) * eps[t, i])``
+    with a popularity vector ``mu`` (uniform, linear or Zipf skew), i.i.d.
+    noise ``eps`` (normal, logistic or Gumbel) and a per-sequence shared
+    component ``a`` that correlates the tokens of one sequence (``rho``).
+    ``mu`` may drift: random walk, sinusoid, or regime switches (a fresh
+    permutation of the experts at given steps).
+``features``
+    Token features ``x`` from a mixture of topics (centre plus spread)
+    through router weights ``W``: ``z = x @ W.T``.
+``trace``
+    Replay of a recorded logit array, cycled over steps.
+
+Tokens of a step are indexed globally, sequence-major (``t = s * L + l``),
+so any chunk of tokens is generated identically.
+
+Shape legend: P points, R replicas, T tokens, E experts, D feature dim,
+M topics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import rng
+from .config import Config
+from .exceptions import ConfigError
+
+__all__ = [
+    "popularity",
+    "TrafficParams",
+    "TrafficState",
+    "make_traffic_params",
+    "init_traffic",
+    "advance_traffic",
+    "token_features",
+    "logits",
+    "load_trace",
+]
+
+
+def popularity(skew: str, num_experts: int, *, linear_spread: float = 1.0,
+               zipf_exponent: float = 1.0) -> np.ndarray:
+    """Popularity logits ``mu`` of shape (E,), zero-mean.
+
+    Parameters
+    ----------
+    skew : {"uniform", "linear", "zipf"}
+    num_experts : int >= 2
+    linear_spread : float >= 0
+        ``linear``: ``mu`` runs evenly from ``+spread`` to ``-spread``.
+    zipf_exponent : float >= 0
+        ``zipf``: ``mu_i = -a * log(i + 1)`` (centred), so ``softmax(mu)``
+        is the Zipf law with exponent ``a``.
+
+    Examples
+    --------
+    >>> popularity("linear", 3, linear_spread=1.0)
+    array([ 1.,  0., -1.])
+    """
+    i = np.arange(num_experts, dtype=np.float64)
+    if skew == "uniform":
+        mu = np.zeros(num_experts)
+    elif skew == "linear":
+        mu = linear_spread * (1.0 - 2.0 * i / (num_experts - 1))
+    elif skew == "zipf":
+        mu = -zipf_exponent * np.log1p(i)
+    else:
+        raise ConfigError(f"traffic.skew = {skew!r}: must be one of uniform, linear, zipf")
+    return mu - mu.mean()
+
+
+@dataclass(frozen=True)
+class TrafficParams:
+    """Per-point traffic parameters as host arrays plus the static settings."""
+
+    kind: str
+    noise: str
+    drift: str
+    num_experts: int
+    seq_length: int
+    sequences_per_micro_batch: int
+    mu0_PE: np.ndarray
+    noise_scale_P: np.ndarray
+    rho_P: np.ndarray
+    drift_std_P: np.ndarray
+    drift_amplitude_P: np.ndarray
+    drift_period_P: np.ndarray
+    regime_steps: tuple[int, ...]
+    feature_dim: int
+    num_topics: int
+    topic_cumweights_M: np.ndarray
+    topic_spread_P: np.ndarray
+    router_init_scale: float
+    topic_by_micro_batch: bool
+    trace_SXE: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class TrafficState:
+    """What traffic carries between steps.
+
+    Attributes
+    ----------
+    mu_PRE : array (P, R, E)
+        Popularity logits in force for the current step.
+    walk_PRE : array (P, R, E)
+        Random-walk displacement accumulated so far.
+    regime_perm_GPRE : array (G, P, R, E)
+        Expert permutation of each regime (G = switches + 1).
+    centres_PRMD : array (P, R, M, D) or None
+        Topic centres (``features``).
+    weight_PRED : array (P, R, E, D) or None
+        Router weights (``features``).
+    """
+
+    mu_PRE: Any
+    walk_PRE: Any
+    regime_perm_GPRE: Any
+    centres_PRMD: Any = None
+    weight_PRED: Any = None
+
+
+def load_trace(trace: str) -> np.ndarray:
+    """Load a logit trace of shape (steps, tokens, experts) as float32.
+
+    ``"builtin"`` is the small trace shipped with the package (recorded from
+    this package's own topic-mixture traffic: 16 steps of 512 tokens over 16
+    experts).
+    """
+    if trace == "builtin":
+        ref = resources.files("routesim") / "data" / "trace_topics.npz"
+        with resources.as_file(ref) as p:
+            return load_trace(str(p))
+    path = Path(trace)
+    try:
+        with np.load(path) as data:
+            if "logits" not in data:
+                raise ConfigError(f"traffic.trace = {trace!r}: the file has no 'logits' array "
+                                  f"(found: {', '.join(data.files)})")
+            arr = np.asarray(data["logits"], dtype=np.float32)
+    except OSError as err:
+        raise ConfigError(f"traffic.trace = {trace!r}: cannot be read ({err})") from None
+    if arr.ndim != 3:
+        raise ConfigError(f"traffic.trace = {trace!r}: 'logits' must have shape "
+                          f"(steps, tokens, experts), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError(f"traffic.trace = {trace!r}: 'logits' holds non-finite values")
+    return arr
+
+
+def make_traffic_params(points: Sequence[Config]) -> TrafficParams:
+    """Collect per-point traffic settings into arrays (set-up, not the hot path)."""
+    first = points[0]
+    t, r, b = first.traffic, first.router, first.batch
+    n = r.num_experts
+    mu0 = np.stack([
+        popularity(p.traffic.skew, n, linear_spread=p.traffic.linear_spread,
+                   zipf_exponent=p.traffic.zipf_exponent)
+        for p in points
+    ])
+    weights = t.topic_weights or tuple([1.0 / t.num_topics] * t.num_topics)
+    trace = None
+    if t.kind == "trace":
+        trace = load_trace(t.trace)
+        if trace.shape[1] != b.tokens_per_step or trace.shape[2] != n:
+            raise ConfigError(
+                f"traffic.trace = {t.trace!r}: holds {trace.shape[1]} tokens x {trace.shape[2]} "
+                f"experts per step, but batch gives {b.tokens_per_step} tokens and "
+                f"router.num_experts = {n}")
+
+    def col(name: str) -> np.ndarray:
+        return np.array([getattr(p.traffic, name) for p in points], dtype=np.float64)
+
+    return TrafficParams(
+        kind=t.kind, noise=t.noise, drift=t.drift, num_experts=n, seq_length=b.seq_length,
+        sequences_per_micro_batch=b.sequences_per_micro_batch, mu0_PE=mu0,
+        noise_scale_P=col("noise_scale"), rho_P=col("seq_correlation"),
+        drift_std_P=col("drift_std"), drift_amplitude_P=col("drift_amplitude"),
+        drift_period_P=col("drift_period"), regime_steps=t.regime_steps,
+        feature_dim=t.feature_dim, num_topics=t.num_topics,
+        topic_cumweights_M=np.cumsum(np.asarray(weights, dtype=np.float64)),
+        topic_spread_P=col("topic_spread"), router_init_scale=t.router_init_scale,
+        topic_by_micro_batch=t.topic_by_micro_batch, trace_SXE=trace,
+    )
+
+
+def _per_point(xp: ModuleType, values_P: np.ndarray, ndim: int, dtype: Any) -> Any:
+    """A (P,) host vector as an xp array shaped (P, 1, ..., 1) with ``ndim`` axes."""
+    return xp.reshape(xp.asarray(values_P, dtype=dtype), (-1,) + (1,) * (ndim - 1))
+
+
+def init_traffic(xp: ModuleType, params: TrafficParams, keys_PR: Any,
+                 dtype: Any = None) -> TrafficState:
+    """Initial traffic state (regime permutations, topic centres, router weights)."""
+    dtype = dtype or xp.float32
+    n = params.num_experts
+    shape = tuple(keys_PR.shape)
+    mu0 = xp.broadcast_to(xp.asarray(params.mu0_PE, dtype=dtype)[:, None, :], shape + (n,))
+    groups = len(params.regime_steps) + 1
+    perms = [xp.broadcast_to(xp.arange(n), shape + (n,))]
+    for g in range(1, groups):
+        u = rng.uniform(xp, keys_PR, -1, rng.Stream.INIT,
+                        xp.arange(g * n, (g + 1) * n, dtype=xp.uint64))
+        perms.append(xp.argsort(u, axis=-1))
+    regime_perm = xp.stack(perms)
+    centres = weight = None
+    if params.kind == "features":
+        d, m = params.feature_dim, params.num_topics
+        centres = rng.standard_normal(xp, keys_PR, -1, rng.Stream.FEATURE,
+                                      xp.arange(m, dtype=xp.uint64), d, dtype) / math.sqrt(d)
+        weight = params.router_init_scale * rng.standard_normal(
+            xp, keys_PR, -1, rng.Stream.TOPIC, xp.arange(n, dtype=xp.uint64), d, dtype)
+    return TrafficState(mu_PRE=xp.asarray(mu0, copy=True), walk_PRE=xp.zeros_like(mu0),
+                        regime_perm_GPRE=regime_perm, centres_PRMD=centres,
+                        weight_PRED=weight)
+
+
+def advance_traffic(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: Any,
+                    step: int) -> TrafficState:
+    """The traffic state in force at ``step`` (drift applied), a new object."""
+    if params.kind != "popularity" or params.drift == "none":
+        return state
+    n = params.num_experts
+    dtype = state.mu_PRE.dtype
+    mu0 = xp.asarray(params.mu0_PE, dtype=dtype)[:, None, :]
+    walk = state.walk_PRE
+    if params.drift == "random_walk" and step > 0:
+        z = rng.standard_normal(xp, keys_PR, step, rng.Stream.DRIFT,
+                                xp.arange(1, dtype=xp.uint64), n, dtype)[:, :, 0, :]
+        walk = walk + _per_point(xp, params.drift_std_P, 3, dtype) * z
+    mu = mu0 + walk
+    if params.drift == "sinusoid":
+        phase = 2 * math.pi * xp.arange(n, dtype=dtype) / n
+        period = _per_point(xp, params.drift_period_P, 3, dtype)
+        amp = _per_point(xp, params.drift_amplitude_P, 3, dtype)
+        mu = mu + amp * xp.sin(2 * math.pi * step / period + phase)
+    if params.drift == "regime":
+        g = sum(1 for s in params.regime_steps if step >= s)
+        perm = state.regime_perm_GPRE[g]
+        mu = xp.take_along_axis(xp.broadcast_to(mu0, perm.shape), perm, axis=-1)
+    return dataclasses.replace(state, mu_PRE=mu, walk_PRE=walk)
+
+
+def token_features(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: Any,
+                   step: int, token_start: int, n_tokens: int) -> tuple[Any, Any]:
+    """Features and topics of tokens ``[token_start, token_start + n_tokens)``.
+
+    Returns
+    -------
+    x_PRTD : array (P, R, T, D)
+    topic_PRT : int array (P, R, T)
+    """
+    dtype = state.centres_PRMD.dtype
+    rows = xp.arange(token_start, token_start + n_tokens, dtype=xp.uint64)
+    if params.topic_by_micro_batch:
+        per_mb = params.sequences_per_micro_batch * params.seq_length
+        unit = rows // per_mb
+    else:
+        unit = rows
+    u = rng.uniform(xp, keys_PR, step, rng.Stream.TOPIC, unit, dtype=xp.float64)
+    cum = xp.asarray(params.topic_cumweights_M[:-1], dtype=xp.float64)
+    topic = xp.sum(xp.astype(u[..., None] >= cum, xp.int64), axis=-1)
+    m = params.num_topics
+    onehot = xp.astype(topic[..., None] == xp.arange(m), dtype)
+    x = xp.matmul(onehot, state.centres_PRMD)
+    eps = rng.standard_normal(xp, keys_PR, step, rng.Stream.FEATURE, rows, params.feature_dim,
+                              dtype)
+    spread = _per_point(xp, params.topic_spread_P, 4, dtype) / math.sqrt(params.feature_dim)
+    return x + spread * eps, topic
+
+
+def logits(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: Any, step: int,
+           token_start: int, n_tokens: int) -> Any:
+    """Router logits ``z`` of shape (P, R, T, E) for a chunk of the step's tokens.
+
+    Parameters
+    ----------
+    xp : namespace
+    params : TrafficParams
+    state : TrafficState
+        As returned by :func:`advance_traffic` for this step.
+    keys_PR : uint64 array (P, R)
+    step : int
+    token_start, n_tokens : int
+        The chunk, in global token indices of the step (sequence-major).
+    """
+    n = params.num_experts
+    if params.kind == "trace":
+        trace = params.trace_SXE[step % params.trace_SXE.shape[0]]
+        z = xp.asarray(trace[token_start:token_start + n_tokens])
+        return xp.broadcast_to(z, tuple(keys_PR.shape) + tuple(z.shape))
+    if params.kind == "features":
+        x, _ = token_features(xp, params, state, keys_PR, step, token_start, n_tokens)
+        return xp.matmul(x, xp.matrix_transpose(state.weight_PRED))
+    dtype = state.mu_PRE.dtype
+    rows = xp.arange(token_start, token_start + n_tokens, dtype=xp.uint64)
+    eps = rng.noise(xp, params.noise, keys_PR, step, rng.Stream.NOISE, rows, n, dtype)
+    scale = _per_point(xp, params.noise_scale_P, 4, dtype)
+    if np.any(params.rho_P > 0):
+        L = params.seq_length
+        first, last = token_start // L, (token_start + n_tokens - 1) // L
+        seq_rows = xp.arange(first, last + 1, dtype=xp.uint64)
+        a = rng.noise(xp, params.noise, keys_PR, step, rng.Stream.SEQUENCE, seq_rows, n, dtype)
+        seq_of_token = (xp.arange(token_start, token_start + n_tokens) // L) - first
+        a_tok = xp.take(a, seq_of_token, axis=2)
+        rho = _per_point(xp, params.rho_P, 4, dtype)
+        eps = xp.sqrt(rho) * a_tok + xp.sqrt(1.0 - rho) * eps
+    return state.mu_PRE[:, :, None, :] + scale * eps
