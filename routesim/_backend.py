@@ -128,7 +128,7 @@ def bincount(xp: ModuleType, ids: Any, length: int) -> Any:
     grid = xp.arange(length)
     step = max(1, 2**22 // max(length, 1))
     for start in range(0, flat.shape[0], step):
-        part = flat[start:start + step]
+        part = flat[start:min(start + step, flat.shape[0])]
         out = out + xp.sum(xp.astype(part[:, None] == grid[None, :], xp.int64), axis=0)
     return out
 

@@ -149,7 +149,7 @@ def drop_to_capacity(xp: ModuleType, mask_PRTE: Any, weight_PRTE: Any, cap: int,
     if policy != "probs":
         raise ValueError(f"token_drop_policy = {policy!r}: must be 'probs' or 'position'")
     key = xp.where(mask_PRTE, weight_PRTE, -1.0)
-    order = xp.argsort(key, axis=2, descending=True, stable=True)
+    order = xp.argsort(-key, axis=2, stable=True)
     rank = xp.argsort(order, axis=2, stable=True)
     return mask_PRTE & (rank < cap)
 

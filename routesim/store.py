@@ -51,7 +51,7 @@ def save(ds: xr.Dataset, path: str | Path) -> Path:
             ds.to_netcdf(tmp, engine="scipy")
             os.replace(tmp, path)
         else:
-            ds.to_zarr(tmp, mode="w", consolidated=False)
+            ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=2)
             if path.exists():
                 old = tmp_dir / (path.name + ".old")
                 os.replace(path, old)

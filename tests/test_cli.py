@@ -1,0 +1,67 @@
+"""Command line: summary, outputs, and one-line errors with exit status 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from routesim.cli import main
+
+TINY = """
+[run]
+steps = 4
+[batch]
+num_sequences = 2
+seq_length = 32
+[router]
+num_experts = 8
+topk = 2
+[sweep]
+"controller.type" = ["sign", "none"]
+"""
+
+
+def test_run_prints_summary_and_writes_outputs(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "MaxVio_batch" in out and "MaxVio_global" in out
+    assert "type=sign" in out and "type=none" in out
+    for name in ("results.nc", "maxvio_batch.png", "maxvio_batch.pdf"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "missing.toml"], "cannot be read"),
+    (["run", "{cfg}", "--seed", "-1"], "--seed = -1"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    args = [a.replace("{cfg}", str(cfg)) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_bad_config_via_module_entry_point(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[router]\ntopk = 100\nnum_experts = 8\n")
+    proc = subprocess.run([sys.executable, "-m", "routesim", "run", str(cfg)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "router.topk = 100" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unusable_backend_refused_before_work(tmp_path, capsys):
+    from routesim._backend import cupy_available
+
+    if cupy_available()[0]:
+        pytest.skip("a GPU is present")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    assert main(["run", str(cfg), "--backend", "cupy", "--out", str(tmp_path / "o")]) == 2
+    assert "cupy" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

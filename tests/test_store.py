@@ -1,0 +1,52 @@
+"""Results round-trip through netCDF and zarr; failures leave old files intact."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from routesim import ConfigError, config_from_dict, load, save, simulate
+
+
+@pytest.fixture(scope="module")
+def ds():
+    cfg = config_from_dict({"run": {"steps": 3}, "batch": {"num_sequences": 2, "seq_length": 16,
+                                                           "computation_batch_sizes": [1]},
+                            "router": {"num_experts": 8, "topk": 2},
+                            "sweep": {"controller.bias_update_rate": [1e-3, 1e-2]}})
+    return simulate(cfg, progress=False)
+
+
+def test_netcdf_round_trip(ds, tmp_path):
+    path = save(ds, tmp_path / "r.nc")
+    back = load(path)
+    for var in ds.data_vars:
+        np.testing.assert_array_equal(back[var].values, ds[var].values)
+    assert back.attrs["config"] == ds.attrs["config"]
+    assert list(back["label"].values) == list(ds["label"].values)
+
+
+def test_zarr_round_trip(ds, tmp_path):
+    pytest.importorskip("zarr")
+    path = save(ds, tmp_path / "r.zarr")
+    back = load(path)
+    xr.testing.assert_equal(back[["load", "bias", "maxvio_batch"]],
+                            ds[["load", "bias", "maxvio_batch"]])
+
+
+def test_failed_write_keeps_previous_file(ds, tmp_path, monkeypatch):
+    path = save(ds, tmp_path / "r.nc")
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save(ds, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["r.nc"]
+
+
+def test_bad_suffix(ds, tmp_path):
+    with pytest.raises(ConfigError, match="must end in"):
+        save(ds, tmp_path / "r.csv")
