@@ -178,6 +178,9 @@ def update_bias(xp: ModuleType, params: ControllerParams, bias_PRE: Any, memory_
 
     Parameters
     ----------
+    xp : namespace
+    params : ControllerParams
+        Per-point laws and settings.
     bias_PRE, memory_PRE : arrays (P, R, E)
     load_PRE : int array (P, R, E)
         Loads counted over the window that just ended.

@@ -1,0 +1,66 @@
+"""Write docs/configuration.md from the config dataclasses' docstrings.
+
+    python docs/make_config_doc.py
+
+The test suite checks that the file is up to date.
+"""
+
+import dataclasses
+import inspect
+import math
+import re
+import sys
+from pathlib import Path
+
+from routesim import config as C
+
+OUT = Path(__file__).with_name("configuration.md")
+
+
+def _attributes(cls) -> dict[str, str]:
+    doc = inspect.getdoc(cls) or ""
+    m = re.search(r"Attributes\n-+\n(.*)", doc, re.S)
+    if not m:
+        return {}
+    out: dict[str, str] = {}
+    names: list[str] = []
+    for line in m.group(1).splitlines():
+        if line and not line.startswith(" "):
+            names = [n.strip() for n in line.split(":")[0].split(",")]
+            for n in names:
+                out[n] = ""
+        elif names:
+            for n in names:
+                out[n] = (out[n] + " " + line.strip()).strip()
+    return out
+
+
+def render() -> str:
+    lines = ["# Configuration reference", "",
+             "Generated from the dataclasses in `routesim/config.py` by "
+             "`python docs/make_config_doc.py`. Every field can be set in a TOML section of the "
+             "same name; unknown keys are refused.", ""]
+    for section, cls in C._SECTIONS.items():
+        lines += [f"## `[{section}]`", "", (inspect.getdoc(cls) or "").split("\n")[0], "",
+                  "| field | default | meaning |", "|---|---|---|"]
+        attrs = _attributes(cls)
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = ""
+            if isinstance(default, float) and math.isinf(default):
+                default = "inf"
+            text = attrs.get(f.name, "").replace("|", "\\|")
+            lines.append(f"| `{f.name}` | `{default!r}` | {text} |")
+        lines.append("")
+    lines += ["## Sweepable fields", "",
+              ", ".join(f"`{k}`" for k in sorted(C.SWEEPABLE)), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    OUT.write_text(render())
+    print(f"wrote {OUT}", file=sys.stderr)
