@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import controllers, routing, traffic
+from . import controllers, expert_choice, routing, traffic
 from ._backend import get_namespace, one_hot
 from .config import Config
 from .exceptions import ConfigError
@@ -83,6 +83,10 @@ class StepOutput:
     kept_PRE : loads after capacity dropping.
     displaced_PR : share of selections outside the unbiased top-K (NaN if off).
     maxvio_compute_PRC : mean MaxVio over the computation batches of each size.
+    unrouted_PR : share of tokens with no expert (0 for dropless token choice,
+        NaN for token choice with capacity dropping, measured for Expert Choice).
+    experts_per_token_PRJ : Expert Choice only (else None): tokens of the step
+        with 0, 1, ..., E experts.
     """
 
     bias_PRE: Any
@@ -90,6 +94,8 @@ class StepOutput:
     kept_PRE: Any
     displaced_PR: Any
     maxvio_compute_PRC: Any
+    unrouted_PR: Any = None
+    experts_per_token_PRJ: Any = None
 
 
 Simulator = tuple[Callable[[], SimState], Callable[[SimState], tuple[SimState, StepOutput]]]
@@ -138,9 +144,6 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
         raise ConfigError("point_indices: empty; give at least one point")
     points = [all_points[i] for i in point_indices]
     cfg = points[0]
-    if cfg.router.router_type != "token_choice":
-        raise ConfigError(f"router.router_type = {cfg.router.router_type!r}: the exact engine "
-                          "routes 'token_choice' only")
     xp = xp or get_namespace(cfg.run.backend)
     run, batch, router, ctrl = cfg.run, cfg.batch, cfg.router, cfg.controller
     dtype = xp.float32 if run.bias_dtype == "float32" else xp.float64
@@ -154,6 +157,9 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
     chunk_seqs = _chunk_sequences(cfg, len(points))
     cap = routing.capacity(seqs_mb * L, k, n, router.capacity_factor)
     cb_sizes = batch.computation_batch_sizes
+    # Expert Choice: block size (None for token choice); see route_expert_choice.
+    ec_block = ((router.expert_choice_block or seqs_mb * L)
+                if router.router_type == "expert_choice" else None)
     init_bias = 1.0 if router.bias_mode == "multiplicative" else 0.0
     shape_PRE = (len(points), run.replicas, n)
 
@@ -196,6 +202,17 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
             estimate = routing.quantile_dual_estimate(xp, z, xp.astype(bias_PRE, z.dtype), k)
         return routed, kept, displaced, estimate
 
+    def route_expert_choice(tstate: traffic.TrafficState, step: int, token_start: int,
+                            n_seqs: int) -> tuple[Any, Any]:
+        """Expert Choice on one micro-batch: counts per sequence (P, R, B, E) and
+        tokens with 0..E experts (P, R, E + 1). The bias is not used: a per-expert
+        constant does not change which tokens an expert ranks first."""
+        z = traffic.logits(xp, tparams, tstate, keys_PR, step, token_start, n_seqs * L)
+        mask = expert_choice.expert_choice_mask(xp, gate(xp, router.score_function, z), k,
+                                                ec_block)
+        return (routing.mask_counts_per_sequence(xp, mask, n_seqs, L),
+                expert_choice.experts_per_token_histogram(xp, mask))
+
     def close_window(state: SimState) -> SimState:
         est = None
         if cparams.any_quantile:
@@ -215,13 +232,18 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
         first_bias = state.bias_PRE
         routed_parts, kept_parts = [], []
         displaced = xp.zeros(shape_PRE[:2], dtype=xp.float64)
+        per_token = xp.zeros(shape_PRE[:2] + (n + 1,), dtype=xp.int64)
         for mb in range(batch.num_micro_batches):
             mb_routed, mb_kept = [], []
             mb_estimate = None
             for c0 in range(0, seqs_mb, chunk_seqs):
                 start = (mb * seqs_mb + c0) * L
-                routed, kept, disp, est = route_chunk(tstate, state.bias_PRE, t, start,
-                                                      chunk_seqs)
+                if ec_block is not None:  # Expert Choice (chunk = whole micro-batch)
+                    routed, hist = route_expert_choice(tstate, t, start, chunk_seqs)
+                    kept, disp, est, per_token = routed, None, None, per_token + hist
+                else:
+                    routed, kept, disp, est = route_chunk(tstate, state.bias_PRE, t, start,
+                                                          chunk_seqs)
                 mb_routed.append(routed)
                 mb_kept.append(kept)
                 if disp is not None:
@@ -255,10 +277,18 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
         mv_cb_PRC = (xp.stack(mv_cb, axis=-1) if mv_cb
                      else xp.zeros(shape_PRE[:2] + (0,), dtype=xp.float64))
         total = batch.tokens_per_step * k
-        disp_share = (displaced / total if run.record_displacement
+        disp_share = (displaced / total if run.record_displacement and ec_block is None
                       else xp.full(shape_PRE[:2], float("nan"), dtype=xp.float64))
+        if ec_block is not None:
+            ept = per_token
+            unrouted = xp.astype(per_token[..., 0], xp.float64) / batch.tokens_per_step
+        else:
+            unrouted = xp.full(shape_PRE[:2], 0.0 if router.dropless else float("nan"),
+                               dtype=xp.float64)
+            ept = None
         out = StepOutput(bias_PRE=first_bias, load_PRE=load, kept_PRE=kept,
-                         displaced_PR=disp_share, maxvio_compute_PRC=mv_cb_PRC)
+                         displaced_PR=disp_share, maxvio_compute_PRC=mv_cb_PRC,
+                         unrouted_PR=unrouted, experts_per_token_PRJ=ept)
         return dataclasses.replace(state, step=t + 1), out
 
     return init, step

@@ -51,7 +51,9 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
         ``maxvio_global`` (trailing ``run.global_window`` steps),
         ``maxvio_global_run`` (all steps), ``maxvio_compute``, ``cv``,
         ``min_load``, ``max_load``, ``dead_experts``, ``load_entropy``,
-        ``drop_rate``, ``displacement``, ``flip_fraction``, ``bias_spread``.
+        ``drop_rate``, ``displacement``, ``flip_fraction``, ``bias_spread``,
+        ``unrouted_share`` (tokens with no expert) and, for Expert Choice,
+        ``experts_per_token`` (tokens with 0..E experts, dim ``num_assigned``).
         Attributes hold the config (JSON), the package version, the seed and
         its SeedSequence entropy.
 
@@ -75,6 +77,7 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
     state = init()
     records: dict[str, list[np.ndarray]] = {k: [] for k in
                                             ("bias", "load", "kept", "disp", "mvcb")}
+    routing_extra: list[tuple[np.ndarray, np.ndarray | None]] = []
     with _progress(progress, config.run.steps, "routesim") as bar:
         for _ in range(config.run.steps):
             state, out = step(state)
@@ -83,11 +86,26 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
             records["kept"].append(to_numpy(out.kept_PRE))
             records["disp"].append(to_numpy(out.displaced_PR))
             records["mvcb"].append(to_numpy(out.maxvio_compute_PRC))
+            ept = out.experts_per_token_PRJ
+            routing_extra.append((to_numpy(out.unrouted_PR),
+                                  None if ept is None else to_numpy(ept)))
             bar.update(1)
     stacked = {k: np.stack(v) for k, v in records.items()}
     return build_dataset(config, point_indices, bias_SPRE=stacked["bias"],
                          load_SPRE=stacked["load"], kept_SPRE=stacked["kept"],
-                         displaced_SPR=stacked["disp"], maxvio_compute_SPRC=stacked["mvcb"])
+                         displaced_SPR=stacked["disp"], maxvio_compute_SPRC=stacked["mvcb"],
+                         extra=_routing_extra(routing_extra))
+
+
+def _routing_extra(rows: list[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
+    """``unrouted_share`` (step, point, replica) and, for Expert Choice,
+    ``experts_per_token`` (step, point, replica, num_assigned)."""
+    dims3 = ("step", "point", "replica")
+    out: dict[str, Any] = {"unrouted_share": (dims3, np.stack([u for u, _ in rows]))}
+    if rows and rows[0][1] is not None:
+        out["experts_per_token"] = (dims3 + ("num_assigned",),
+                                    np.stack([h for _, h in rows]).astype(np.int32))
+    return out
 
 
 def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
