@@ -71,6 +71,10 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
         from .surrogate import simulate_meanfield  # noqa: PLC0415 (optional engine)
 
         return simulate_meanfield(config, point_indices=point_indices, progress=progress)
+    if config.penalty.learn:
+        from .learner import simulate_learner  # noqa: PLC0415 (learning engine)
+
+        return simulate_learner(config, point_indices=point_indices, progress=progress)
     from .engine import make_simulator
 
     init, step = make_simulator(config, point_indices)
