@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="override run.backend")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("--no-plot", action="store_true", help="do not write the figure")
+    sweep = sub.add_parser("sweep", help="run a config's points in chunks (parallel, resumable)")
+    sweep.add_argument("config", type=Path, help="TOML configuration file")
+    sweep.add_argument("--out", type=Path, required=True,
+                       help="directory for chunks/ and results.nc; re-run to resume")
+    sweep.add_argument("--chunk", type=int, default=1, help="points per chunk (default 1)")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -115,12 +122,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .sweep import run_sweep
+
+    cfg = load_config(args.config)
+    if args.chunk < 1:
+        raise ConfigError(f"--chunk = {args.chunk}: must be an integer >= 1")
+    if args.workers < 1:
+        raise ConfigError(f"--workers = {args.workers}: must be an integer >= 1")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out = {str(args.out)!r}: exists and is not a directory")
+    ds = run_sweep(cfg, args.out, points_per_chunk=args.chunk, workers=args.workers,
+                   progress=False if args.no_progress else None)
+    print(format_summary(ds))
+    print(f"\nresults: {args.out / 'results.nc'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
     except (ConfigError, BackendError) as err:
         print(f"routesim: error: {err}", file=sys.stderr)
         return 2

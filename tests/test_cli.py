@@ -65,3 +65,14 @@ def test_unusable_backend_refused_before_work(tmp_path, capsys):
     assert main(["run", str(cfg), "--backend", "cupy", "--out", str(tmp_path / "o")]) == 2
     assert "cupy" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_sweep_command_resumable(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "sw"
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    first = capsys.readouterr().out
+    assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().out == first
+    assert main(["sweep", str(cfg), "--out", str(out), "--chunk", "0"]) == 2
