@@ -12,6 +12,10 @@ gates        softmax, sigmoid, sqrt-softplus
 routing      biased top-K, group limits, weights, capacity, counting
 controllers  bias update laws (sign, sign_centred, proportional, ema, ...)
 engine       the pure step function of the exact engine
+expert_choice  Expert Choice routing (each expert picks its tokens)
+leakage      measured information leakage (entropy of early routing)
+leakage_channel  constructive leakage channels (encoder, decoder)
+entropy      entropy estimators, bootstrap intervals, sample sizes
 simulate     run all steps, return an xarray Dataset
 metrics      MaxVio, CV, entropy, flips
 store        atomic save/load of results
@@ -34,6 +38,7 @@ from .config import (
 )
 from .engine import make_simulator
 from .exceptions import BackendError, ConfigError
+from .leakage import measure_leakage
 from .simulate import simulate
 from .store import load, save
 
@@ -55,6 +60,7 @@ __all__ = [
     "load",
     "load_config",
     "make_simulator",
+    "measure_leakage",
     "save",
     "simulate",
 ]

@@ -104,8 +104,10 @@ def expert_choice_mask(xp: ModuleType, scores_PRTE: Any, topk: int, block: int) 
     above = x > thr
     tie = x == thr
     need = cap - xp.sum(xp.astype(above, xp.int64), axis=-2, keepdims=True)
-    first_ties = tie & (xp.cumulative_sum(xp.astype(tie, xp.int64), axis=-2) <= need)
-    return xp.reshape(above | first_ties, tuple(lead) + (t, e))
+    n_tie = xp.sum(xp.astype(tie, xp.int64), axis=-2, keepdims=True)
+    if not bool(xp.all(n_tie == need)):  # some tie straddles a threshold: earliest first
+        tie = tie & (xp.cumulative_sum(xp.astype(tie, xp.int64), axis=-2) <= need)
+    return xp.reshape(above | tie, tuple(lead) + (t, e))
 
 
 def experts_per_token(xp: ModuleType, mask_PRTE: Any) -> Any:

@@ -23,7 +23,7 @@ K * log2(N / K)``, with equality at ``c = 1`` (``T = N / K``), and
 ``(1 - R) T`` in place of ``T``). The exact count grows with ``T`` (for
 multiples of ``N / K``) towards ``N * H2(R) = K * log2((1 - R) / R) -
 N * log2(1 - R)``, from below, with a gap of order ``log2(T) / T``
-(Stirling). For N = 16, K = 2: 6.00 bits at T = 8, 8.67 at T = 2048, limit
+(Stirling). For N = 16, K = 2: 6.00 bits at T = 8, 8.66 at T = 2048, limit
 8.70, against the bound's 5.61.
 
 ``leakage_split(n_early, n_late, N, K)`` is the capacity that matters for
@@ -110,7 +110,7 @@ def leakage_exact(block: int | np.ndarray, num_experts: int, topk: int) -> float
     >>> round(leakage_exact(8, 16, 2), 6)   # c = 1: exactly K * log2(N / K)
     6.0
     >>> round(float(leakage_exact(2048, 16, 2)), 2)
-    8.67
+    8.66
     """
     _check_nk(num_experts, topk)
     t = np.asarray(block)
