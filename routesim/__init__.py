@@ -16,6 +16,11 @@ expert_choice  Expert Choice routing (each expert picks its tokens)
 leakage      measured information leakage (entropy of early routing)
 leakage_channel  constructive leakage channels (encoder, decoder)
 entropy      entropy estimators, bootstrap intervals, sample sizes
+learner      the learning engine: a router trained on a task proxy and penalties
+penalties    balance losses (Switch, sequence-wise, global-batch), z-loss, gradients
+noisy_gate   noisy top-K gating with importance and load losses
+task_proxy   the task-loss proxy (topic affinity, rich-get-richer quality)
+optim        SGD, Adam, learning-rate and loss-weight schedules
 simulate     run all steps, return an xarray Dataset
 metrics      MaxVio, CV, entropy, flips
 store        atomic save/load of results
@@ -39,6 +44,7 @@ from .config import (
 from .engine import make_simulator
 from .exceptions import BackendError, ConfigError
 from .leakage import measure_leakage
+from .learner import make_learner_simulator, simulate_learner
 from .simulate import simulate
 from .store import load, save
 
@@ -59,8 +65,10 @@ __all__ = [
     "config_from_dict",
     "load",
     "load_config",
+    "make_learner_simulator",
     "make_simulator",
     "measure_leakage",
     "save",
     "simulate",
+    "simulate_learner",
 ]

@@ -19,14 +19,20 @@ from .exceptions import BackendError, ConfigError
 __all__ = ["main", "format_summary"]
 
 #: Columns of the summary table: (variable, header, reduction over steps).
+#: Learning runs add the end-of-run global MaxVio, the cancelled share of the task
+#: gradient and, with the noisy gate, the evaluation-window (noise off) balance.
 SUMMARY_COLUMNS = [
     ("maxvio_batch", "MaxVio_batch", "tail"),
     ("maxvio_global_run", "MaxVio_global", "scalar"),
+    ("maxvio_global_final", "MaxVio_gl_end", "scalar"),
     ("dead_experts", "dead", "tail"),
     ("drop_rate", "drop", "tail"),
     ("task_proxy", "task proxy", "tail"),
     ("interference", "interference", "mean"),
+    ("cancelled_share", "cancelled", "mean"),
     ("load_ratio", "max/min load", "scalar"),
+    ("maxvio_global_eval_run", "MaxVio_eval", "scalar"),
+    ("load_ratio_eval", "max/min eval", "scalar"),
 ]
 
 

@@ -551,11 +551,18 @@ class PenaltyConfig:
     importance_loss, load_loss : float >= 0
         Weights of ``CV(Importance)^2`` and ``CV(Load)^2`` (noisy gate only).
     affinity_scale : float >= 0
-        Scale of the topic-expert affinities of the task proxy.
+        Scale of the topic-expert affinities of the task proxy; under Adam
+        only its ratio to the penalty weights matters (see
+        ``docs/penalties.md``).
     quality_strength : float >= 0
         Rich-get-richer strength ``gamma`` (0 turns it off).
     quality_memory : float in [0, 1)
         EMA memory ``rho`` of the expert usage behind the quality.
+    common_random_numbers : bool
+        All points of replica ``r`` share its random numbers (topic
+        centres, affinities, initial router, tokens, gate noise): a paired
+        comparison of the points' treatments. False gives each point its own
+        streams, as the exact engine does.
     """
 
     learn: bool = False
@@ -581,9 +588,10 @@ class PenaltyConfig:
     noise_init_scale: float = 0.0
     importance_loss: float = 0.0
     load_loss: float = 0.0
-    affinity_scale: float = 0.01
+    affinity_scale: float = 1e-3
     quality_strength: float = 0.0
     quality_memory: float = 0.9
+    common_random_numbers: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self, "penalty")

@@ -23,6 +23,11 @@ With the noisy gate the step's tokens are routed a second time with the
 noise off (the evaluation window: same router and bias as the training
 pass, no learning), giving ``eval_load``.
 
+By default the points of a sweep share the random numbers of each replica
+(``penalty.common_random_numbers``): the same topic centres, affinities,
+initial router, tokens and gate noise, so that a sweep over penalties and
+controllers is a paired comparison of the treatments alone.
+
 Penalty weights and the learning rate follow their schedules
 (:mod:`routesim.optim`) and are reported per step. Everything is computed
 for all points and replicas at once; points may differ in penalty type,
@@ -103,7 +108,8 @@ class LearnerOutput:
     ``balance_loss``, ``z_loss_value``, ``interference``,
     ``cancelled_share``, ``max_logit``, ``logit_spread``, ``alpha_t``,
     ``z_loss_t``, ``lr_t``, ``expert_quality`` and, with the noisy gate,
-    ``importance_cv2``, ``load_cv2``, ``eval_load``.
+    ``importance_cv2``, ``load_cv2``, ``eval_load``, ``gate_noise`` (mean
+    noise scale ``softplus(x @ W_noise.T)``).
     """
 
     bias_PRE: Any
@@ -172,7 +178,9 @@ def make_learner_simulator(config: Config, point_indices: Sequence[int] | None =
     noisy = pen.noisy_gate
     gate_name = "noisy" if noisy else router.score_function
     aux_gate = "softmax" if noisy else router.score_function
-    keys_PR = xp.asarray(rng.point_keys(run.seed, point_indices, run.replicas))
+    # common random numbers: every point draws replica r's numbers (point 0's keys)
+    key_points = [0] * len(points) if pen.common_random_numbers else point_indices
+    keys_PR = xp.asarray(rng.point_keys(run.seed, key_points, run.replicas))
     tparams = traffic.make_traffic_params(points)
     cparams = controllers.make_controller_params(points)
     shape_PRE = (len(points), run.replicas, n)
@@ -320,7 +328,7 @@ def make_learner_simulator(config: Config, point_indices: Sequence[int] | None =
             raw = penalties.router_logits(xp, x, state.noise_weight_PRED)
             eps = rng.standard_normal(xp, keys_PR, t, NOISE_STREAM,
                                       xp.arange(tokens, dtype=xp.uint64), n, f64)
-            h, _ = noisy_gate.noisy_logits(xp, clean, raw, eps)
+            h, sigma = noisy_gate.noisy_logits(xp, clean, raw, eps)
             s = gate(xp, "softmax", h)
         else:
             h = clean
@@ -365,6 +373,7 @@ def make_learner_simulator(config: Config, point_indices: Sequence[int] | None =
             idx = routing.select_topk(xp, sel, k, router.num_groups, router.group_topk)
             extra["eval_load"] = xp.sum(routing.counts_per_sequence(
                 xp, idx, batch.num_sequences, L, n), axis=2)
+            extra["gate_noise"] = xp.mean(sigma, axis=(-2, -1))
         out = LearnerOutput(bias_PRE=first_bias, load_PRE=load, kept_PRE=load,
                             displaced_PR=displaced,
                             maxvio_compute_PRC=_maxvio_compute(xp, routed_seq,
@@ -420,9 +429,11 @@ def simulate_learner(config: Config, *, point_indices: Sequence[int] | None = No
         ``penalty``, ``balance_loss``, ``z_loss_value``, ``interference``,
         ``cancelled_share``, ``max_logit``, ``logit_spread``; per step and
         point ``alpha_t``, ``z_loss_t``, ``lr_t``; ``expert_quality`` per
-        expert; ``load_ratio`` (max/min total load over the run) per point
-        and replica. With the noisy gate also ``importance_cv2``,
-        ``load_cv2``, ``eval_load``, ``maxvio_global_eval`` (trailing
+        expert; ``load_ratio`` (max/min total load over the run) and
+        ``maxvio_global_final`` (MaxVio of the loads of the last
+        ``run.global_window`` steps) per point and replica. With the noisy
+        gate also ``importance_cv2``, ``load_cv2``, ``gate_noise``,
+        ``eval_load``, ``maxvio_global_eval`` (trailing
         ``run.global_window`` steps of ``eval_load``),
         ``maxvio_global_eval_run`` and ``load_ratio_eval``.
     """
@@ -446,10 +457,12 @@ def simulate_learner(config: Config, *, point_indices: Sequence[int] | None = No
     for key, value in s.items():
         if key not in ("bias", "load", "disp", "mvcb", "eval_load"):
             extra[key] = (_DIMS[value.ndim], value)
+    window = config.run.global_window
     extra["load_ratio"] = (("point", "replica"), _load_ratio(s["load"]))
+    extra["maxvio_global_final"] = (("point", "replica"),
+                                    metrics.maxvio(s["load"][-window:].sum(axis=0)))
     if "eval_load" in s:
         ev = s["eval_load"].astype(np.int64)
-        window = config.run.global_window
         extra["eval_load"] = (_DIMS[4], ev.astype(np.int32))
         extra["maxvio_global_eval"] = (_DIMS[3], metrics.maxvio(metrics.trailing_sum(ev, window)))
         extra["maxvio_global_eval_run"] = (("point", "replica"), metrics.maxvio(ev.sum(axis=0)))

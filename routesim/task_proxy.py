@@ -36,15 +36,24 @@ send each topic to the experts it suits: specialisation with moderate
 imbalance. With ``gamma > 0`` and no balancing, the experts that happen to
 be used more early improve, draw more traffic and the rest starve:
 collapse. A balance penalty or a bias controller moves tokens away from the
-experts the reward prefers, so balance costs proxy. The scale matters: the
-defaults make the reward differences between experts of order 0.01 per
-token, the order of the log-perplexity gaps the Loss-Free paper reports
-(9.50 vs 9.56, 0.006 nats), so that the published penalty weights
-(1e-4 to 1e-2) are neither negligible nor overwhelming. The proxy is a
-myopic objective: with rich-get-richer on, a collapsed router can score
-*higher* than a balanced one (the concentrated experts got better), which
-is why a real run needs balancing for reasons (hardware efficiency, expert
-capacity) that the proxy does not price.
+experts the reward prefers, so balance costs proxy.
+
+Scale. With Adam, which normalises each weight's step, multiplying the
+reward by a constant and every penalty weight by the same constant leaves
+the run unchanged: only ``alpha / affinity_scale`` (and ``gamma /
+affinity_scale``) matter. The default ``affinity_scale = 1e-3`` is chosen so
+that the published penalty weights span the transition: ``alpha = 1e-2``
+nearly balances, ``alpha = 1e-3`` (Loss-Free's baseline, MaxVio_global 0.72
+in its Table 2) leaves a MaxVio_global of order 1, ``alpha <= 1e-4`` does
+not prevent collapse. It is a calibration of one free constant against one
+published number, not a derived value.
+
+The proxy is myopic: with rich-get-richer on, a collapsed router can score
+*higher* than a balanced one (its few busy experts became better), which
+is why real runs balance for reasons (hardware efficiency, expert capacity)
+that the proxy does not price. ``task_affinity`` (the reward without the
+quality term) separates the specialisation part from the rich-get-richer
+part.
 
 Shape legend: P points, R replicas, T tokens, E experts, M topics.
 """

@@ -92,7 +92,7 @@ def _step0_inputs(cfg, point):
     """Tokens, topics, affinities and gate noise of step 0 of one point."""
     p = cfg.points()[point]
     b, n = p.batch, p.router.num_experts
-    keys = point_keys(cfg.run.seed, [point], 1)
+    keys = point_keys(cfg.run.seed, [0 if p.penalty.common_random_numbers else point], 1)
     tp = traffic.make_traffic_params([p])
     ts = traffic.init_traffic(np, tp, keys)
     x32, topic = traffic.token_features(np, tp, ts, keys, 0, 0, b.tokens_per_step)
@@ -261,6 +261,16 @@ def test_same_seed_same_numbers_and_points_are_independent():
     assert a.equals(b)
     assert np.array_equal(a["load"].isel(point=2).values, c["load"].isel(point=0).values)
     assert np.allclose(a["task_proxy"].isel(point=2).values, c["task_proxy"].isel(point=0).values)
+
+
+@pytest.mark.parametrize("common", [True, False])
+def test_common_random_numbers_pair_the_points(common):
+    # two points with the same treatment: identical under common random numbers
+    cfg = small(run={"steps": 3}, penalty={"common_random_numbers": common},
+                sweep={"penalty.alpha": [0.1, 0.1], "penalty.type": ["switch"]})
+    ds = simulate(cfg, progress=False)
+    same = np.array_equal(ds["load"].isel(point=0).values, ds["load"].isel(point=1).values)
+    assert same == common
 
 
 def test_array_api_strict_backend_agrees():
