@@ -128,7 +128,7 @@ def leakage_table(draws: int, contexts: int, seed: int, n_resamples: int) -> Non
             mark = ">=" if method == "joint" and res.undersampled else "  "
             meas = f"{mark}{res.bits:7.2f} [{res.ci[0]:7.2f}, {res.ci[1]:7.2f}]"
             left = (f"{label:<42} {t:>5} {N:>3} {K:>2} {bound:6.2f} "
-                    f"{leakage_exact(t, N, K):6.2f} {split}" if i == 0 else " " * 79)
+                    f"{leakage_exact(t, N, K):6.2f} {split}" if i == 0 else " " * 76)
             sat = "+" if ch.saturated else " "
             right = (f"{ch.recovered:11.1f}{sat} {ch.per_token:7.4f}" if i == 0 else "")
             print(f"{left} | {meas:>31} {method.replace('_', '-'):<10} "
