@@ -145,3 +145,11 @@ def test_token_choice_reports_unrouted_share():
     base["router"]["capacity_factor"] = 1.0
     ds = simulate(config_from_dict(base), progress=False)
     assert np.all(np.isnan(ds["unrouted_share"].values))
+
+
+def test_numpy_and_array_api_strict_engines_agree():
+    pytest.importorskip("array_api_strict")
+    a = simulate(_config(16, steps=2), progress=False)
+    b = simulate(_config(16, steps=2, backend="array_api_strict"), progress=False)
+    for name in ("load", "experts_per_token", "unrouted_share"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
