@@ -740,6 +740,11 @@ class Config:
                      f"must divide the tokens per micro-batch ({tokens_mb})")
             _require(block * r.topk % r.num_experts == 0, "router.expert_choice_block", block,
                      f"K*T/N = {r.topk}*{block}/{r.num_experts} must be an integer")
+            _require(r.dropless, "router.capacity_factor", r.capacity_factor,
+                     "Expert Choice fills every expert exactly; omit the capacity factor")
+            _require(c.type in ("none", "sign", "sign_centred", "proportional", "ema", "rms",
+                                "momentum_tanh"), "controller.type", c.type,
+                     "Expert Choice takes no quantile dual; use another controller or none")
         if self.penalty.learn or self.penalty.type != "none" or self.penalty.z_loss > 0:
             _require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
                      "a learnable router or a penalty needs traffic.kind = 'features'")
