@@ -43,7 +43,7 @@ reward by a constant and every penalty weight by the same constant leaves
 the run unchanged: only ``alpha / affinity_scale`` (and ``gamma /
 affinity_scale``) matter. The default ``affinity_scale = 1e-3`` is chosen so
 that the published penalty weights span the transition: ``alpha = 1e-2``
-nearly balances, ``alpha = 1e-3`` (Loss-Free's baseline, MaxVio_global 0.72
+balances best (MaxVio_global 0.3 to 0.7), ``alpha = 1e-3`` (Loss-Free's baseline, MaxVio_global 0.72
 in its Table 2) leaves a MaxVio_global of order 1, ``alpha <= 1e-4`` does
 not prevent collapse. It is a calibration of one free constant against one
 published number, not a derived value.

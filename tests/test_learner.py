@@ -287,6 +287,29 @@ def test_array_api_strict_backend_agrees():
     assert np.array_equal(outs[0][1], outs[1][1])
 
 
+@pytest.mark.gpu
+def test_cupy_backend_agrees():
+    from routesim._backend import cupy_available
+
+    ok, reason = cupy_available()
+    if not ok:
+        pytest.skip(reason)
+    import cupy
+
+    cfg = small(penalty={"noisy_gate": True, "importance_loss": 0.1, "load_loss": 0.1,
+                         "z_loss": 0.01})
+    outs = []
+    for xp in (np, cupy):
+        init, step = learner.make_learner_simulator(cfg, xp=xp)
+        state = init()
+        for _ in range(3):
+            state, out = step(state)
+        outs.append((cupy.asnumpy(state.weight_PRED) if xp is cupy else state.weight_PRED,
+                     cupy.asnumpy(out.load_PRE) if xp is cupy else out.load_PRE))
+    assert np.allclose(outs[0][0], outs[1][0], atol=1e-6)
+    assert np.array_equal(outs[0][1], outs[1][1])
+
+
 # ----------------------------------------------------------------------------
 # bad input
 # ----------------------------------------------------------------------------
