@@ -1,34 +1,32 @@
-"""Quadrature kernel of the expected-load map (private).
+"""Quadrature nodes of the expected-load map (private).
 
 For independent per-expert logits ``z_j = mu_j + sigma * eps_j`` and a
-selection score ``y_j = h(z_j; b_j)`` that is increasing in ``z_j``, expert
-``i`` is chosen when fewer than ``K`` of the others score above ``y_i``::
+selection score ``y_j = h(z_j; b_j)`` increasing in ``z_j``, expert ``i`` is
+chosen when fewer than ``K`` of the others score above ``y_i``::
 
-    p_i = integral f_i(y) * P(N_{-i}(y) <= K - 1) dy
+    p_i = E_x[ G_i(h(mu_i + sigma x; b_i)) ],   G_i(y) = P(N_{-i}(y) <= K - 1),
 
-with ``f_i`` the density of ``y_i`` and ``N_{-i}(y)`` the number of other
-experts above ``y``: a Poisson-binomial count with success probabilities
-``q_j(y) = P(y_j > y)``. Its law is read off the discrete Fourier transform of
-``prod_j (1 - q_j + q_j w)`` at the ``M``-th roots of unity ``w`` (``M`` odd and
-``>= N``, so no aliasing and no factor vanishes); leaving out expert ``i`` (or
-a pair ``i, k``) divides the product by its factor(s), so every expert and
-every pair costs one multiplication, and the pair sums are matrix products.
+with ``x`` the standard noise and ``N_{-i}(y)`` the number of other experts
+above ``y``, a Poisson-binomial count with success probabilities
+``q_j(y) = P(y_j > y)`` (see :mod:`._poisson`). Each expert is integrated in
+its own standardised logit ``x``, where its density is smooth however the
+gate saturates (a sigmoid score piles up against ``1 + b_j``, which defeats a
+quadrature on a common level axis).
 
-The integration variable is ``t = log(v / (N - v))`` with ``v(y) = sum_j q_j(y)``
-the expected number of experts above ``y``: the threshold that matters sits
-near ``v = K`` whatever the law, skew and bias, and composite Gauss-Legendre
-panels in ``t`` resolve it. The range keeps ``v`` in ``[1e-7, v_max]`` with
-``v_max`` set by a Chernoff bound so that ``P(N <= K)`` is below ``1e-13``;
-mass above the top level is added as ``q_i(y_top)``.
+The range of ``x`` is cut to the levels that matter: from ``y_lo``, below
+which ``P(N <= K) < 1e-13`` (a Chernoff bound on the count of experts above),
+to ``y_top``, above which the expected count of experts is ``1e-7`` and the
+mass is added as ``P(x > x_top)``. Composite Gauss-Legendre panels of 8
+nodes, uniform in ``x``.
 
-Shape legend: B flattened leading axes, Q quadrature nodes, E experts,
-H retained frequencies.
+Shape legend: B flattened leading axes, U nodes per expert, E experts.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import special
@@ -36,9 +34,11 @@ from scipy import special
 __all__: list[str] = []
 
 NOISE_LAWS = ("normal", "logistic", "gumbel")
-_EULER = 0.5772156649015329
+EULER = 0.5772156649015329
+ORDER = 8
 _V_MIN = 1e-7
-_CHUNK_ELEMENTS = 1 << 21
+_TAIL = 1e-13
+_XG, _WG = np.polynomial.legendre.leggauss(ORDER)
 
 
 # ----------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def _sf(law: str, x: np.ndarray) -> np.ndarray:
         return special.ndtr(-x)
     if law == "logistic":
         return special.expit(-x)
-    return -np.expm1(-np.exp(-(x + _EULER)))
+    return -np.expm1(-np.exp(-(x + EULER)))
 
 
 def _pdf(law: str, x: np.ndarray) -> np.ndarray:
@@ -58,16 +58,17 @@ def _pdf(law: str, x: np.ndarray) -> np.ndarray:
             return np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
         if law == "logistic":
             return special.expit(x) * special.expit(-x)
-        e = np.exp(-(x + _EULER))
+        e = np.exp(-(x + EULER))
         return np.where(np.isfinite(e), e * np.exp(-e), 0.0)
 
 
-def _quantile(law: str, w: float) -> float:
+def quantile(law: str, w: float) -> float:
+    """Quantile of the standard noise law."""
     if law == "normal":
         return float(special.ndtri(w))
     if law == "logistic":
         return float(special.logit(w))
-    return float(-math.log(-math.log(w)) - _EULER)
+    return float(-math.log(-math.log(w)) - EULER)
 
 
 # ----------------------------------------------------------------------------
@@ -87,7 +88,7 @@ class Transform:
 
 
 def _ginv(gate: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Logit ``z`` with ``g(z) = s`` and ``dz/ds`` (+-inf / 0 off the range)."""
+    """Logit ``z`` with ``g(z) = s`` and ``dz/ds`` (+-inf and 0 off the range)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if gate == "sigmoid":
             inside = (s > 0) & (s < 1)
@@ -99,16 +100,11 @@ def _ginv(gate: str, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             inside = s > 0
             sc = np.where(inside, s, 1.0)
             s2 = sc * sc
-            z = np.where(s2 > 30.0, s2 + np.log1p(-np.exp(-s2)), np.log(np.expm1(s2)))
+            z = np.where(s2 > 30.0, s2 + np.log1p(-np.exp(-np.minimum(s2, 700.0))),
+                         np.log(np.expm1(np.minimum(s2, 30.0))))
             dz = 2.0 * sc / (-np.expm1(-s2))
             z = np.where(inside, z, -np.inf)
         return z, np.where(inside, dz, 0.0)
-
-
-def _gate(gate: str, z: np.ndarray) -> np.ndarray:
-    if gate == "sigmoid":
-        return special.expit(z)
-    return np.sqrt(np.logaddexp(0.0, z))
 
 
 def levels_of(tr: Transform, z: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -117,22 +113,36 @@ def levels_of(tr: Transform, z: np.ndarray, bias: np.ndarray) -> np.ndarray:
         return z + bias
     if tr.kind == "logit_logb":
         return z + np.log(bias)
-    s = _gate(tr.gate, z)
+    s = special.expit(z) if tr.gate == "sigmoid" else np.sqrt(np.logaddexp(0.0, z))
     return s + bias if tr.kind == "score_add" else s * bias
 
 
-def expert_terms(tr: Transform, law: str, y: np.ndarray, mu: np.ndarray, bias: np.ndarray,
-                 sigma: np.ndarray, wrt: str = "bias"
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``q = P(y_j > y)``, density ``f`` of ``y_j`` at ``y``, and ``g = dq/dtheta_j``.
+class Terms(NamedTuple):
+    """Per-expert quantities at levels ``y`` (each shaped like ``y`` x experts).
 
-    ``y`` has shape (B, Q, 1) and ``mu``, ``bias`` (B, 1, E), ``sigma``
-    (B, 1, 1); ``theta`` is the bias (``wrt="bias"``) or ``mu``.
+    ``q = P(y_j > y)``; ``f`` density of ``y_j``; ``g = dq_j / dtheta_j``;
+    ``x`` standardised logit threshold; ``dx = dx / dy``.
+    """
+
+    q: np.ndarray
+    f: np.ndarray
+    g: np.ndarray
+    x: np.ndarray
+    dx: np.ndarray
+
+
+def expert_terms(tr: Transform, law: str, y: np.ndarray, mu: np.ndarray, bias: np.ndarray,
+                 sigma: np.ndarray, wrt: str = "bias") -> Terms:
+    """:class:`Terms` at levels ``y`` (..., 1) for experts ``mu``, ``bias`` (..., E).
+
+    ``sigma`` broadcasts against them; ``theta`` is the bias (``wrt="bias"``)
+    or ``mu``.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         if tr.kind in ("logit", "logit_logb"):
             shift = np.log(bias) if tr.kind == "logit_logb" else bias
-            zeta, dz = y - shift, np.ones_like(y - shift)
+            zeta = y - shift
+            dz = np.ones_like(zeta)
         elif tr.kind == "score_add":
             zeta, dz = _ginv(tr.gate, y - bias)
         else:
@@ -152,156 +162,113 @@ def expert_terms(tr: Transform, law: str, y: np.ndarray, mu: np.ndarray, bias: n
             g = f / bias
         else:
             g = f * (y / bias)
-    return q, f, np.where(finite, g, 0.0)
+        return Terms(q, f, np.where(finite, g, 0.0), x, np.where(finite, dz / sigma, 0.0))
+
+
+def pdf(law: str, x: np.ndarray) -> np.ndarray:
+    """Density of the standard noise law."""
+    return _pdf(law, x)
+
+
+def sf(law: str, x: np.ndarray) -> np.ndarray:
+    """Survival function of the standard noise law."""
+    return _sf(law, x)
 
 
 # ----------------------------------------------------------------------------
-# Integration nodes in t = log(v / (N - v))
+# Range and nodes
 # ----------------------------------------------------------------------------
 def _v_max(n: int, k: int) -> float:
-    """Expected count above the lowest level: ``P(N <= K) < 1e-13`` below it."""
+    """Expected count above ``y_lo``, so that ``P(N <= K) < 1e-13`` below it.
+
+    Lower Chernoff bound ``P(N <= K) <= exp(-m) (e m / K)^K`` while ``m < N``;
+    near ``m = N`` the count of experts *below* ``y`` (mean ``N - m``) must
+    reach ``N - K``: ``P <= (e (N - m) / (N - K))^(N - K)``.
+    """
     m = float(k) + 1.0
-    while m - k - k * math.log(m / k) < 30.0:
+    while m - k - k * math.log(m / k) < 30.0 and m < n:
         m *= 1.05
-    return min(m, n - 1e-9)
+    below = (n - k) / math.e * _TAIL ** (1.0 / (n - k))
+    return min(m, n - min(below, 0.5))
 
 
-def _t_of_v(v: np.ndarray, n: int) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(v) - np.log(np.maximum(n - v, 0.0))
+def _levels_at_counts(tr: Transform, law: str, mu_BE: np.ndarray, bias_BE: np.ndarray,
+                      sigma_B: np.ndarray, targets_V: np.ndarray) -> np.ndarray:
+    """Levels ``y`` with ``sum_j q_j(y) = v`` for each target ``v``: (B, V), by bisection."""
+    sig = sigma_B[:, None]
+    lo = np.min(levels_of(tr, mu_BE + sig * quantile(law, _TAIL), bias_BE), axis=-1)
+    hi = np.max(levels_of(tr, mu_BE + sig * quantile(law, 1.0 - _TAIL), bias_BE), axis=-1)
+    shape = (mu_BE.shape[0], targets_V.size)
+    lo, hi = np.broadcast_to(lo[:, None], shape), np.broadcast_to(hi[:, None], shape)
+    mu3, b3, s3 = mu_BE[:, None, :], bias_BE[:, None, :], sigma_B[:, None, None]
+    for _ in range(200):  # the count decreases in y: keep count(lo) > v > count(hi)
+        mid = 0.5 * (lo + hi)
+        t = expert_terms(tr, law, mid[..., None], mu3, b3, s3)
+        above = np.sum(t.q, axis=-1) > targets_V
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+        if np.all(hi - lo <= 1e-13 * (1.0 + np.abs(mid))):
+            break
+    return 0.5 * (lo + hi)
+
+
+def _gl(lo: np.ndarray, hi: np.ndarray, panels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Composite Gauss-Legendre nodes and weights on [lo, hi] (broadcast): (..., panels * O)."""
+    frac = np.linspace(0.0, 1.0, panels + 1)
+    half = 0.5 * (frac[1:] - frac[:-1])
+    r = ((frac[:-1] + half)[:, None] + half[:, None] * _XG).ravel()
+    wr = (half[:, None] * _WG).ravel()
+    span = (hi - lo)[..., None]
+    return lo[..., None] + span * r, span * wr
 
 
 @dataclass(frozen=True)
 class Nodes:
-    """Quadrature nodes: levels ``y_BQ``, weights ``w_BQ`` (in y), top level ``y_top_B``."""
+    """Each expert's own quadrature nodes.
 
-    y_BQ: np.ndarray
-    w_BQ: np.ndarray
-    y_top_B: np.ndarray
+    Attributes
+    ----------
+    x_BEU : standardised logit nodes of expert ``i`` (row ``i``).
+    w_BEU : weights including the noise density, so ``sum_u w = P(x in range)``.
+    y_BEU : the selection levels ``h(mu_i + sigma x; b_i)`` of the nodes.
+    above_BE : ``P(x > x_top)``, the mass above the range (counted as chosen).
+    """
+
+    x_BEU: np.ndarray
+    w_BEU: np.ndarray
+    y_BEU: np.ndarray
+    above_BE: np.ndarray
 
 
 def make_nodes(tr: Transform, law: str, mu_BE: np.ndarray, bias_BE: np.ndarray,
-               sigma_B: np.ndarray, topk: int, nodes: int, order: int = 8) -> Nodes:
-    """Composite Gauss-Legendre nodes in ``t``, mapped to levels ``y``."""
-    b, n = mu_BE.shape
-    zlo, zhi = _quantile(law, 1e-15), _quantile(law, 1.0 - 1e-15)
-    sig = sigma_B[:, None]
-    lo = np.min(levels_of(tr, mu_BE + sig * zlo, bias_BE), axis=-1)
-    hi = np.max(levels_of(tr, mu_BE + sig * zhi, bias_BE), axis=-1)
-    mu3, b3, s3 = mu_BE[:, None, :], bias_BE[:, None, :], sigma_B[:, None, None]
+               sigma_B: np.ndarray, topk: int, nodes: int) -> Nodes:
+    """Own nodes of every expert over the levels that matter (about ``nodes`` per expert).
 
-    def t_and_slope(y_BG: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        q, f, _ = expert_terms(tr, law, y_BG[..., None], mu3, b3, s3)
-        v = np.sum(q, axis=-1)
-        fs = np.sum(f, axis=-1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            slope = -fs * n / (v * (n - v))
-        return _t_of_v(v, n), slope
-
-    grid = 257
-    frac = np.linspace(0.0, 1.0, grid)
-    y_grid = lo[:, None] + (hi - lo)[:, None] * frac
-    t_grid, _ = t_and_slope(y_grid)  # decreasing in y
-    t_lo = float(_t_of_v(np.asarray(_V_MIN), n))
-    t_hi = float(_t_of_v(np.asarray(_v_max(n, topk)), n))
-    panels = max(1, nodes // order)
-    xg, wg = np.polynomial.legendre.leggauss(order)
-    edges = np.linspace(t_lo, t_hi, panels + 1)
-    half = 0.5 * (edges[1:] - edges[:-1])
-    t_nodes = ((edges[:-1] + half)[:, None] + half[:, None] * xg).ravel()
-    t_w = (half[:, None] * wg).ravel()
-    targets = np.concatenate([t_nodes, [t_lo]])
-    # Bracket each target in the grid, then safeguarded Newton.
-    above = np.sum(t_grid[:, None, :] > targets[None, :, None], axis=-1)
-    idx = np.clip(above, 1, grid - 1)
-    ya = np.take_along_axis(y_grid, idx - 1, axis=-1)
-    yb = np.take_along_axis(y_grid, idx, axis=-1)
-    ta = np.take_along_axis(t_grid, idx - 1, axis=-1)
-    tb = np.take_along_axis(t_grid, idx, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lam = np.where(np.isfinite(ta) & np.isfinite(tb) & (ta != tb),
-                       (ta - targets) / (ta - tb), 0.5)
-    y = ya + np.clip(lam, 0.0, 1.0) * (yb - ya)
-    for _ in range(40):
-        t, slope = t_and_slope(y)
-        err = t - targets
-        ya = np.where(err > 0, y, ya)  # t too high -> y too low
-        yb = np.where(err > 0, yb, y)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            newton = y - err / slope
-        ok = np.isfinite(newton) & (newton > ya) & (newton < yb)
-        y_new = np.where(ok, newton, 0.5 * (ya + yb))
-        done = np.all(np.abs(err) < 1e-11) or np.all(np.abs(y_new - y) <= 1e-15 * (1 + abs(y)))
-        y = y_new
-        if done:
-            break
-    t, slope = t_and_slope(y)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dydt = np.where(np.isfinite(slope) & (slope != 0), -1.0 / slope, 0.0)
-    w = t_w * dydt[:, :-1]
-    return Nodes(y_BQ=y[:, :-1], w_BQ=w, y_top_B=y[:, -1])
-
-
-# ----------------------------------------------------------------------------
-# Poisson-binomial sums through the DFT
-# ----------------------------------------------------------------------------
-def _frequencies(n: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """``M`` (odd, >= n), roots ``w_l`` for l = 0..(M-1)/2 and the Hermitian weights."""
-    m = n if n % 2 else n + 1
-    l = np.arange((m - 1) // 2 + 1)
-    w = np.exp(2j * np.pi * l / m)
-    gamma = np.where(l == 0, 1.0, 2.0) / m
-    return m, w, gamma
-
-
-def _count_weights(w_H: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """``sum_{m=lo}^{hi} w^{-m}`` (zero when hi < lo)."""
-    if hi < lo:
-        return np.zeros_like(w_H)
-    powers = np.arange(lo, hi + 1)
-    return np.sum(w_H[:, None] ** (-powers[None, :]), axis=-1)
-
-
-def _chunks(b: int, q: int, n: int, h: int):
-    rows = max(1, _CHUNK_ELEMENTS // max(1, n * h))
-    for bi in range(b):
-        for q0 in range(0, q, rows):
-            yield bi, slice(q0, min(q, q0 + rows))
-
-
-def single_sums(q_BQE: np.ndarray, topk: int) -> np.ndarray:
-    """``G_i = P(N_{-i} <= K - 1)`` at every node: shape (B, Q, E)."""
-    b, nq, n = q_BQE.shape
-    _, w, gamma = _frequencies(n)
-    kappa = _count_weights(w, 0, topk - 1) * gamma
-    out = np.empty_like(q_BQE)
-    for bi, sl in _chunks(b, nq, n, w.size):
-        q = q_BQE[bi, sl][..., None]
-        a = (1.0 - q) + q * w  # (Q, E, H)
-        prod = np.prod(a, axis=1, keepdims=True)
-        out[bi, sl] = np.real(np.sum(prod / a * kappa, axis=-1))
-    return out
-
-
-def pair_sums(q_BQE: np.ndarray, left_BQE: np.ndarray, right_BQE: np.ndarray,
-              weight_BQ: np.ndarray, count_lo: int, count_hi: int) -> np.ndarray:
-    """``sum_q weight * left_i * right_k * P(count_lo <= N_{-ik} <= count_hi)``: (B, E, E).
-
-    The diagonal is meaningless (it divides by expert i's factor twice) and
-    is left for the caller to replace.
+    Each expert's range of ``x`` is split into panels at ``nodes // 16``
+    equal steps and at the levels where the expected count of experts above
+    runs through ``K / 16 .. 16 K`` (``nodes // 16`` steps, evenly in
+    ``log(v / (N - v))``): the count law ``G`` turns over there, sharply
+    when ``N`` is large.
     """
-    b, nq, n = q_BQE.shape
-    _, w, gamma = _frequencies(n)
-    kappa = _count_weights(w, count_lo, count_hi) * gamma
-    out = np.zeros((b, n, n))
-    for bi, sl in _chunks(b, nq, n, w.size):
-        q = q_BQE[bi, sl][..., None]
-        a = (1.0 - q) + q * w  # (Q, E, H)
-        prod = np.prod(a, axis=1)  # (Q, H)
-        scale = prod * kappa * weight_BQ[bi, sl][:, None]  # (Q, H)
-        x = left_BQE[bi, sl][..., None] / a * scale[:, None, :]  # (Q, E, H)
-        y = right_BQE[bi, sl][..., None] / a
-        xm = np.transpose(x, (1, 0, 2)).reshape(n, -1)
-        ym = np.transpose(y, (1, 0, 2)).reshape(n, -1)
-        out[bi] += np.real(xm @ ym.T)
-    return out
+    n = mu_BE.shape[-1]
+    steps = max(1, nodes // (2 * ORDER))
+    v_hi = _v_max(n, topk)
+    t_of = lambda v: np.log(v) - np.log(n - v)  # noqa: E731
+    t_a, t_b = t_of(max(_V_MIN, topk / 16.0)), t_of(min(v_hi, 16.0 * topk))
+    tv = np.linspace(t_a, t_b, steps + 1) if t_b > t_a else np.array([t_a])
+    v = np.concatenate([[v_hi, _V_MIN], n / (1.0 + np.exp(-tv))])
+    y_v = _levels_at_counts(tr, law, mu_BE, bias_BE, sigma_B, v)  # (B, V)
+    te = expert_terms(tr, law, y_v[..., None], mu_BE[:, None, :], bias_BE[:, None, :],
+                      sigma_B[:, None, None])
+    xv = np.swapaxes(te.x, -1, -2)  # (B, E, V): x_i at each level
+    xmin, xmax = quantile(law, _TAIL), quantile(law, 1.0 - _TAIL)
+    xv = np.clip(np.nan_to_num(xv, nan=xmin), xmin, xmax)
+    x_lo, x_hi = xv[..., 0], np.maximum(xv[..., 1], xv[..., 0])
+    even = x_lo[..., None] + (x_hi - x_lo)[..., None] * np.linspace(0.0, 1.0, steps + 1)
+    edges = np.sort(np.concatenate([even, np.clip(xv[..., 2:], x_lo[..., None],
+                                                  x_hi[..., None])], axis=-1), axis=-1)
+    half = 0.5 * (edges[..., 1:] - edges[..., :-1])  # (B, E, panels)
+    x = ((edges[..., :-1] + half)[..., None] + half[..., None] * _XG).reshape(
+        edges.shape[:-1] + (-1,))
+    w = (half[..., None] * _WG).reshape(x.shape) * _pdf(law, x)
+    y = levels_of(tr, mu_BE[..., None] + sigma_B[:, None, None] * x, bias_BE[..., None])
+    return Nodes(x_BEU=x, w_BEU=w, y_BEU=y, above_BE=_sf(law, x_hi))
