@@ -182,6 +182,12 @@ class RunConfig:
     record_displacement : bool
         Also compute the unbiased top-K to measure displacement (costs a
         second selection).
+    kernel : {"auto", "generic", "numba", "cuda"}
+        Exact-engine routing code: ``generic`` is the array code (any
+        backend); ``numba`` (NumPy backend, ``fast`` extra) and ``cuda``
+        (CuPy backend) are compiled kernels for popularity traffic with
+        normal noise, dropless token choice; ``auto`` picks the compiled one
+        where it applies. All give the same counts up to float32 near-ties.
     """
 
     steps: int = 200
@@ -192,6 +198,7 @@ class RunConfig:
     bias_dtype: Literal["float32", "float64"] = "float32"
     global_window: int = 100
     record_displacement: bool = True
+    kernel: Literal["auto", "generic", "numba", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
         _check_types(self, "run")

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import controllers, expert_choice, routing, traffic
+from . import _kernels, controllers, expert_choice, routing, traffic
 from ._backend import get_namespace, one_hot
 from .config import Config
 from .exceptions import ConfigError
@@ -154,7 +154,9 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
     quantile_P = np.array([t == "quantile" for t in cparams.types])
     L = batch.seq_length
     seqs_mb = batch.sequences_per_micro_batch
-    chunk_seqs = _chunk_sequences(cfg, len(points))
+    # A compiled kernel (run.kernel) streams over tokens itself: one call per micro-batch.
+    fast_router = _kernels.make_router(points, xp, keys_PR, tparams)
+    chunk_seqs = seqs_mb if fast_router is not None else _chunk_sequences(cfg, len(points))
     cap = routing.capacity(seqs_mb * L, k, n, router.capacity_factor)
     cb_sizes = batch.computation_batch_sizes
     # Expert Choice: block size (None for token choice); see route_expert_choice.
@@ -174,6 +176,9 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
                     n_seqs: int) -> tuple[Any, Any, Any, Any]:
         """Route one chunk; returns routed and kept counts per sequence, displaced
         selections and the quantile estimate (or None)."""
+        if fast_router is not None:
+            routed, displaced = fast_router(tstate, bias_PRE, step, token_start, n_seqs)
+            return routed, routed, displaced, None
         n_tok = n_seqs * L
         z = traffic.logits(xp, tparams, tstate, keys_PR, step, token_start, n_tok)
         s = gate(xp, router.score_function, z)

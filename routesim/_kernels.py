@@ -1,0 +1,191 @@
+"""Compiled routing kernels: which one runs, and the glue to the engine.
+
+The engine's array code (:func:`routesim.engine.make_simulator`, "generic")
+runs everything on any namespace. For the common case, popularity traffic
+with normal noise, token-choice routing without capacity, two compiled
+kernels compute the same routed counts without materialising the
+(P, R, T, E) arrays:
+
+``numba``
+    CPU, NumPy backend (:mod:`routesim._kernel_numba`; needs the ``fast``
+    extra). Thresholded exact top-K over both cores.
+``cuda``
+    GPU, CuPy backend (:mod:`routesim._kernel_cuda`): one thread per token.
+
+Both draw the same counter-based random numbers as :mod:`routesim.rng`, so
+their selections agree with the generic path except at float32 near-ties
+(score differences of ~1e-7). ``run.kernel = "auto"`` picks the compiled
+kernel where it applies and the generic code elsewhere; naming a kernel that
+cannot run the config raises :class:`routesim.ConfigError` before any work.
+
+Shape legend: P points, R replicas, B sequences, E experts.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import rng, traffic
+from ._backend import is_numpy
+from .config import Config
+from .exceptions import ConfigError
+
+__all__ = ["KERNELS", "numba_available", "unsupported_reason", "choose_kernel", "make_router"]
+
+KERNELS = ("auto", "generic", "numba", "cuda")
+
+#: A compiled router: (traffic state, bias (P, R, E), step, first token, sequences)
+#: -> (routed counts (P, R, B, E), displaced selections (P, R) or None).
+Router = Callable[[traffic.TrafficState, Any, int, int, int], tuple[Any, Any]]
+
+
+@functools.cache
+def numba_available() -> tuple[bool, str]:
+    """``(usable, reason)`` for the Numba kernel (probed once)."""
+    try:
+        import numba  # noqa: F401  (probe only)
+    except ImportError as err:
+        return False, f"Numba is not installed ({err}); pip install routesim[fast]"
+    return True, "ok"
+
+
+def unsupported_reason(points: Sequence[Config]) -> str | None:
+    """Why the compiled kernels cannot route these points (None if they can).
+
+    Parameters
+    ----------
+    points : sequence of Config
+        The points of one run (sweep applied).
+
+    Returns
+    -------
+    str or None
+        The first unsupported setting, named by its field.
+
+    Examples
+    --------
+    >>> from routesim import Config
+    >>> unsupported_reason([Config()]) is None
+    True
+    """
+    cfg = points[0]
+    t, r = cfg.traffic, cfg.router
+    checks = [
+        (r.router_type == "token_choice", f"router.router_type = {r.router_type!r}"),
+        (t.kind == "popularity", f"traffic.kind = {t.kind!r}"),
+        (t.noise == "normal", f"traffic.noise = {t.noise!r}"),
+        (r.dropless, f"router.capacity_factor = {r.capacity_factor!r}"),
+        (r.num_groups is None or r.num_groups == 1, f"router.num_groups = {r.num_groups!r}"),
+        (all(p.controller.type != "quantile" for p in points), "controller.type = 'quantile'"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            return what + " (the compiled kernels cover token-choice routing of popularity " \
+                          "traffic with normal noise, dropless, without groups or quantile " \
+                          "balancing)"
+    return None
+
+
+def choose_kernel(points: Sequence[Config], xp: ModuleType) -> str:
+    """Resolve ``run.kernel`` to ``"generic"``, ``"numba"`` or ``"cuda"``.
+
+    Parameters
+    ----------
+    points : sequence of Config
+    xp : namespace
+        The engine's array namespace.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ConfigError
+        If ``run.kernel`` names a kernel that cannot run here.
+    """
+    want = points[0].run.kernel
+    backend = "numpy" if is_numpy(xp) else getattr(xp, "__name__", "other")
+    native = {"numpy": "numba", "cupy": "cuda"}.get(backend)
+    reason = unsupported_reason(points)
+    if want == "generic":
+        return "generic"
+    if want == "auto":
+        if native is None or reason is not None:
+            return "generic"
+        if native == "numba" and not numba_available()[0]:
+            return "generic"
+        return native
+    if want != native:
+        raise ConfigError(f"run.kernel = {want!r}: needs run.backend = "
+                          f"{'numpy' if want == 'numba' else 'cupy'!r} (the engine runs on "
+                          f"{backend!r}); use 'auto' or 'generic'")
+    if reason is not None:
+        raise ConfigError(f"run.kernel = {want!r}: cannot run {reason}; use 'auto' or 'generic'")
+    if want == "numba" and not numba_available()[0]:
+        raise ConfigError(f"run.kernel = 'numba': {numba_available()[1]}")
+    return want
+
+
+def make_router(points: Sequence[Config], xp: ModuleType, keys_PR: Any,
+                tparams: traffic.TrafficParams) -> Router | None:
+    """The compiled router of these points, or None for the generic path.
+
+    Parameters
+    ----------
+    points : sequence of Config
+    xp : namespace
+    keys_PR : uint64 array (P, R)
+        The run's random keys (in ``xp``).
+    tparams : traffic.TrafficParams
+
+    Returns
+    -------
+    callable or None
+        ``router(tstate, bias_PRE, step, token_start, n_seqs)`` returning the
+        routed counts per sequence (P, R, B, E) and the displaced selections
+        (P, R), or None when not recorded.
+    """
+    kind = choose_kernel(points, xp)
+    if kind == "generic":
+        return None
+    cfg = points[0]
+    run, router, L = cfg.run, cfg.router, cfg.batch.seq_length
+    p, r = keys_PR.shape
+    n, k = router.num_experts, router.topk
+    mult = router.bias_mode == "multiplicative"
+    rho_P = np.asarray(tparams.rho_P, dtype=np.float32)
+    use_rho = bool(np.any(rho_P > 0))
+    scale_Q = np.repeat(np.asarray(tparams.noise_scale_P, dtype=np.float32), r)
+    rho_Q = np.repeat(rho_P, r)
+
+    def seq_noise(step: int, token_start: int, n_seqs: int) -> Any:
+        rows = xp.arange(token_start // L, token_start // L + n_seqs, dtype=xp.uint64)
+        return rng.noise(xp, "normal", keys_PR, step, rng.Stream.SEQUENCE, rows, n, xp.float32)
+
+    if kind == "numba":
+        from ._kernel_numba import route_counts
+
+        def route(tstate, bias_PRE, step, token_start, n_seqs):
+            bases = rng.stream_base(np, keys_PR, step, rng.Stream.NOISE).reshape(-1)
+            a = (seq_noise(step, token_start, n_seqs).reshape(p * r, n_seqs, n)
+                 if use_rho else None)
+            counts, disp = route_counts(
+                bases, token_start, n_seqs * L, L,
+                np.asarray(tstate.mu_PRE, dtype=np.float32).reshape(p * r, n), scale_Q,
+                np.asarray(bias_PRE).astype(np.float32).reshape(p * r, n), k,
+                router.score_function, mult, run.record_displacement,
+                rho_Q=rho_Q if use_rho else None, a_QBE=a)
+            disp_PR = disp.reshape(p, r).astype(np.float64) if run.record_displacement else None
+            return counts.reshape(p, r, n_seqs, n), disp_PR
+
+        return route
+    from ._kernel_cuda import make_cuda_router
+
+    return make_cuda_router(xp, keys_PR, L, n, k, router.score_function, mult,
+                            run.record_displacement, scale_Q, rho_Q if use_rho else None,
+                            seq_noise)
