@@ -5,7 +5,17 @@ from .expected_load import (
     jacobian,
     load_map,
     load_map_mc,
+    own_probability,
     selection_covariance,
+)
+from .limit_cycle import (
+    cycle_maxvio,
+    harmonic_balance,
+    linear_plant,
+    map_plant,
+    map_response,
+    relay_cycle,
+    relay_stationary,
 )
 from .maxvio import (
     design_effect,
@@ -32,7 +42,15 @@ __all__ = [
     "jacobian",
     "load_map",
     "load_map_mc",
+    "own_probability",
     "selection_covariance",
+    "cycle_maxvio",
+    "harmonic_balance",
+    "linear_plant",
+    "map_plant",
+    "map_response",
+    "relay_cycle",
+    "relay_stationary",
     "design_effect",
     "expected_max_gaussian",
     "expected_maxvio",

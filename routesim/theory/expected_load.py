@@ -49,6 +49,7 @@ __all__ = [
     "selection_covariance",
     "jacobian",
     "equilibrium",
+    "own_probability",
 ]
 
 DEFAULT_NODES = 96
@@ -135,8 +136,12 @@ def _setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale, bias_mode, 
 
 
 def _integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
-               jac: str | None = None, cov: bool = False) -> dict[str, np.ndarray]:
+               jac: str | None = None, cov: bool = False,
+               only: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Integrals over each expert's own nodes, all (point, expert) rows at once.
+
+    ``only`` restricts the work to some flattened (point, expert) rows (the
+    others are left NaN).
 
     Returns ``p`` (B, E); with ``jac`` the matrix ``M[i, k] = int f_i g_k D_ik``
     (``g`` the derivative with respect to ``jac``); with ``cov`` the matrix
@@ -147,7 +152,7 @@ def _integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
     nd = _levels.make_nodes(tr, noise, m, b, s, topk, nodes)
     u = nd.y_BEU.shape[-1]
     pairs = jac is not None or cov
-    out = {"p": np.empty((nb, n))}
+    out = {"p": np.full((nb, n), np.nan)}
     if jac is not None:
         out["jac"] = np.zeros((nb, n, n))
     if cov:
@@ -157,8 +162,9 @@ def _integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
     chunk = max(1, _CHUNK_ELEMENTS // per_row)
     y_r, w_r = nd.y_BEU.reshape(rows, u), nd.w_BEU.reshape(rows, u)
     above_r = nd.above_BE.reshape(rows)
-    for r0 in range(0, rows, chunk):
-        r = np.arange(r0, min(rows, r0 + chunk))
+    todo = np.arange(rows) if only is None else np.asarray(only)
+    for r0 in range(0, todo.size, chunk):
+        r = todo[r0:r0 + chunk]
         pt, own = r // n, r % n
         terms = _levels.expert_terms(tr, noise, y_r[r][..., None], m[pt][:, None, :],
                                      b[pt][:, None, :], s[pt][:, None, None],
@@ -333,6 +339,42 @@ def jacobian(mu_PE: Any, bias_PE: Any = None, *, topk: int, score_function: str 
         mat = sym / scale[:, None, :]
     jac = -mat + np.where(eye, np.sum(mat, axis=-2)[:, None, :], 0.0)
     return jac.reshape(lead + (n, n))
+
+
+def own_probability(mu_PE: Any, bias_PE: Any, expert_P: Any, *, topk: int,
+                    score_function: str = "sigmoid", noise: str = "normal",
+                    noise_scale: Any = 1.0, bias_mode: str = "additive",
+                    bias_on: str = "scores", nodes: int = DEFAULT_NODES) -> np.ndarray:
+    """``p[expert]`` alone for each row: ``E`` times cheaper than :func:`load_map`.
+
+    Parameters
+    ----------
+    mu_PE, bias_PE, topk, score_function, noise, noise_scale, bias_mode, bias_on, nodes
+        As for :func:`load_map`.
+    expert_P : int array of the leading shape
+        The expert whose probability each row needs.
+
+    Returns
+    -------
+    p_P : ndarray (...)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mu = np.array([0.5, 0.0, -0.5])
+    >>> full = load_map(mu, topk=1)
+    >>> np.allclose(own_probability(mu, np.zeros(3), 0, topk=1), full[0])
+    True
+    """
+    lead, tr, flat = _setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
+                            bias_mode, bias_on, nodes)
+    n = flat[0].shape[-1]
+    expert = np.broadcast_to(np.asarray(expert_P), lead).reshape(-1)
+    if np.any((expert < 0) | (expert >= n)):
+        raise ConfigError(f"expert_P: indices must lie in [0, {n})")
+    rows = np.arange(expert.size) * n + expert
+    p = _integrals(tr, noise, flat, topk, nodes, only=rows)["p"].reshape(-1)[rows]
+    return p.reshape(lead)
 
 
 def _normalised(p: np.ndarray, topk: int) -> np.ndarray:
