@@ -123,12 +123,15 @@ def design_effect(p_E: np.ndarray, rho: float | np.ndarray, seq_length: int) -> 
     >>> round(float(design_effect(np.array([0.5]), 0.5, 4)[0]), 12)  # icc = 2 asin(rho) / pi
     2.0
     """
-    p = np.clip(np.asarray(p_E, dtype=np.float64), 1e-300, 1.0 - 1e-16)
+    p = np.asarray(p_E, dtype=np.float64)
+    q = np.minimum(p, 1.0 - p)  # the complement indicator has the same correlation
+    valid = q > 0
+    q = np.where(valid, q, 0.5)
     rho = np.asarray(rho, dtype=np.float64)
-    t = special.ndtri(1.0 - p)
+    t = -special.ndtri(q)
     a = np.sqrt((1.0 - rho) / (1.0 + rho))
-    both = p - 2.0 * special.owens_t(t, a)  # P(two tokens of a sequence both pick i)
-    icc = np.clip((both - p * p) / (p * (1.0 - p)), 0.0, 1.0)
+    both = q - 2.0 * special.owens_t(t, a)  # P(two tokens of a sequence both pick i)
+    icc = np.where(valid, np.clip((both - q * q) / (q * (1.0 - q)), 0.0, 1.0), 0.0)
     return 1.0 + (seq_length - 1) * icc
 
 
@@ -231,11 +234,13 @@ def _block_sequences(cfg: Config) -> int:
     return math.gcd(cfg.batch.sequences_per_micro_batch, *cfg.batch.computation_batch_sizes)
 
 
-def _relative(dp: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """``max_i |dp_i| / p_i`` per row (0 where both vanish)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(p > 0, np.abs(dp) / np.where(p > 0, p, 1.0), np.where(dp != 0, np.inf, 0.0))
-    return np.max(r, axis=-1)
+def _relative(dp: np.ndarray, p: np.ndarray, floor: float) -> np.ndarray:
+    """``max_i |dp_i| / max(p_i, floor)`` per row.
+
+    The floor (1 % of the balanced share ``K / N``) keeps nearly dead experts,
+    whose loads are negligible, from forcing re-evaluations.
+    """
+    return np.max(np.abs(dp) / np.maximum(p, floor), axis=-1)
 
 
 def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None = None, *,
@@ -298,45 +303,42 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
     cap = capacity(seqs_mb * L, k, n, router.capacity_factor)
     cb_sizes = batch.computation_batch_sizes
     init_bias = 1.0 if router.bias_mode == "multiplicative" else 0.0
+    p_floor = 0.01 * k / n
     kw = dict(topk=k, score_function=router.score_function, noise=cfg.traffic.noise,
               bias_mode=router.bias_mode, bias_on="scores")
 
-    def evaluate(ref: _Reference | None, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
+    def put(full: np.ndarray, rows: tuple[np.ndarray, np.ndarray], value: np.ndarray):
+        out = full.copy()
+        out[rows] = value
+        return out
+
+    def evaluate(ref: _Reference, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
                  rows_PR: np.ndarray, cov_PR: np.ndarray) -> _Reference:
         """Exact load map and Jacobian(s) at ``rows``; covariance at ``cov`` (a subset)."""
-        pi, ri = np.nonzero(rows_PR)
-        mu, b, s = mu_PRE[pi, ri], bias_PRE[pi, ri], scale_PR[pi, ri]
+        rows = np.nonzero(rows_PR)
+        mu, b, s = mu_PRE[rows], bias_PRE[rows], scale_PR[rows]
         p0 = load_map(mu, b, noise_scale=s, **kw)
-        fields = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu,
-                      jac_PREE=jacobian(mu, b, noise_scale=s, wrt="bias", **kw),
-                      sqrt_deff_PRE=np.sqrt(design_effect(p0, rho_PR[pi, ri][:, None], L)))
+        new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu,
+                   jac_PREE=jacobian(mu, b, noise_scale=s, wrt="bias", **kw),
+                   sqrt_deff_PRE=np.sqrt(design_effect(p0, rho_PR[rows][:, None], L)))
         if drift:
-            fields["jac_mu_PREE"] = jacobian(mu, b, noise_scale=s, wrt="mu", **kw)
-        if ref is None:
-            ref = _Reference(**{f.name: None for f in dataclasses.fields(_Reference)})
-        new = {}
-        for f in dataclasses.fields(_Reference):
-            if f.name in fields:
-                value = fields[f.name]
-                old = getattr(ref, f.name)
-                full = (np.zeros((P, R) + value.shape[1:]) if old is None
-                        else np.array(old, copy=True))
-                full[pi, ri] = value
-                new[f.name] = full
-            else:
-                new[f.name] = getattr(ref, f.name)
-        sel = cov_PR[pi, ri]
-        if sel.any() or ref.factor_PREE is None:
-            ci, cj = pi[sel], ri[sel]
-            cov = selection_covariance(mu_PRE[ci, cj], bias_PRE[ci, cj],
-                                       noise_scale=scale_PR[ci, cj], **kw)
+            new["jac_mu_PREE"] = jacobian(mu, b, noise_scale=s, wrt="mu", **kw)
+        changes = {name: put(getattr(ref, name), rows, v) for name, v in new.items()}
+        crows = np.nonzero(cov_PR)
+        if crows[0].size:
+            cov = selection_covariance(mu_PRE[crows], bias_PRE[crows],
+                                       noise_scale=scale_PR[crows], **kw)
             lam, vec = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, -1, -2)))
-            factor = np.zeros((P, R, n, n)) if ref.factor_PREE is None else ref.factor_PREE.copy()
-            cov_p = np.zeros((P, R, n)) if ref.cov_p_PRE is None else ref.cov_p_PRE.copy()
-            factor[ci, cj] = vec * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
-            cov_p[ci, cj] = new["p_PRE"][ci, cj]
-            new["factor_PREE"], new["cov_p_PRE"] = factor, cov_p
-        return _Reference(**new)
+            factor = vec * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
+            changes["factor_PREE"] = put(ref.factor_PREE, crows, factor)
+            changes["cov_p_PRE"] = put(ref.cov_p_PRE, crows, changes["p_PRE"][crows])
+        return dataclasses.replace(ref, **changes)
+
+    def blank() -> _Reference:
+        vec, mat = np.zeros((P, R, n)), np.zeros((P, R, n, n))
+        return _Reference(bias_PRE=vec, mu_PRE=vec, p_PRE=vec, jac_PREE=mat,
+                          jac_mu_PREE=mat if drift else None, sqrt_deff_PRE=vec, cov_p_PRE=vec,
+                          factor_PREE=mat)
 
     def current_p(state: MeanFieldState, mu_PRE: np.ndarray) -> tuple[MeanFieldState, np.ndarray]:
         """Linearised ``p`` of every row, re-evaluating rows that moved too far."""
@@ -344,15 +346,15 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
         ref = state.reference
         if ref is None:
             every = np.ones((P, R), dtype=bool)
-            ref = evaluate(None, mu_PRE, bias, every, every)
+            ref = evaluate(blank(), mu_PRE, bias, every, every)
             return dataclasses.replace(state, reference=ref,
                                        evaluations=state.evaluations + P * R), ref.p_PRE
         dp = (ref.jac_PREE @ (bias - ref.bias_PRE)[..., None])[..., 0]
         if drift:
             dp += (ref.jac_mu_PREE @ (mu_PRE - ref.mu_PRE)[..., None])[..., 0]
         p = ref.p_PRE + dp
-        stale = _relative(dp, ref.p_PRE) > tolerance
-        stale_cov = _relative(p - ref.cov_p_PRE, ref.cov_p_PRE) > covariance_tolerance
+        stale = _relative(dp, ref.p_PRE, p_floor) > tolerance
+        stale_cov = _relative(p - ref.cov_p_PRE, ref.cov_p_PRE, p_floor) > covariance_tolerance
         rows = stale | stale_cov
         if rows.any():
             ref = evaluate(ref, mu_PRE, bias, rows, stale_cov)
