@@ -71,6 +71,12 @@ def get_namespace(name: str) -> ModuleType:
             raise BackendError(f"backend = 'cupy': not available here: {reason}")
         import cupy
 
+        if not all(hasattr(cupy, f) for f in ("astype", "concat", "permute_dims")):
+            try:  # an older CuPy: the array API wrapper fills the gaps
+                from array_api_compat import cupy as cupy_compat
+            except ImportError:
+                return cupy
+            return cupy_compat
         return cupy
     if name == "array_api_strict":
         try:
@@ -88,7 +94,7 @@ def is_numpy(xp: ModuleType) -> bool:
 
 
 def _is_cupy(xp: ModuleType) -> bool:
-    return getattr(xp, "__name__", "") == "cupy"
+    return getattr(xp, "__name__", "").split(".")[-1] == "cupy"
 
 
 def to_numpy(x: Any) -> np.ndarray:

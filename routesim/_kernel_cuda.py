@@ -32,6 +32,7 @@ _BLOCK = 256
 
 CUDA_SOURCE = r"""
 #define H_ ((N_ + 1) / 2)
+#define NEG_INF __int_as_float(0xff800000)
 extern "C" __global__ void route_tokens(
     const unsigned long long* __restrict__ bases, const float* __restrict__ mu,
     const float* __restrict__ bias, const float* __restrict__ scale,
@@ -62,8 +63,8 @@ extern "C" __global__ void route_tokens(
         float tv[K_], ts[K_], t0[K_];
         int ti[K_];
 #pragma unroll
-        for (int i = 0; i < K_; ++i) { tv[i] = -INFINITY; ts[i] = 0.f; t0[i] = -INFINITY; ti[i] = 0; }
-        float zmax = -INFINITY, tot = 0.f;
+        for (int i = 0; i < K_; ++i) { tv[i] = NEG_INF; ts[i] = 0.f; t0[i] = NEG_INF; ti[i] = 0; }
+        float zmax = NEG_INF, tot = 0.f;
         for (int pass = (GATE_ == 1 ? 0 : 2); pass < 3; ++pass) {
             for (int j = 0; j < H_; ++j) {
                 unsigned long long x = base + (idx0 + (unsigned long long)j) * 0x9E3779B97F4A7C15ull;
@@ -192,8 +193,8 @@ def make_cuda_router(xp: Any, keys_PR: Any, seq_length: int, num_experts: int, t
     def route(tstate: Any, bias_PRE: Any, step: int, token_start: int, n_seqs: int):
         n_tok = n_seqs * L
         bases = xp.asarray(rng.stream_base(np, keys_host, step, rng.Stream.NOISE).reshape(-1))
-        mu = padded(xp.reshape(xp.astype(tstate.mu_PRE, xp.float32), (q_n, n)), 0.0)
-        bias = padded(xp.reshape(xp.astype(bias_PRE, xp.float32), (q_n, n)),
+        mu = padded(xp.reshape(tstate.mu_PRE.astype(xp.float32), (q_n, n)), 0.0)
+        bias = padded(xp.reshape(bias_PRE.astype(xp.float32), (q_n, n)),
                       0.0 if multiplicative else -np.inf)
         use_rho = rho_Q is not None
         a = (padded(xp.reshape(seq_noise(step, token_start, n_seqs), (q_n, n_seqs, n)), 0.0)
@@ -208,8 +209,8 @@ def make_cuda_router(xp: Any, keys_PR: Any, seq_length: int, num_experts: int, t
                              np.int64(token_start), np.int32(n_tok), np.int32(L),
                              np.int32(n_seqs), np.int32(smax), counts, disp),
            shared_mem=smax * n * 4)
-        routed = xp.reshape(xp.astype(counts, xp.int64), (p, r, n_seqs, n))
-        d = xp.reshape(xp.astype(disp, xp.float64), (p, r)) if want_displacement else None
+        routed = xp.reshape(counts.astype(xp.int64), (p, r, n_seqs, n))
+        d = xp.reshape(disp.astype(xp.float64), (p, r)) if want_displacement else None
         return routed, d
 
     return route

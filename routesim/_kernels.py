@@ -109,7 +109,8 @@ def choose_kernel(points: Sequence[Config], xp: ModuleType) -> str:
         If ``run.kernel`` names a kernel that cannot run here.
     """
     want = points[0].run.kernel
-    backend = "numpy" if is_numpy(xp) else getattr(xp, "__name__", "other")
+    name = getattr(xp, "__name__", "other")
+    backend = "numpy" if is_numpy(xp) else ("cupy" if name.split(".")[-1] == "cupy" else name)
     native = {"numpy": "numba", "cupy": "cuda"}.get(backend)
     reason = unsupported_reason(points)
     if want == "generic":
