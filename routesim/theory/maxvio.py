@@ -157,10 +157,10 @@ def expected_max_gaussian(mean_PE: Any, cov_PEE: Any, *, method: str = "mc",
 def _max_independent(mu_PE: np.ndarray, sd_PE: np.ndarray, panels: int = 96) -> np.ndarray:
     """``E[max]`` of independent normals: ``lo + int_lo^hi (1 - F(y)) dy`` per row.
 
-    Composite Gauss-Legendre on ``[min(mu - 9 sd), max(mu + 9 sd)]``
+    Composite Gauss-Legendre on ``[max(mu - 9 sd), max(mu + 9 sd)]``
     (``F(lo)`` and ``1 - F(hi)`` are below 1e-18); vectorised over rows.
     """
-    lo = np.min(mu_PE - 9.0 * sd_PE, axis=-1)
+    lo = np.max(mu_PE - 9.0 * sd_PE, axis=-1)
     hi = np.max(mu_PE + 9.0 * sd_PE, axis=-1)
     xg, wg = np.polynomial.legendre.leggauss(8)
     frac = np.linspace(0.0, 1.0, panels + 1)
