@@ -4,6 +4,7 @@
     python benchmarks/bench_engine.py --steps 50 --kernel generic
     python benchmarks/bench_engine.py --backend cupy     # GPU (CuPy; PyTorch on CUDA)
     python benchmarks/bench_engine.py --memory           # T=65536, N=256, K=8, P=16
+    python benchmarks/bench_engine.py --profile          # where the time goes
 
 Workload: 8 points (sign controller, rates logspace(1e-4, 1e-2, 8)), sigmoid
 gate, K = 8, skewed (Zipf, exponent 1) popularity plus standard normal noise.
@@ -99,6 +100,116 @@ def run_torch(points: int, steps: int, tokens: int, experts: int, topk: int, dev
     return time.perf_counter() - t0
 
 
+def profile_numba(n: int = 64, k: int = 8, segments: int = 40, tokens: int = 4096) -> None:
+    """Single-thread time per token of each stage of the Numba kernel.
+
+    The stages are called as ``_kernel_numba.run_segment`` calls them
+    (sigmoid gate, additive bias, Zipf popularity, bias 0), over ``segments``
+    segments of fresh draws, on blocks of 256 tokens (the kernel uses 64) to
+    keep the cost of the Python calls small (about 4 ns per token and stage).
+    """
+    from routesim import _kernel_numba as kn
+    from routesim import _numba_math as nm
+    from routesim import rng
+
+    F, U = np.float32, np.uint64
+    h, tb = (n + 1) // 2, 256
+    n2 = 2 * h
+    mu = np.zeros(n2, F)
+    mu[:n] = popularity("zipf", n, zipf_exponent=1.0)
+    bias = np.zeros(n2, F)
+    arow = np.zeros(n2, F)
+    keys = rng.point_keys(0, [0], 1)
+    i32, f32, i64 = (lambda m: np.empty(m, np.int32)), (lambda m: np.empty(m, F)), \
+        (lambda m: np.empty(m, np.int64))
+    u1i, u2i, ea, eb = i32(tb * h), i32(tb * h), f32(tb * h), f32(tb * h)
+    z, sb, vb = (np.empty((tb, n2), F) for _ in range(3))
+    cz, cb, cs, cv, ci = f32(tb * n2), f32(tb * n2), f32(tb * n2), f32(tb * n2), i64(tb * n2)
+    tend, rows = i64(tb), np.zeros(tb, np.int64)
+    bufv, bufi, tv, ti, tv0, ti0 = f32(n2), i64(n2), f32(n2), i64(n2), f32(n2), i64(n2)
+    key, key0, rk, rk0, zt = i64(max(64, n2)), i64(max(64, n2)), i64(64), i64(64), f32(n2)
+    counts = np.zeros((1, n), np.int64)
+    stages = dict.fromkeys(["hash (SplitMix64)", "Box-Muller (log, sqrt, sin/cos)",
+                            "logits mu + scale * eps", "candidates (z > z_thr) + gate",
+                            "exact top-K among candidates"], 0.0)
+    names = list(stages)
+    seg_time = 0.0
+    for warm in (True, False):
+        for seg in range(2 if warm else segments):
+            base = U(rng.stream_base(np, keys, seg, rng.Stream.NOISE)[0, 0])
+            t_seg = time.perf_counter()
+            kn.run_segment(base, 0, tokens, tokens, 0, h, n, k, mu, F(1), F(0), F(1), arow,
+                           bias, 0, False, False, True, counts)
+            if not warm:
+                seg_time += time.perf_counter() - t_seg
+            # the same segment stage by stage (pilot: tau and thresholds, untimed)
+            nm.hash_pairs(base, U(0), kn.PILOT_TOKENS * h, u1i, u2i)
+            nm.bm_pairs(kn.PILOT_TOKENS * h, u1i, u2i, ea, eb)
+            kn.logits(kn.PILOT_TOKENS, h, ea, eb, mu, F(1), F(0), F(1), arow, z)
+            kn.dense_scores(kn.PILOT_TOKENS, h, n, z, 0, False, bias, sb, vb)
+            tau = float(np.mean(np.sort(vb[:kn.PILOT_TOKENS, :n], axis=1)[:, -(k + kn._EXTRA)]))
+            kn.expert_thresholds(tau, tau, False, n, bias, 0, False, zt)
+            for t0 in range(kn.PILOT_TOKENS, tokens - tb + 1, tb):
+                c = [time.perf_counter()]
+                nm.hash_pairs(base, U(t0) * U(h), tb * h, u1i, u2i)
+                c.append(time.perf_counter())
+                nm.bm_pairs(tb * h, u1i, u2i, ea, eb)
+                c.append(time.perf_counter())
+                kn.logits(tb, h, ea, eb, mu, F(1), F(0), F(1), arow, z)
+                c.append(time.perf_counter())
+                m = kn.compact(tb, n2, z, zt, cz, ci, tend)
+                kn.gate_all(m, 0, False, bias, ci, cz, cb, cs, cv)
+                c.append(time.perf_counter())
+                kn._select_block(tb, k, h, n, n2, tend, cv, cs, ci, F(tau), F(tau), False, True,
+                                 z, sb, vb, 0, False, bias, rows, counts, key, key0, rk, rk0,
+                                 bufv, bufi, tv, ti, tv0, ti0)
+                c.append(time.perf_counter())
+                if not warm:
+                    for i, name in enumerate(names):
+                        stages[name] += c[i + 1] - c[i]
+    blocks = segments * len(range(kn.PILOT_TOKENS, tokens - tb + 1, tb))
+    print(f"Numba kernel profile, one thread, N={n}, K={k} (ns per token):")
+    total = sum(stages.values())
+    for name, sec in stages.items():
+        print(f"  {name:34s} {1e9 * sec / (blocks * tb):6.1f}  ({100 * sec / total:4.1f} %)")
+    print(f"  {'sum of stages':34s} {1e9 * total / (blocks * tb):6.1f}")
+    per_tok = 1e9 * seg_time / (segments * tokens)
+    print(f"  {'whole run_segment (with pilot)':34s} {per_tok:6.1f}  "
+          f"= {n / per_tok * 1e3:.0f} M scores/s per core")
+
+
+def profile_torch(tokens: int = 4096, n: int = 64, k: int = 8, reps: int = 200) -> None:
+    """Time per token of each operation of the PyTorch loop (its threads as set)."""
+    import torch
+
+    mu = torch.tensor(popularity("zipf", n, zipf_exponent=1.0), dtype=torch.float32)
+    z = torch.empty(tokens, n)
+    b = torch.zeros(n)
+    ops = dict.fromkeys(["normal_", "add popularity + sigmoid", "topk of s + b", "bincount",
+                         "sign update"], 0.0)
+    for rep in range(reps + 5):
+        c = [time.perf_counter()]
+        z.normal_()
+        c.append(time.perf_counter())
+        s = torch.sigmoid(z + mu)
+        c.append(time.perf_counter())
+        idx = torch.topk(s + b, k, dim=-1).indices
+        c.append(time.perf_counter())
+        load = torch.bincount(idx.flatten(), minlength=n).float()
+        c.append(time.perf_counter())
+        b += 1e-3 * torch.sign(load.mean() - load)
+        c.append(time.perf_counter())
+        if rep >= 5:
+            for i, name in enumerate(ops):
+                ops[name] += c[i + 1] - c[i]
+    total = sum(ops.values())
+    print(f"PyTorch loop profile, {torch.get_num_threads()} threads (ns per token):")
+    for name, sec in ops.items():
+        print(f"  {name:34s} {1e9 * sec / (reps * tokens):6.1f}  ({100 * sec / total:4.1f} %)")
+    print(f"  {'total':34s} {1e9 * total / (reps * tokens):6.1f}  "
+          f"= {n * reps * tokens / total / 1e6:.0f} M scores/s")
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -116,7 +227,19 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", action="store_true",
                     help="T=65536 (16 x 4096), N=256, K=8, P=16: report peak resident memory")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
+    ap.add_argument("--profile", action="store_true",
+                    help="per-stage time of the Numba kernel and of the PyTorch loop")
     args = ap.parse_args(argv)
+    if args.profile:
+        print(f"load average (1, 5, 15 min): {load_average()}")
+        profile_numba()
+        if not args.no_torch:
+            try:
+                profile_torch()
+            except ImportError:
+                print("PyTorch loop profile: skipped (torch not installed)")
+        print(f"load average after: {load_average()}")
+        return 0
     if args.memory:
         points, steps = args.points or 16, args.steps or 3
         seqs, L, n, k = 16, 4096, 256, 8

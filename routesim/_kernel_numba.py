@@ -203,8 +203,10 @@ def logits(nt, h, ea, eb, mu, scale, sr, sq, arow, z_out):
 
 
 @njit(**_OPT)
-def gate_all(m, gate, mult, cz, cb, cs, cv):
+def gate_all(m, gate, mult, bias, ci, cz, cb, cs, cv):
     """Scores and selection scores of ``m`` candidates (monotone gates)."""
+    for c in range(m):
+        cb[c] = bias[ci[c]]
     if gate == 0:
         for c in range(m):
             cs[c] = ONE / (ONE + expf(-cz[c]))
@@ -382,9 +384,7 @@ def run_segment(base, r0, r1, L, seq_base, h, n, k, mu, scale, sr, sq, arow, bia
             continue
         if filtered and use_pilot:
             m = compact(nt, n2, z_blk, zt, cz, ci, tend)
-            for c in range(m):
-                cb[c] = bias[ci[c]]
-            gate_all(m, gate, mult, cz, cb, cs, cv)
+            gate_all(m, gate, mult, bias, ci, cz, cb, cs, cv)
         else:
             dense_scores(nt, h, n, z_blk, gate, mult, bias, s_blk, v_blk)
             for tt in range(nt):
@@ -408,11 +408,11 @@ def run_segment(base, r0, r1, L, seq_base, h, n, k, mu, scale, sr, sq, arow, bia
 
 
 @njit(nogil=True, **_OPT)
-def _route_tasks(first, stride, bases, task_q, task_a, task_b, task_sub, L, seq_base, h, n, k,
+def _route_tasks(first, stop, bases, task_q, task_a, task_b, task_sub, L, seq_base, h, n, k,
                  mu, scale, sr, sq, a_seq, use_rho, bias, gate, mult, want_disp, filtered,
                  counts, disp):
-    """Run tasks ``first, first + stride, ...`` (one thread's share; releases the GIL)."""
-    for i in range(first, task_q.shape[0], stride):
+    """Run tasks ``first .. stop - 1`` (releases the GIL)."""
+    for i in range(first, stop):
         q = task_q[i]
         counts2 = counts[q, :, task_sub[i], :]
         d = 0
@@ -438,17 +438,26 @@ def _threads_default() -> int:
     return int(numba.config.NUMBA_NUM_THREADS)
 
 
-def _run_parallel(threads: int, args: tuple) -> None:
-    """Split the tasks round-robin over ``threads`` threads (the kernel drops the GIL)."""
+def _run_parallel(threads: int, n_tasks: int, args: tuple) -> None:
+    """Run the tasks on ``threads`` threads, each taking the next free task."""
     if threads <= 1:
-        _route_tasks(0, 1, *args)
+        _route_tasks(0, n_tasks, *args)
         return
+    import itertools
     from concurrent.futures import ThreadPoolExecutor
 
     if not _POOL or _POOL[0]._max_workers < threads:
         _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="routesim")]
-    futures = [_POOL[0].submit(_route_tasks, i, threads, *args) for i in range(threads)]
-    for f in futures:
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def worker() -> None:
+        while True:
+            i = next(counter)
+            if i >= n_tasks:
+                return
+            _route_tasks(i, i + 1, *args)
+
+    for f in [_POOL[0].submit(worker) for _ in range(threads)]:
         f.result()
 
 
@@ -457,7 +466,7 @@ def _plan(num_streams: int, token_start: int, n_tok: int, seq_length: int, threa
     """Tasks (stream, first row, end row, sub-chunk) covering every token once."""
     L = seq_length
     nseq = n_tok // L
-    target = max(min_task, -(-num_streams * n_tok // (4 * threads)))
+    target = max(min_task, -(-num_streams * n_tok // (8 * threads)))
     q_, a_, b_, s_ = [], [], [], []
     if target >= L:
         per = max(1, target // L)
@@ -490,7 +499,7 @@ def route_counts(bases_Q: np.ndarray, token_start: int, n_tok: int, seq_length: 
                  gate: str, multiplicative: bool, want_displacement: bool,
                  rho_Q: np.ndarray | None = None, a_QBE: np.ndarray | None = None,
                  filtered: bool = True, threads: int | None = None,
-                 min_task: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+                 min_task: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Routed counts per (stream, sequence, expert) of a chunk of whole sequences.
 
     Parameters
@@ -559,5 +568,5 @@ def route_counts(bases_Q: np.ndarray, token_start: int, n_tok: int, seq_length: 
     args = (np.ascontiguousarray(bases_Q, dtype=np.uint64), tq, ta, tb, ts, L, token_start // L,
             h, n, topk, mu, scale, sr, sq, a_seq, use_rho, bias, code, bool(multiplicative),
             bool(want_displacement), filt, counts, disp)
-    _run_parallel(min(threads, len(tq)), args)
+    _run_parallel(min(threads, len(tq)), len(tq), args)
     return counts.sum(axis=2), np.bincount(tq, weights=disp, minlength=q_n).astype(np.int64)
