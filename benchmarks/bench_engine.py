@@ -227,9 +227,19 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", action="store_true",
                     help="T=65536 (16 x 4096), N=256, K=8, P=16: report peak resident memory")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads of both the engine (Numba) and PyTorch (default: all)")
     ap.add_argument("--profile", action="store_true",
                     help="per-stage time of the Numba kernel and of the PyTorch loop")
     args = ap.parse_args(argv)
+    if args.threads:
+        os.environ["NUMBA_NUM_THREADS"] = str(args.threads)  # read when Numba is imported
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
     if args.profile:
         print(f"load average (1, 5, 15 min): {load_average()}")
         profile_numba()

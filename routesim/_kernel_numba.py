@@ -32,6 +32,7 @@ H expert pairs), K top-k, T tokens.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -446,8 +447,10 @@ def _run_parallel(threads: int, n_tasks: int, args: tuple) -> None:
     import itertools
     from concurrent.futures import ThreadPoolExecutor
 
-    if not _POOL or _POOL[0]._max_workers < threads:
-        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="routesim")]
+    if not _POOL or _POOL[0]._max_workers < threads or _POOL[1] != os.getpid():
+        # a new pool after a fork: the parent's worker threads do not exist in the child
+        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="routesim"),
+                    os.getpid()]
     counter = itertools.count()  # next() is atomic under the GIL
 
     def worker() -> None:
