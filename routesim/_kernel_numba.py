@@ -5,25 +5,28 @@ It computes the same numbers as the array code of :mod:`routesim.engine`
 counts per sequence) without materialising the (P, R, T, E) arrays, and it
 evaluates the gate exactly only where the selection needs it.
 
-**Thresholded selection.** Expert ``i``'s selection score is a monotone
-function of its noise ``eps_i``; the noise of the expert pair ``(j, j + E/2)``
-comes from one hash through Box-Muller (radius from ``u1``, angle from
-``u2``). For a score level ``tau`` chosen per segment of tokens, a table
-over (pair, angle bin) gives the ``u1`` range outside of which neither expert
-of the pair can score above ``tau``; that test costs two integer compares.
-The pairs that pass (about 40 %) get their exact noise, logits and scores;
-the exact top-K is then taken among the experts scoring above ``tau``. If
-fewer than K do, the token is scored in full. The table is conservative
-(margins far above float32 rounding), so the selection is the top-K of the
-exact scores of all experts: the same as the dense computation.
+**Thresholded selection.** With a monotone gate (sigmoid, sqrt-softplus),
+expert ``i``'s selection score is an increasing function of its logit. For a
+score level ``tau`` chosen per segment of tokens, each expert gets the logit
+``z_thr_i`` below which it cannot score above ``tau`` (inverse gate, with
+margins far above float32 rounding). Per token, the noise and logits of all
+experts are computed (vectorised: hash, Box-Muller, ``mu + scale * eps``),
+but only the experts with ``z > z_thr`` (about K + 6 of them) get the gate,
+the bias and the ranking. If at least K of them score above ``tau``, every
+other expert scores at most ``tau`` and their top-K is the top-K of all
+experts; otherwise the token is scored in full. The selection is therefore
+exactly that of the dense computation. Softmax couples the experts: it is
+scored in full, with the same ``tau`` prefilter on the scores.
 
 ``tau`` comes from a pilot: the first tokens of a segment are scored in full
 and ``tau`` is the mean of their (K + 6)-th largest score. It only affects
-speed, never the result.
+speed, never the result. The top-K among candidates is found by rank
+counting on unique integer keys (no data-dependent branches).
 
-The float32 functions below (Cephes-style ``log``, ``exp``, ``sin``/``cos``)
-agree with NumPy's to about one unit in the last place, so selections agree
-with the array path except at near-ties (differences of ~1e-7).
+The float32 functions of :mod:`routesim._numba_math` (Cephes-style ``log``,
+``exp``, ``sin``/``cos``) agree with NumPy's to about one unit in the last
+place, so selections agree with the array path except at near-ties
+(differences of ~1e-7).
 
 Shape legend: Q = P * R streams, B sequences, E experts (padded to 2 * H,
 H expert pairs), K top-k, T tokens.
