@@ -306,7 +306,9 @@ class TrafficConfig:
         Within-topic standard deviation of the features (topic centres have
         unit norm on average).
     router_init_scale : float >= 0
-        Standard deviation of the router weights ``W`` times ``sqrt(d)``.
+        Standard deviation of each entry of the router weights ``W``
+        (a token's logits then have standard deviation about
+        ``router_init_scale * |x|``).
     topic_by_micro_batch : bool
         Draw one topic per micro-batch (domain-homogeneous micro-batches).
     trace : str
