@@ -176,7 +176,8 @@ class _Reference:
     jac_mu_PREE: np.ndarray | None  # dp_i / dmu_j at b0 (only with drift)
     sqrt_deff_PRE: np.ndarray  # sqrt of the design effect at p(b0)
     cov_p_PRE: np.ndarray      # p where the covariance was evaluated
-    factor_PREE: np.ndarray    # A with A A^T = per-token selection covariance there
+    factor_T_PREE: np.ndarray  # A^T, with A A^T = per-token selection covariance there
+    scale_PRE: np.ndarray      # sqrt(deff / (p (1 - p))) at the covariance's p (0 if p(1-p) = 0)
 
 
 @dataclass(frozen=True)
@@ -316,10 +317,17 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
     kw = dict(topk=k, score_function=router.score_function, noise=cfg.traffic.noise,
               bias_mode=router.bias_mode, bias_on="scores")
 
+    empty_cb = xp.zeros((P, R, 0), dtype=xp.float64)
+    no_displacement = xp.full((P, R), float("nan"), dtype=xp.float64)
+
     def put(full: np.ndarray, rows: tuple[np.ndarray, np.ndarray], value: np.ndarray):
         out = full.copy()
         out[rows] = value
         return out
+
+    def noise_scale(ref: _Reference) -> np.ndarray:
+        var = ref.cov_p_PRE * (1.0 - ref.cov_p_PRE)
+        return np.where(var > 0, ref.sqrt_deff_PRE / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
 
     def evaluate(ref: _Reference, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
                  rows_PR: np.ndarray, cov_PR: np.ndarray) -> _Reference:
@@ -327,10 +335,9 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
         rows = np.nonzero(rows_PR)
         mu, b, s = mu_PRE[rows], bias_PRE[rows], scale_PR[rows]
         p0 = load_map(mu, b, noise_scale=s, **kw)
-        new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu,
-                   jac_PREE=jacobian(mu, b, noise_scale=s, wrt="bias", **kw),
-                   sqrt_deff_PRE=np.sqrt(threshold_design_effect(p0, rho_PR[rows][:, None],
-                                                                 L)))
+        deff = threshold_design_effect(p0, rho_PR[rows][:, None], L)
+        new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu, sqrt_deff_PRE=np.sqrt(deff),
+                   jac_PREE=jacobian(mu, b, noise_scale=s, wrt="bias", **kw))
         if drift:
             new["jac_mu_PREE"] = jacobian(mu, b, noise_scale=s, wrt="mu", **kw)
         changes = {name: put(getattr(ref, name), rows, v) for name, v in new.items()}
@@ -340,25 +347,29 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
                                        noise_scale=scale_PR[crows], **kw)
             lam, vec = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, -1, -2)))
             factor = vec * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
-            changes["factor_PREE"] = put(ref.factor_PREE, crows, factor)
+            changes["factor_T_PREE"] = put(ref.factor_T_PREE, crows,
+                                           np.swapaxes(factor, -1, -2))
             changes["cov_p_PRE"] = put(ref.cov_p_PRE, crows, changes["p_PRE"][crows])
-        return dataclasses.replace(ref, **changes)
+        ref = dataclasses.replace(ref, **changes)
+        return dataclasses.replace(ref, scale_PRE=noise_scale(ref))
 
     def blank() -> _Reference:
         vec, mat = np.zeros((P, R, n)), np.zeros((P, R, n, n))
         return _Reference(bias_PRE=vec, mu_PRE=vec, p_PRE=vec, jac_PREE=mat,
                           jac_mu_PREE=mat if drift else None, sqrt_deff_PRE=vec, cov_p_PRE=vec,
-                          factor_PREE=mat)
+                          factor_T_PREE=mat, scale_PRE=vec)
 
-    def current_p(state: MeanFieldState, mu_PRE: np.ndarray) -> tuple[MeanFieldState, np.ndarray]:
-        """Linearised ``p`` of every row, re-evaluating rows that moved too far."""
-        bias = to_numpy(state.bias_PRE).astype(np.float64)
-        ref = state.reference
+    def current_p(ref: _Reference | None, bias_PRE: Any,
+                  mu_PRE: np.ndarray) -> tuple[_Reference, np.ndarray, int]:
+        """Linearised ``p`` of every row, re-evaluating rows that moved too far.
+
+        Returns the (possibly updated) reference, ``p`` and the rows evaluated.
+        """
+        bias = to_numpy(bias_PRE).astype(np.float64)
         if ref is None:
             every = np.ones((P, R), dtype=bool)
             ref = evaluate(blank(), mu_PRE, bias, every, every)
-            return dataclasses.replace(state, reference=ref,
-                                       evaluations=state.evaluations + P * R), ref.p_PRE
+            return ref, ref.p_PRE, P * R
         dp = (ref.jac_PREE @ (bias - ref.bias_PRE)[..., None])[..., 0]
         if drift:
             dp += (ref.jac_mu_PREE @ (mu_PRE - ref.mu_PRE)[..., None])[..., 0]
@@ -366,23 +377,19 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
         stale = _relative(dp, ref.p_PRE, p_floor) > tolerance
         stale_cov = _relative(p - ref.cov_p_PRE, ref.cov_p_PRE, p_floor) > covariance_tolerance
         rows = stale | stale_cov
-        if rows.any():
-            ref = evaluate(ref, mu_PRE, bias, rows, stale_cov)
-            p = np.where(rows[..., None], ref.p_PRE, p)
-            state = dataclasses.replace(state, reference=ref,
-                                        evaluations=state.evaluations + int(rows.sum()))
-        return state, p
+        if not rows.any():
+            return ref, p, 0
+        ref = evaluate(ref, mu_PRE, bias, rows, stale_cov)
+        return ref, np.where(rows[..., None], ref.p_PRE, p), int(rows.sum())
 
     def draw(ref: _Reference, p_PRE: np.ndarray, t: int, first_block: int) -> Any:
         """Loads of one micro-batch's blocks, int array (P, R, B, E)."""
-        rows = np.arange(first_block, first_block + blocks_mb, dtype=np.uint64)
-        z = to_numpy(rng.standard_normal(xp, keys_PR, t, rng.Stream.MEANFIELD, xp.asarray(rows),
-                                         n, xp.float64))
-        x = np.swapaxes(ref.factor_PREE @ np.swapaxes(z, -1, -2), -1, -2)
+        rows = xp.arange(first_block, first_block + blocks_mb, dtype=xp.uint64)
+        z = to_numpy(rng.standard_normal(xp, keys_PR, t, rng.Stream.MEANFIELD, rows, n,
+                                         xp.float64))
+        x = z @ ref.factor_T_PREE  # (P, R, B, E): unit-variance-scaled selection noise
         pc = np.clip(p_PRE, 0.0, 1.0)
-        var, var0 = pc * (1.0 - pc), ref.cov_p_PRE * (1.0 - ref.cov_p_PRE)
-        ratio = np.where(var0 > 0, var / np.where(var0 > 0, var0, 1.0), 0.0)
-        x *= (np.sqrt(ratio) * ref.sqrt_deff_PRE)[:, :, None, :]
+        x *= (np.sqrt(pc * (1.0 - pc)) * ref.scale_PRE)[:, :, None, :]
         x -= x.mean(axis=-1, keepdims=True)
         real = tok_block * p_PRE[:, :, None, :] + math.sqrt(tok_block) * x
         return xp.asarray(round_to_total(np, real, tok_block * k))
@@ -395,33 +402,36 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
                               window_batches=0, windows_done=0, traffic=tstate,
                               reference=None, evaluations=0)
 
-    def close_window(state: MeanFieldState) -> MeanFieldState:
-        bias, memory = controllers.update_bias(xp, cparams, state.bias_PRE, state.memory_PRE,
-                                               state.window_load_PRE, None, state.windows_done)
-        return dataclasses.replace(state, bias_PRE=bias, memory_PRE=memory,
-                                   window_load_PRE=xp.zeros_like(state.window_load_PRE),
-                                   window_batches=0, windows_done=state.windows_done + 1)
-
     def step(state: MeanFieldState) -> tuple[MeanFieldState, StepOutput]:
         t = state.step
         tstate = traffic.advance_traffic(xp, tparams, state.traffic, keys_PR, t)
-        state = dataclasses.replace(state, traffic=tstate)
         mu_PRE = to_numpy(tstate.mu_PRE).astype(np.float64)
-        first_bias = state.bias_PRE
-        blocks, kept_total = [], xp.zeros((P, R, n), dtype=xp.int64)
+        bias, memory, ref = state.bias_PRE, state.memory_PRE, state.reference
+        window, batches, done = state.window_load_PRE, state.window_batches, state.windows_done
+        evaluations = state.evaluations
+        blocks, kept_total = [], None
+
+        def close(bias, memory, window, done):
+            bias, memory = controllers.update_bias(xp, cparams, bias, memory, window, None, done)
+            return bias, memory, xp.zeros_like(window), done + 1
+
         for mb in range(batch.num_micro_batches):
-            state, p = current_p(state, mu_PRE)
-            loads = draw(state.reference, p, t, mb * blocks_mb)
-            kept = xp.minimum(xp.sum(loads, axis=2), cap)
+            ref, p, evaluated = current_p(ref, bias, mu_PRE)
+            evaluations += evaluated
+            loads = draw(ref, p, t, mb * blocks_mb)
+            kept = xp.sum(loads, axis=2)
+            if cap < seqs_mb * L:
+                kept = xp.minimum(kept, cap)
             blocks.append(loads)
-            kept_total = kept_total + kept
-            state = dataclasses.replace(state, window_load_PRE=state.window_load_PRE + kept,
-                                        window_batches=state.window_batches + 1)
+            kept_total = kept if kept_total is None else kept_total + kept
+            window, batches = window + kept, batches + 1
             if ctrl.window == "micro_batch":
-                state = close_window(state)
+                bias, memory, window, done = close(bias, memory, window, done)
+                batches = 0
         if ctrl.window == "global_batch" or (
                 ctrl.window == "steps" and (t + 1) % ctrl.update_every == 0):
-            state = close_window(state)
+            bias, memory, window, done = close(bias, memory, window, done)
+            batches = 0
         block_loads = xp.concat(blocks, axis=2) if len(blocks) > 1 else blocks[0]
         mv_cb = []
         for size in cb_sizes:
@@ -429,13 +439,13 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
             grp = xp.astype(grp, xp.float64)
             mean = xp.mean(grp, axis=-1)
             mv_cb.append(xp.mean((xp.max(grp, axis=-1) - mean) / mean, axis=-1))
-        mv_cb_PRC = (xp.stack(mv_cb, axis=-1) if mv_cb
-                     else xp.zeros((P, R, 0), dtype=xp.float64))
-        out = StepOutput(bias_PRE=first_bias, load_PRE=xp.sum(block_loads, axis=2),
-                         kept_PRE=kept_total,
-                         displaced_PR=xp.full((P, R), float("nan"), dtype=xp.float64),
-                         maxvio_compute_PRC=mv_cb_PRC)
-        return dataclasses.replace(state, step=t + 1), out
+        out = StepOutput(bias_PRE=state.bias_PRE, load_PRE=xp.sum(block_loads, axis=2),
+                         kept_PRE=kept_total, displaced_PR=no_displacement,
+                         maxvio_compute_PRC=xp.stack(mv_cb, axis=-1) if mv_cb else empty_cb)
+        new = MeanFieldState(step=t + 1, bias_PRE=bias, memory_PRE=memory,
+                             window_load_PRE=window, window_batches=batches, windows_done=done,
+                             traffic=tstate, reference=ref, evaluations=evaluations)
+        return new, out
 
     return init, step
 
