@@ -173,9 +173,11 @@ def noise(xp: ModuleType, law: str, keys_PR: Any, step: int, stream: int, rows: 
     rows = xp.astype(rows, xp.uint64)
     index = rows[:, None] * width + xp.arange(width, dtype=xp.uint64)[None, :]
     base = stream_base(xp, keys_PR, step, stream)[:, :, None, None]
-    w = _bits_to_unit(xp, hash_counter(xp, base, index) >> 32, dtype)
+    # float64 here: the largest 24-bit uniform rounds to 1.0 in float32, whose
+    # logistic or Gumbel transform is infinite.
+    w = _bits_to_unit(xp, hash_counter(xp, base, index) >> 32, xp.float64)
     if law == "logistic":
-        return xp.log(w) - xp.log1p(-w)
+        return xp.astype(xp.log(w) - xp.log1p(-w), dtype)
     if law == "gumbel":
-        return -xp.log(-xp.log(w)) - 0.5772156649015329
+        return xp.astype(-xp.log(-xp.log(w)) - 0.5772156649015329, dtype)
     raise ValueError(f"noise law {law!r}: must be one of normal, logistic, gumbel")

@@ -62,3 +62,15 @@ def test_backends_draw_the_same(xp):
     z = np.asarray(rng.standard_normal(xp, keys, 2, 1, xp.arange(30), 5))
     np.testing.assert_allclose(z, rng.standard_normal(np, KEYS, 2, 1, np.arange(30), 5),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("law", ["logistic", "gumbel", "normal"])
+def test_extreme_uniforms_give_finite_noise(law, monkeypatch):
+    # Force the largest and smallest 24-bit uniforms through each transform.
+    def extreme(xp, base, index):
+        return xp.where(index % 2 == 0, xp.asarray(0xFFFFFFFFFFFFFFFF, dtype=xp.uint64),
+                        xp.asarray(0, dtype=xp.uint64))
+
+    monkeypatch.setattr(rng, "hash_counter", extreme)
+    z = rng.noise(np, law, KEYS[:1, :1], 0, 1, np.arange(4), 4)
+    assert z.dtype == np.float32 and np.all(np.isfinite(z))
