@@ -22,6 +22,9 @@ noisy_gate   noisy top-K gating with importance and load losses
 task_proxy   the task-loss proxy (topic affinity, rich-get-richer quality)
 optim        SGD, Adam, learning-rate and loss-weight schedules
 simulate     run all steps, return an xarray Dataset
+surrogate    the mean-field engine (loads from the expected-load map)
+sweep        chunked, parallel, resumable sweeps
+leakage      measured information leakage (Expert Choice and others)
 metrics      MaxVio, CV, entropy, flips
 store        atomic save/load of results
 plot         figures (matplotlib)
@@ -47,6 +50,8 @@ from .leakage import measure_leakage
 from .learner import make_learner_simulator, simulate_learner
 from .simulate import simulate
 from .store import load, save
+from .surrogate import make_meanfield_simulator, simulate_meanfield
+from .sweep import run_sweep
 
 __version__ = "0.1.0"
 
@@ -66,9 +71,12 @@ __all__ = [
     "load",
     "load_config",
     "make_learner_simulator",
+    "make_meanfield_simulator",
     "make_simulator",
     "measure_leakage",
+    "run_sweep",
     "save",
     "simulate",
     "simulate_learner",
+    "simulate_meanfield",
 ]
