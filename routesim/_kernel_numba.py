@@ -450,9 +450,9 @@ def _run_parallel(threads: int, n_tasks: int, args: tuple) -> None:
     import itertools
     from concurrent.futures import ThreadPoolExecutor
 
-    if not _POOL or _POOL[0]._max_workers < threads or _POOL[1] != os.getpid():
+    if not _POOL or _POOL[0]._max_workers < threads - 1 or _POOL[1] != os.getpid():
         # a new pool after a fork: the parent's worker threads do not exist in the child
-        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="routesim"),
+        _POOL[:] = [ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="routesim"),
                     os.getpid()]
     counter = itertools.count()  # next() is atomic under the GIL
 
@@ -463,7 +463,9 @@ def _run_parallel(threads: int, n_tasks: int, args: tuple) -> None:
                 return
             _route_tasks(i, i + 1, *args)
 
-    for f in [_POOL[0].submit(worker) for _ in range(threads)]:
+    futures = [_POOL[0].submit(worker) for _ in range(threads - 1)]
+    worker()  # the calling thread works too
+    for f in futures:
         f.result()
 
 
