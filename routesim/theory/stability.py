@@ -243,7 +243,8 @@ def _state_matrices(law: str, rate: float, a_EE: np.ndarray, num_experts: int, m
 
 
 def steady_error_covariance(law: str, rate: float, a_EE: Any, noise_cov_EE: Any, *,
-                            momentum: float = 0.0, tanh_scale: float = 0.1) -> np.ndarray:
+                            momentum: float = 0.0, tanh_scale: float = 0.1,
+                            with_bias: bool = False) -> Any:
     """Stationary covariance of the relative load error ``e`` under counting noise.
 
     Solves the discrete Lyapunov equation of the closed loop driven by the
@@ -253,6 +254,10 @@ def steady_error_covariance(law: str, rate: float, a_EE: Any, noise_cov_EE: Any,
     independent of the bias that routed window ``t``, so
     ``Cov(e) = C Cov(z) C^T + Cov(n)``. For the proportional law each mode is
     inflated by ``2 / (2 - u lambda)``.
+
+    With ``with_bias`` it also returns the stationary covariance of the
+    bias offset ``x = b - b*`` (the noise floor of the bias), as a pair
+    ``(cov_e, cov_x)``.
 
     Raises
     ------
@@ -272,14 +277,16 @@ def steady_error_covariance(law: str, rate: float, a_EE: Any, noise_cov_EE: Any,
     if np.max(np.abs(np.linalg.eigvals(mz))) >= 1.0:
         raise ConfigError(f"rate = {rate!r}: the loop is unstable, no stationary state")
     cov_z = linalg.solve_discrete_lyapunov(mz, q)
-    return c @ cov_z @ c.T + proj @ s @ proj
+    cov_e = c @ cov_z @ c.T + proj @ s @ proj
+    return (cov_e, cov_z[:n, :n]) if with_bias else cov_e
 
 
 def deterministic_trajectory(mu_E: Any, *, law: str, rate: float, steps: int, topk: int,
                              score_function: str = "sigmoid", noise: str = "normal",
                              noise_scale: float = 1.0, bias_mode: str = "additive",
                              momentum: float = 0.9, tanh_scale: float = 0.1,
-                             rates: Any = None, nodes: int = 48) -> dict[str, np.ndarray]:
+                             rates: Any = None, nodes: int = 48, linear_at: Any = None,
+                             linear_tol: float = 1e-3) -> dict[str, np.ndarray]:
     """Noise-free loop: the exact laws of :mod:`routesim.controllers` on the exact map.
 
     The loads of a window are their expectations ``T p(b)`` (the limit of
@@ -292,6 +299,11 @@ def deterministic_trajectory(mu_E: Any, *, law: str, rate: float, steps: int, to
     -------
     dict with ``bias_SPE`` (bias routing each window), ``p_SPE`` (expected
     selection probabilities) and ``maxvio_SP`` (MaxVio of the expected loads).
+    A rate whose orbit has closed (period 1 or 2, to 1e-9) is continued by
+    repetition without evaluating the map again. With ``linear_at = (b*, J)``
+    a rate whose loads are within ``linear_tol`` (relative) of balance uses
+    ``p = K/N + J (b - b*)`` instead of the map (second-order error, about
+    ``linear_tol^2``): much cheaper once the transient is over.
     """
     from .. import controllers
     from .expected_load import load_map
@@ -304,17 +316,39 @@ def deterministic_trajectory(mu_E: Any, *, law: str, rate: float, steps: int, to
     init = 1.0 if bias_mode == "multiplicative" else 0.0
     bias = np.full((p_cnt, 1, n), init)
     memory = np.zeros((p_cnt, 1, n))
-    params = controllers.ControllerParams(types=(law,) * p_cnt, rate_P=rate_P,
-                              momentum_P=np.full(p_cnt, momentum), cap_P=np.zeros(p_cnt),
-                              warmup_P=np.zeros(p_cnt), tanh_scale_P=np.full(p_cnt, tanh_scale),
-                              quantile_ema_P=np.zeros(p_cnt))
+    params = controllers.ControllerParams(
+        types=(law,) * p_cnt, rate_P=rate_P, momentum_P=np.full(p_cnt, momentum),
+        cap_P=np.zeros(p_cnt), warmup_P=np.zeros(p_cnt), tanh_scale_P=np.full(p_cnt, tanh_scale),
+        quantile_ema_P=np.zeros(p_cnt))
     out_b, out_p = np.empty((steps, p_cnt, n)), np.empty((steps, p_cnt, n))
+    out_m = np.empty((steps, p_cnt, n))
+    active = np.ones(p_cnt, dtype=bool)
+    p = np.empty((p_cnt, n))
+    near = np.zeros(p_cnt, dtype=bool)
     for t in range(steps):  # the loop over steps; all rates at once
-        p = load_map(np.broadcast_to(mu, (p_cnt, n)), bias[:, 0], topk=topk,
-                     score_function=score_function, noise=noise, noise_scale=noise_scale,
-                     bias_mode=bias_mode, nodes=nodes)
-        out_b[t], out_p[t] = bias[:, 0], p
+        if linear_at is not None and near.any():
+            bs, jac = (np.asarray(v, dtype=np.float64) for v in linear_at)
+            lin = near & active
+            p[lin] = topk / n + (bias[lin, 0] - bs) @ jac.T
+        rows = np.nonzero(active & ~near)[0]
+        if rows.size:
+            p[rows] = load_map(np.broadcast_to(mu, (rows.size, n)), bias[rows, 0], topk=topk,
+                               score_function=score_function, noise=noise,
+                               noise_scale=noise_scale, bias_mode=bias_mode, nodes=nodes)
+        # rows on a cycle of period 1 or 2 repeat it from here on
+        p = np.where(active[:, None], p, out_p[t - 2] if t >= 2 else p)
+        out_b[t], out_p[t], out_m[t] = bias[:, 0], p, memory[:, 0]
+        if linear_at is not None:
+            near = np.max(np.abs(p * n / topk - 1.0), axis=-1) < linear_tol
         bias, memory = controllers.update_bias(np, params, bias, memory, p[:, None, :] * 1e6,
                                                None, t)
-    maxvio = out_p.max(-1) * n / topk - 1.0
+        bias = np.where(active[:, None, None], bias, out_b[t - 1][:, None, :])
+        memory = np.where(active[:, None, None], memory, out_m[t - 1][:, None, :])
+        if t >= 3:
+            tol = 1e-9 * (1.0 + np.max(np.abs(out_b[t]), axis=-1))
+            same = ((np.max(np.abs(out_b[t] - out_b[t - 2]), axis=-1) <= tol)
+                    & (np.max(np.abs(out_b[t - 1] - out_b[t - 3]), axis=-1) <= tol)
+                    & (np.max(np.abs(out_m[t] - out_m[t - 2]), axis=-1) <= tol))
+            active &= ~same
+    maxvio = out_p.max(-1) * n / out_p.sum(-1) - 1.0
     return {"bias_SPE": out_b, "p_SPE": out_p, "maxvio_SP": maxvio}

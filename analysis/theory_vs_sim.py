@@ -1,0 +1,401 @@
+"""Theory beside simulation: critical rate, settling time, limit cycles, steady MaxVio.
+
+For a grid of scenarios (N experts, K per token, a Zipf popularity skew,
+tokens per step T, a bias law) the script computes the predictions of
+:mod:`routesim.theory` and measures the same quantities in the exact engine,
+one ``simulate`` call per scenario with the rates as sweep points:
+
+* ``u_c``       critical rate of the proportional / EMA law, ``2 (1 + beta) /
+  ((1 - beta) lambda_max)`` (times N for EMA), against the engine's boundary
+  (the geometric mean of the largest rate that settles and the smallest that
+  does not; a point "does not settle" when its late MaxVio exceeds twice the
+  predicted steady value at the largest stable rate);
+* ``settle``    windows until ``max_i |b_i - b*_i| <= 0.1 max_i |b*_i|``: the
+  noise-free loop on the exact map (:func:`deterministic_trajectory`) against
+  the engine's bias (replica mean); the linear estimate
+  ``log 0.1 / log rho`` is printed beside it;
+* ``maxvio``    steady MaxVio_batch: stable linear laws from the stationary
+  covariance of the closed loop driven by counting noise (discrete Lyapunov
+  equation, then the expected maximum); the sign law from the mean-field
+  relay chain with the exact one-expert response and cross-talk;
+* ``amp_b``     sign law: RMS of the centred bias about its mean (the limit
+  cycle's bias amplitude);
+* ``amp_c``     sign law: RMS relative load error (the load amplitude).
+
+The two token counts per step are the counting-noise regimes: T = 32768
+("low": the relay amplitude ``lambda u`` dominates the counting noise at the
+larger sign rates) and T = 4096 ("high"). The noise never vanishes in the
+engine; the theory carries it everywhere it enters.
+
+Where the theory does not apply, the row says so instead of counting it:
+above ``u_c`` (no stationary state; the loop oscillates, the prediction is
+"does not settle", checked qualitatively), sign rates of the order of ``u_c``
+and above (each step moves the bias by a sizeable part of the score range:
+the relay sees the whole nonlinear map, outside the mean field), and sign
+rates so small that the transient ``max |b*| / u`` outlasts the run.
+
+Usage::
+
+    python analysis/theory_vs_sim.py [--quick | --full] [--seed 0] [--csv FILE]
+
+The default grid runs in a few minutes on two cores; ``--quick`` in about a
+minute; ``--full`` is the whole grid of the study (N in {16, 64, 256}, K in
+{1, 2, 6, 8}, three skews, both noise levels) and takes much longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from routesim import ConfigError
+from routesim.config import (
+    BatchConfig,
+    Config,
+    ControllerConfig,
+    RouterConfig,
+    RunConfig,
+    SweepConfig,
+    TrafficConfig,
+)
+from routesim.simulate import simulate
+from routesim.theory import (
+    critical_rate,
+    cycle_maxvio,
+    deterministic_trajectory,
+    equilibrium,
+    expected_max_gaussian,
+    jacobian,
+    load_error_covariance,
+    loop_gains,
+    map_plant,
+    map_response,
+    relay_cycle,
+    relay_stationary,
+    selection_covariance,
+    settling_steps,
+    steady_error_covariance,
+)
+from routesim.traffic import popularity
+
+LINEAR_MULTS = (0.1, 0.3, 0.5, 0.8, 0.95, 1.05, 1.2, 2.0, 3.0)
+SIGN_MULTS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+TOKENS = {"low": (128, 256), "high": (16, 256)}  # (sequences, length) per step
+SETTLE_FRACTION = 0.1
+#: Above this ratio of relay amplitude to counting noise, lam u / sigma, the
+#: sign loop is predicted by its noise-free cycle plus counting noise; below,
+#: by the stochastic mean-field chain (measured crossover: both agree near 4).
+RELAY_DOMINATES = 4.0
+#: Largest standard deviation of the relative load error in the fastest mode for
+#: which the linear (Lyapunov) noise model is used: beyond it the excursions reach
+#: the curvature of p(b) (near u_c the mode's variance grows as 2 / (2 - u lambda)).
+NONLINEAR_NOISE = 0.1
+#: Windows of the noise-free loop (enough to settle below 0.8 u_c).
+TRAJECTORY_STEPS = 120
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One group of sweep points (the rates)."""
+
+    n: int
+    k: int
+    zipf: float
+    noise: str
+    law: str = "proportional"
+    momentum: float = 0.0
+
+    @property
+    def label(self) -> str:
+        law = self.law if self.law in ("proportional", "sign") else f"{self.law}{self.momentum:g}"
+        return f"N={self.n} K={self.k} zipf={self.zipf:g} T={self.tokens} {law}"
+
+    @property
+    def tokens(self) -> int:
+        s, length = TOKENS[self.noise]
+        return s * length
+
+
+def grid(name: str) -> list[Scenario]:
+    """Scenarios of the quick, default and full grids."""
+    skews = (0.5, 1.0, 1.5)
+    if name == "full":
+        cases = [(n, k, z, noise) for n in (16, 64, 256) for k in (1, 2, 6, 8)
+                 for z in skews for noise in ("high", "low")]
+    elif name == "default":
+        cases = [(16, k, z, "high") for k in (1, 2, 8) for z in skews]
+        cases += [(16, 2, 1.0, "low"), (64, 2, 1.0, "high"), (64, 8, 1.0, "high")]
+    else:
+        cases = [(16, 2, 1.0, "high")]
+    out = []
+    for n, k, z, noise in cases:
+        out.append(Scenario(n, k, z, noise, "proportional"))
+        out.append(Scenario(n, k, z, noise, "sign"))
+    out.append(Scenario(16, 2, 1.0, "high", "ema", 0.9))
+    if name != "quick":
+        out.append(Scenario(16, 2, 1.0, "high", "ema", 0.5))
+        out.append(Scenario(16, 2, 1.0, "high", "momentum_tanh", 0.5))
+    return out
+
+
+@dataclass
+class Theory:
+    """Predictions shared by the rates of one scenario."""
+
+    mu: np.ndarray
+    bstar: np.ndarray
+    a: np.ndarray
+    lam: np.ndarray
+    u_c: float
+    noise_cov: np.ndarray
+
+
+def theory(scn: Scenario) -> Theory:
+    mu = popularity("zipf", scn.n, zipf_exponent=scn.zipf)
+    bstar = equilibrium(mu, topk=scn.k)
+    jac = jacobian(mu, bstar, topk=scn.k)
+    lam = loop_gains(jac, scn.k)
+    law = "proportional" if scn.law == "sign" else scn.law
+    u_c = float(critical_rate(law, lam[-1], num_experts=scn.n, momentum=scn.momentum))
+    cov = selection_covariance(mu, bstar, topk=scn.k)
+    noise = load_error_covariance(cov, tokens=scn.tokens, topk=scn.k)
+    return Theory(mu, bstar, (scn.n / scn.k) * jac, lam, u_c, noise)
+
+
+def run_engine(scn: Scenario, rates: list[float], steps: int, seed: int):
+    seqs, length = TOKENS[scn.noise]
+    cfg = Config(run=RunConfig(steps=steps, replicas=2, seed=seed, record_displacement=False,
+                               bias_dtype="float64"),
+                 batch=BatchConfig(num_sequences=seqs, seq_length=length),
+                 router=RouterConfig(num_experts=scn.n, topk=scn.k),
+                 traffic=TrafficConfig(skew="zipf", zipf_exponent=scn.zipf),
+                 controller=ControllerConfig(type=scn.law, momentum=scn.momentum or 0.9),
+                 sweep=SweepConfig(parameters={"controller.bias_update_rate": rates}))
+    return simulate(cfg, progress=False)
+
+
+def _settle_index(offset_SP: np.ndarray, scale: float) -> np.ndarray:
+    """Windows until the offset stays below the band (inf if it is outside at the end).
+
+    The band is ``SETTLE_FRACTION`` of the initial offset; the settling time is
+    one past the last window outside it (the control-engineering definition,
+    robust to the overshoot of second-order loops).
+    """
+    out = offset_SP > SETTLE_FRACTION * scale
+    steps = out.shape[0]
+    last = steps - 1 - np.argmax(out[::-1], axis=0)
+    settled = ~out[-max(1, steps // 10):].any(axis=0)
+    return np.where(settled, np.where(out.any(axis=0), last + 1.0, 0.0), np.inf)
+
+
+def _row(rows, scn, quantity, mult, pred, sim, note="", tag=""):
+    """One comparison; a ``note`` marks it outside the theory's domain (not counted)."""
+    ratio = sim / pred if np.isfinite(pred) and np.isfinite(sim) and pred != 0 else math.nan
+    within = bool(np.isfinite(ratio) and abs(ratio - 1.0) <= 0.10) if not note else None
+    rows.append({"scenario": scn.label, "quantity": quantity, "u/u_c": mult,
+                 "predicted": pred, "simulated": sim, "ratio": ratio, "within_10%": within,
+                 "note": " ".join(x for x in (tag, note) if x)})
+
+
+def _loop_critical(scn: Scenario, th: Theory, steps: int) -> tuple[float, np.ndarray]:
+    """Noise-free loop from b = 0 on the exact map: the smallest rate (on a fine grid
+    around u_c) that does not settle, and the settling windows at ``LINEAR_MULTS``."""
+    fine = np.round(np.arange(0.5, 0.99, 0.05), 2)  # at and above u_c b* itself is unstable
+    stable = np.array([m for m in LINEAR_MULTS if m < 1.0])
+    mults_all = np.concatenate([stable, fine])
+    traj = deterministic_trajectory(th.mu, law=scn.law, rate=None, rates=mults_all * th.u_c,
+                                    steps=min(steps, TRAJECTORY_STEPS), topk=scn.k,
+                                    momentum=scn.momentum or 0.9, nodes=32,
+                                    linear_at=(th.bstar, th.a * scn.k / scn.n), linear_tol=1e-2)
+    tb = traj["bias_SPE"]
+    offset = np.max(np.abs((tb - tb.mean(-1, keepdims=True)) - th.bstar), axis=-1)
+    settle = _settle_index(offset, float(np.max(np.abs(th.bstar))))
+    # a rate fails if its loop does not settle; from u_c on, b* itself is unstable
+    # (noise in the engine carries the loop off it)
+    unsettled = np.append(fine[~np.isfinite(settle[stable.size:])], 1.0)
+    first = unsettled.min()
+    loop_uc = th.u_c * math.sqrt(first * (first - 0.05)) if first > 0.5 else math.nan
+    out = np.full(len(LINEAR_MULTS), np.inf)
+    out[:stable.size] = settle[:stable.size]
+    return loop_uc, out
+
+
+def analyse_linear(scn: Scenario, th: Theory, steps: int, seed: int, rows: list) -> None:
+    loop_uc, pred_settle = _loop_critical(scn, th, steps)
+    near = [] if not np.isfinite(loop_uc) else [round(loop_uc / th.u_c * f, 4)
+                                                  for f in (0.9, 0.95, 1.05, 1.1)]
+    mults = np.array(sorted(set(LINEAR_MULTS) | set(near)))
+    rates = list(mults * th.u_c)
+    ds = run_engine(scn, rates, steps, seed)
+    bias = ds["bias"].values.mean(axis=2)  # (S, P, E), replica mean
+    offset = np.max(np.abs((bias - bias.mean(-1, keepdims=True)) - th.bstar), axis=-1)
+    scale = float(np.max(np.abs(th.bstar)))
+    sim_settle = _settle_index(offset, scale)
+    linear = settling_steps(scn.law, np.array(rates), th.lam, num_experts=scn.n,
+                            momentum=scn.momentum, reduction=SETTLE_FRACTION)
+    # steady statistics from twice the predicted settling time on (at least a third in)
+    pred_all = np.interp(mults, LINEAR_MULTS, np.where(np.isfinite(pred_settle), pred_settle,
+                                                       steps))
+    start = np.maximum(steps // 3, 2 * pred_all).astype(int)
+    mv_all = ds["maxvio_batch"].values.mean(axis=2)  # (S, P)
+    mv_sim = np.array([mv_all[min(s0, steps - 1):, j].mean() for j, s0 in enumerate(start)])
+    mv_pred = np.full(len(rates), np.nan)
+    floor = np.full(len(rates), np.nan)
+    top_sd = np.full(len(rates), np.nan)
+    vec = np.linalg.eigh(0.5 * (th.a + th.a.T))[1][:, -1]  # the fastest mode
+    for j, u in enumerate(rates):
+        if mults[j] < 1.0:
+            cov, cov_x = steady_error_covariance(scn.law, u, th.a, th.noise_cov,
+                                                 momentum=scn.momentum, with_bias=True)
+            mv_pred[j] = expected_max_gaussian(np.zeros(scn.n), cov, samples=20000, seed=j)[0]
+            floor[j] = 3.0 * math.sqrt(float(np.max(np.diag(cov_x))))
+            top_sd[j] = math.sqrt(float(vec @ cov @ vec))
+    # the engine's boundary: a point does not settle when its late MaxVio exceeds 1.5
+    # times its predicted steady value (above u_c: the prediction at 0.95 u_c)
+    ref = np.where(np.isfinite(mv_pred), mv_pred, mv_pred[np.argmin(np.abs(mults - 0.95))])
+    unstable = mv_sim > 1.5 * ref
+    hi = mults[unstable].min(initial=np.inf)
+    lo = mults[~unstable & (mults < hi)].max(initial=0.0)
+    sim_uc = th.u_c * math.sqrt(lo * hi) if lo > 0 and np.isfinite(hi) else math.nan
+    local = ""
+    if np.isfinite(loop_uc) and abs(loop_uc / th.u_c - 1) > 0.1:
+        inside = loop_uc * 0.95 <= sim_uc <= th.u_c * 1.05
+        local = (f"bistable: the fixed point is stable up to u_c but the noise-free loop "
+                 f"from b = 0 ends on a cycle from {loop_uc / th.u_c:.2f} u_c; engine "
+                 f"boundary {'inside' if inside else 'OUTSIDE'} that range")
+    _row(rows, scn, "u_c (linear)", 1.0, th.u_c, sim_uc, local)
+    _row(rows, scn, "u_c (loop)", 1.0, loop_uc, sim_uc, local)
+    for j, m in enumerate(LINEAR_MULTS):
+        jj = int(np.argmin(np.abs(mults - m)))
+        if m >= 1.0:
+            qual = "agrees" if unstable[jj] else "DISAGREES"
+            _row(rows, scn, "maxvio", m, math.nan, mv_sim[jj],
+                 f"above u_c: no stationary state; engine does not settle: {qual}")
+            continue
+        if not np.isfinite(pred_settle[j]):
+            qual = "agrees" if not np.isfinite(sim_settle[jj]) else "DISAGREES"
+            _row(rows, scn, "settle", m, pred_settle[j], sim_settle[jj],
+                 f"noise-free loop from b = 0 does not settle; engine: {qual}")
+            continue
+        noisy = floor[jj] > SETTLE_FRACTION * scale
+        _row(rows, scn, f"settle (lin {linear[jj]:.0f})", m, pred_settle[j], sim_settle[jj],
+             "bias noise floor (3 sd) above the settling band" if noisy else "")
+        note = ""
+        if start[jj] > steps - 40:
+            note = "settles too late for the run"
+        elif top_sd[jj] > NONLINEAR_NOISE:
+            note = (f"fastest mode's noise sd {top_sd[jj]:.2f} reaches the curvature of p(b): "
+                    "the linear noise model is outside its domain")
+        _row(rows, scn, "maxvio", m, mv_pred[jj], mv_sim[jj], note)
+
+
+def analyse_sign(scn: Scenario, th: Theory, steps: int, seed: int, rows: list) -> None:
+    scale = float(np.max(np.abs(th.bstar - th.bstar.mean())))
+    rates, mults = [], []
+    for m in SIGN_MULTS:
+        u = m * th.u_c
+        if scale / u > steps / 3:
+            _row(rows, scn, "amp_b", m, math.nan, math.nan,
+                 f"transient max|b*|/u = {scale / u:.0f} steps outlasts the run")
+            continue
+        rates.append(u)
+        mults.append(m)
+    if not rates:
+        return
+    ds = run_engine(scn, rates, steps, seed)
+    late = slice(steps // 2, steps)
+    bias = ds["bias"].values[late]  # (S, P, R, E)
+    centred = bias - bias.mean(-1, keepdims=True)
+    amp_b = np.sqrt(np.mean((centred - centred.mean(0)) ** 2, axis=(0, 2, 3)))
+    load = ds["load"].values[late].astype(float)
+    err = load * scn.n / (scn.tokens * scn.k) - 1.0
+    amp_c = np.sqrt(np.mean(err ** 2, axis=(0, 2, 3)))
+    mv = ds["maxvio_batch"].values[late].mean(axis=(0, 2))
+    sigma = np.sqrt(np.diag(th.noise_cov))
+    resp = map_response(th.mu, th.bstar, topk=scn.k, nodes=48)
+    plant = map_plant(th.mu, topk=scn.k)
+    gain = float(np.mean(np.diag(th.a)))
+    for j, (u, m) in enumerate(zip(rates, mults)):
+        note = "relay step ~ score range: outside the mean field" if m >= 1.0 else ""
+        ratio = gain * u / float(np.mean(sigma))
+        tag = f"[lam u/sigma={ratio:.1f}]"
+        # per-expert amplitudes: the stochastic mean-field chain
+        chain = relay_stationary(np.diag(th.a), sigma, u, response=resp)
+        _row(rows, scn, "amp_b (chain)", m, chain["bias_rms"], amp_b[j], note, tag)
+        _row(rows, scn, "amp_c (chain)", m, chain["error_rms"], amp_c[j], note, tag)
+        # MaxVio, a maximum over experts, depends on how their phases line up: the
+        # noise-free cycle keeps them in step once the relay dominates the noise
+        cyc = None
+        if ratio >= RELAY_DOMINATES and m < 1.0:
+            try:
+                cyc = relay_cycle(plant, u, np.zeros(scn.n), max_steps=3000)
+            except ConfigError:
+                cyc = None
+        if cyc is not None:
+            _row(rows, scn, f"maxvio (cycle P={cyc['period']})", m,
+                 cycle_maxvio(cyc, th.noise_cov)[0], mv[j], note, tag)
+        else:
+            _row(rows, scn, "maxvio (chain)", m, chain["maxvio"], mv[j], note, tag)
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float) and not np.isfinite(x):
+        return "-" if math.isnan(x) else "inf"
+    return f"{x:.4g}"
+
+
+def print_table(rows: list, out=sys.stdout) -> None:
+    head = f"{'scenario':<38} {'quantity':<15} {'u/u_c':>6} {'predicted':>10} " \
+           f"{'simulated':>10} {'ratio':>6}  ok   note"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in rows:
+        ok = {True: "yes", False: "NO", None: "  "}[r["within_10%"]]
+        print(f"{r['scenario']:<38} {r['quantity']:<15} {r['u/u_c']:>6g} "
+              f"{_fmt(r['predicted']):>10} {_fmt(r['simulated']):>10} {_fmt(r['ratio']):>6}  "
+              f"{ok:<4} {r['note']}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small grid (about a minute)")
+    size.add_argument("--full", action="store_true", help="the study's whole grid (long)")
+    parser.add_argument("--steps", type=int, default=150, help="steps per run (default 150)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--csv", type=str, default=None, help="also write the rows to a CSV")
+    args = parser.parse_args(argv)
+    name = "quick" if args.quick else "full" if args.full else "default"
+    rows: list = []
+    start = time.time()
+    for scn in grid(name):
+        t0 = time.time()
+        th = theory(scn)
+        if scn.law == "sign":
+            analyse_sign(scn, th, args.steps, args.seed, rows)
+        else:
+            analyse_linear(scn, th, args.steps, args.seed, rows)
+        print(f"[{time.time() - t0:5.1f} s] {scn.label}", file=sys.stderr)
+    print_table(rows)
+    counted = [r for r in rows if r["within_10%"] is not None]
+    hits = sum(r["within_10%"] for r in counted)
+    if args.csv:
+        with open(args.csv, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    print(f"\n{len(rows)} rows, {len(counted)} compared in the theory's domain, "
+          f"{len(rows) - len(counted)} outside it (noted); {time.time() - start:.0f} s")
+    print(f"share of comparisons within 10%: {hits}/{len(counted)} = "
+          f"{hits / max(len(counted), 1):.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
