@@ -12,7 +12,9 @@ The engine runs all points as one array program; the PyTorch loop runs them
 one after the other (randn + popularity, sigmoid, topk of s + b, bincount,
 sign update) with the same popularity vector and the same statistical model.
 Throughput is token-expert scores per second (points x steps x T x N over
-wall time). The last line is the ratio engine / PyTorch.
+wall time). The two alternate in ``--rounds`` rounds of steps (each keeps its
+state), so that both meet the same load on a shared machine. The last line is
+the ratio engine / PyTorch.
 
 ``--memory`` runs the large configuration and reports the peak resident
 memory of the process (ru_maxrss), which must stay under 2 GiB.
@@ -53,51 +55,61 @@ def bench_config(points: int, steps: int, sequences: int, seq_length: int, exper
     })
 
 
-def run_engine(cfg, sync=None) -> tuple[float, np.ndarray]:
-    """Seconds for ``run.steps`` steps (after one warm-up step) and the final loads."""
-    init, step = make_simulator(cfg)
-    state, out = step(init())  # compiles kernels; not timed
-    if sync:
-        sync()
-    state = init()
-    t0 = time.perf_counter()
-    for _ in range(cfg.run.steps):
-        state, out = step(state)
-    if sync:
-        sync()
-    return time.perf_counter() - t0, to_numpy(out.load_PRE)
+class EngineRun:
+    """The engine on the benchmark config, advanced a few steps at a time (timed)."""
 
+    def __init__(self, cfg, sync=None):
+        self.init, self.step = make_simulator(cfg)
+        self.sync = sync or (lambda: None)
+        self.step(self.init())  # compiles the kernels; not timed
+        self.sync()
+        self.state, self.seconds, self.out = self.init(), 0.0, None
 
-def run_torch(points: int, steps: int, tokens: int, experts: int, topk: int, device: str):
-    """The PyTorch loop over configurations; returns seconds (or None without torch)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    mu = torch.tensor(popularity("zipf", experts, zipf_exponent=1.0), dtype=torch.float32,
-                      device=device)
-    rates = np.logspace(-4, -2, points)
-    gen = torch.Generator(device=device).manual_seed(0)
-    z = torch.empty(tokens, experts, device=device)
-
-    def one(rate: float, n_steps: int) -> None:
-        b = torch.zeros(experts, device=device)
+    def advance(self, n_steps: int) -> None:
+        t0 = time.perf_counter()
         for _ in range(n_steps):
-            z.normal_(generator=gen)
-            s = torch.sigmoid(z + mu)
-            idx = torch.topk(s + b, topk, dim=-1).indices
-            load = torch.bincount(idx.flatten(), minlength=experts).float()
-            b += rate * torch.sign(load.mean() - load)
+            self.state, self.out = self.step(self.state)
+        self.sync()
+        self.seconds += time.perf_counter() - t0
 
-    one(rates[0], 2)  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for rate in rates:
-        one(float(rate), steps)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+
+class TorchRun:
+    """The PyTorch loop, one configuration after the other, advanced a few steps at a time."""
+
+    def __init__(self, points: int, tokens: int, experts: int, topk: int, device: str):
+        import torch
+
+        self.torch, self.device, self.topk = torch, device, topk
+        self.mu = torch.tensor(popularity("zipf", experts, zipf_exponent=1.0),
+                               dtype=torch.float32, device=device)
+        self.rates = [float(r) for r in np.logspace(-4, -2, points)]
+        self.bias = [torch.zeros(experts, device=device) for _ in self.rates]
+        self.gen = torch.Generator(device=device).manual_seed(0)
+        self.z = torch.empty(tokens, experts, device=device)
+        self.seconds = 0.0
+        self._one(0, 2)  # warm-up
+        self.bias[0].zero_()
+        self._sync()
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def _one(self, p: int, n_steps: int) -> None:
+        torch, z, b, n = self.torch, self.z, self.bias[p], self.z.shape[1]
+        for _ in range(n_steps):
+            z.normal_(generator=self.gen)
+            s = torch.sigmoid(z + self.mu)
+            idx = torch.topk(s + b, self.topk, dim=-1).indices
+            load = torch.bincount(idx.flatten(), minlength=n).float()
+            b += self.rates[p] * torch.sign(load.mean() - load)
+
+    def advance(self, n_steps: int) -> None:
+        t0 = time.perf_counter()
+        for p in range(len(self.rates)):
+            self._one(p, n_steps)
+        self._sync()
+        self.seconds += time.perf_counter() - t0
 
 
 def profile_numba(n: int = 64, k: int = 8, segments: int = 40, tokens: int = 4096) -> None:
@@ -227,6 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", action="store_true",
                     help="T=65536 (16 x 4096), N=256, K=8, P=16: report peak resident memory")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
+    ap.add_argument("--rounds", type=int, default=10,
+                    help="alternate engine and PyTorch in this many rounds of steps")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads of both the engine (Numba) and PyTorch (default: all)")
     ap.add_argument("--profile", action="store_true",
@@ -275,7 +289,22 @@ def main(argv=None) -> int:
           f"K={k}, sigmoid, sign controller, Zipf popularity; backend={args.backend}, "
           f"kernel={args.kernel}")
     scores = points * steps * tokens * n
-    seconds, load = run_engine(cfg, sync)
+    engine = EngineRun(cfg, sync)
+    device = "cuda" if args.backend == "cupy" else "cpu"
+    torch_run = None
+    if not (args.no_torch or args.memory):
+        try:
+            torch_run = TorchRun(points, tokens, n, k, device)
+        except ImportError:
+            pass
+    # Alternate the two in rounds, so that both see the same machine (load) over time.
+    rounds = max(1, min(args.rounds, steps))
+    for r in range(rounds):
+        n_steps = steps // rounds + (1 if r < steps % rounds else 0)
+        engine.advance(n_steps)
+        if torch_run is not None:
+            torch_run.advance(n_steps)
+    seconds, load = engine.seconds, to_numpy(engine.out.load_PRE)
     rate = scores / seconds
     assert np.all(load.sum(-1) == tokens * k), "every token must take K experts"
     print(f"engine: {seconds:.3f} s, {rate / 1e6:.1f} M token-expert scores/s")
@@ -285,8 +314,7 @@ def main(argv=None) -> int:
         verdict = "under" if peak < 2048 else "OVER"
         print(f"peak resident memory: {peak:.0f} MiB ({verdict} the 2048 MiB limit)")
         return 0 if peak < 2048 else 1
-    device = "cuda" if args.backend == "cupy" else "cpu"
-    t_torch = None if args.no_torch else run_torch(points, steps, tokens, n, k, device)
+    t_torch = None if torch_run is None else torch_run.seconds
     print(f"load average after: {load_average()}")
     if t_torch is None:
         print("PyTorch loop: skipped (torch not installed or --no-torch)")
