@@ -77,7 +77,9 @@ def test_poles_against_python_control():
 def test_critical_rate_is_the_boundary(law, beta, kappa):
     n, lam = 16, 2.5
     uc = float(critical_rate(law, lam, num_experts=n, momentum=beta, tanh_scale=kappa))
-    rho = lambda u: np.max(np.abs(np.linalg.eigvals(_companion(law, u, lam, n, beta, kappa))))  # noqa: E731
+    def rho(u):
+        return np.max(np.abs(np.linalg.eigvals(_companion(law, u, lam, n, beta, kappa))))
+
     assert rho(0.99 * uc) < 1.0 < rho(1.01 * uc)
     assert abs(rho(uc) - 1.0) < 1e-9
     region = stable_region(law, [0.5 * uc, 0.99 * uc, 1.01 * uc], [beta], lam, num_experts=n,

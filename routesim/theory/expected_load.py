@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import ConfigError
-from ..gates import GATES, gate
-from . import _levels, _poisson
-from ._levels import Transform
+from ..gates import gate
+from . import _levels
+from ._quadrature import DEFAULT_NODES, check_arguments, flat_rows, integrals, setup
 
 __all__ = [
     "load_map",
@@ -52,140 +52,6 @@ __all__ = [
     "own_probability",
 ]
 
-DEFAULT_NODES = 96
-_CHUNK_ELEMENTS = 1 << 21
-
-
-# ----------------------------------------------------------------------------
-# Validation
-# ----------------------------------------------------------------------------
-def _check(mu: Any, bias: Any, topk: Any, score_function: str, noise: str, noise_scale: Any,
-           bias_mode: str, bias_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    mu = np.asarray(mu, dtype=np.float64)
-    if mu.ndim < 1 or mu.shape[-1] < 2:
-        raise ConfigError(f"mu_PE: shape {mu.shape}: needs a last (expert) axis of length >= 2")
-    if not np.all(np.isfinite(mu)):
-        raise ConfigError("mu_PE: holds non-finite values; must be finite")
-    n = mu.shape[-1]
-    if bias is None:
-        bias = 1.0 if bias_mode == "multiplicative" and bias_on == "scores" else 0.0
-    bias = np.asarray(bias, dtype=np.float64)
-    try:
-        mu, bias = np.broadcast_arrays(mu, bias)
-    except ValueError:
-        raise ConfigError(f"bias_PE: shape {bias.shape} does not broadcast against mu_PE "
-                          f"{mu.shape}") from None
-    if not np.all(np.isfinite(bias)):
-        raise ConfigError("bias_PE: holds non-finite values; must be finite")
-    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk < n:
-        raise ConfigError(f"topk = {topk!r}: must be an integer in [1, N) = [1, {n})")
-    if score_function not in GATES:
-        raise ConfigError(f"score_function = {score_function!r}: must be one of "
-                          + ", ".join(GATES))
-    if noise not in _levels.NOISE_LAWS:
-        raise ConfigError(f"noise = {noise!r}: must be one of " + ", ".join(_levels.NOISE_LAWS))
-    if bias_mode not in ("additive", "multiplicative"):
-        raise ConfigError(f"bias_mode = {bias_mode!r}: must be 'additive' or 'multiplicative'")
-    if bias_on not in ("scores", "logits"):
-        raise ConfigError(f"bias_on = {bias_on!r}: must be 'scores' or 'logits'")
-    if bias_mode == "multiplicative" and bias_on == "scores" and not np.all(bias > 0):
-        raise ConfigError("bias_PE: a multiplicative bias must be > 0")
-    scale = np.asarray(noise_scale, dtype=np.float64)
-    if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
-        raise ConfigError(f"noise_scale = {noise_scale!r}: must be finite and > 0")
-    try:
-        scale = np.broadcast_to(scale, mu.shape[:-1])
-    except ValueError:
-        raise ConfigError(f"noise_scale: shape {scale.shape} does not broadcast against the "
-                          f"leading axes {mu.shape[:-1]} of mu_PE") from None
-    return mu, bias, scale
-
-
-def _transform(score_function: str, bias_mode: str, bias_on: str, bias: np.ndarray,
-               exact_only: bool = True) -> tuple[Transform, np.ndarray]:
-    """The selection transform, and the bias it acts with."""
-    if bias_on == "logits":
-        return Transform("logit", score_function), bias
-    if score_function == "softmax":
-        if bias_mode == "multiplicative":
-            return Transform("logit_logb", "softmax"), bias
-        if exact_only and not np.all(bias == bias[..., :1]):
-            raise ConfigError(
-                "score_function = 'softmax' with bias_mode = 'additive': the bias on the "
-                "probabilities couples the experts, no exact form; use load_map_mc")
-        return Transform("logit", "softmax"), np.zeros_like(bias)
-    kind = "score_add" if bias_mode == "additive" else "score_mul"
-    return Transform(kind, score_function), bias
-
-
-def _flat(mu: np.ndarray, bias: np.ndarray, scale: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = mu.shape[-1]
-    return (np.ascontiguousarray(mu.reshape(-1, n)), np.ascontiguousarray(bias.reshape(-1, n)),
-            np.ascontiguousarray(scale.reshape(-1)))
-
-
-def _setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale, bias_mode, bias_on, nodes):
-    mu, bias, scale = _check(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
-                             bias_mode, bias_on)
-    if isinstance(nodes, bool) or not isinstance(nodes, (int, np.integer)) or nodes < 8:
-        raise ConfigError(f"nodes = {nodes!r}: must be an integer >= 8")
-    tr, bias_eff = _transform(score_function, bias_mode, bias_on, bias)
-    m, b, s = _flat(mu, bias_eff, scale)
-    return mu.shape[:-1], tr, (m, b, s)
-
-
-def _integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
-               jac: str | None = None, cov: bool = False,
-               only: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Integrals over each expert's own nodes, all (point, expert) rows at once.
-
-    ``only`` restricts the work to some flattened (point, expert) rows (the
-    others are left NaN).
-
-    Returns ``p`` (B, E); with ``jac`` the matrix ``M[i, k] = int f_i g_k D_ik``
-    (``g`` the derivative with respect to ``jac``); with ``cov`` the matrix
-    ``C[i, k] = int f_i q_k P(N_{-ik} <= K - 2)``.
-    """
-    m, b, s = flat
-    nb, n = m.shape
-    nd = _levels.make_nodes(tr, noise, m, b, s, topk, nodes)
-    u = nd.y_BEU.shape[-1]
-    pairs = jac is not None or cov
-    out = {"p": np.full((nb, n), np.nan)}
-    if jac is not None:
-        out["jac"] = np.zeros((nb, n, n))
-    if cov:
-        out["cov"] = np.zeros((nb, n, n))
-    rows = nb * n
-    per_row = u * n * topk * (3 if pairs else 1)
-    chunk = max(1, _CHUNK_ELEMENTS // per_row)
-    y_r, w_r = nd.y_BEU.reshape(rows, u), nd.w_BEU.reshape(rows, u)
-    above_r = nd.above_BE.reshape(rows)
-    todo = np.arange(rows) if only is None else np.asarray(only)
-    for r0 in range(0, todo.size, chunk):
-        r = todo[r0:r0 + chunk]
-        pt, own = r // n, r % n
-        terms = _levels.expert_terms(tr, noise, y_r[r][..., None], m[pt][:, None, :],
-                                     b[pt][:, None, :], s[pt][:, None, None],
-                                     wrt=jac or "bias")
-        q = terms.q.copy()
-        q[np.arange(r.size), :, own] = 0.0  # leave the expert itself out
-        flat_q = q.reshape(-1, n)
-        if pairs:
-            law, without = _poisson.count_law_without_each(flat_q, topk)
-            without = without.reshape(r.size, u, n, topk)
-        else:
-            law = _poisson.count_law(flat_q, topk)
-        chosen = np.sum(law, axis=-1).reshape(r.size, u)
-        out["p"].reshape(rows)[r] = np.sum(w_r[r] * chosen, axis=-1) + above_r[r]
-        if jac is not None:
-            d = without[..., topk - 1] * terms.g
-            out["jac"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r[r], d)
-        if cov:
-            h = np.sum(without[..., :topk - 1], axis=-1) * terms.q
-            out["cov"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r[r], h)
-    return out
 
 
 # ----------------------------------------------------------------------------
@@ -238,9 +104,9 @@ def load_map(mu_PE: Any, bias_PE: Any = None, *, topk: int, score_function: str 
     >>> bool(p[0] > p[1] > p[2]), round(float(p.sum()), 6)
     (True, 1.0)
     """
-    lead, tr, flat = _setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
+    lead, tr, flat = setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
                             bias_mode, bias_on, nodes)
-    p = _integrals(tr, noise, flat, topk, nodes)["p"]
+    p = integrals(tr, noise, flat, topk, nodes)["p"]
     return p.reshape(lead + (p.shape[-1],))
 
 
@@ -272,9 +138,9 @@ def selection_covariance(mu_PE: Any, bias_PE: Any = None, *, topk: int,
     >>> np.allclose(c, 0.25 * (4 * np.eye(4) - 1) / 3)
     True
     """
-    lead, tr, flat = _setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
+    lead, tr, flat = setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
                             bias_mode, bias_on, nodes)
-    res = _integrals(tr, noise, flat, topk, nodes, cov=True)
+    res = integrals(tr, noise, flat, topk, nodes, cov=True)
     p = res["p"]
     both = res["cov"] + np.swapaxes(res["cov"], -1, -2)
     cov = both - p[:, :, None] * p[:, None, :]
@@ -324,9 +190,9 @@ def jacobian(mu_PE: Any, bias_PE: Any = None, *, topk: int, score_function: str 
             and wrt == "bias"):
         raise ConfigError("score_function = 'softmax' with bias_mode = 'additive': the "
                           "derivative along a bias on the probabilities has no exact form")
-    lead, tr, flat = _setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
+    lead, tr, flat = setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
                             bias_mode, bias_on, nodes)
-    mat = _integrals(tr, noise, flat, topk, nodes, jac=wrt)["jac"]
+    mat = integrals(tr, noise, flat, topk, nodes, jac=wrt)["jac"]
     n = mat.shape[-1]
     eye = np.eye(n, dtype=bool)
     mat = np.where(eye, 0.0, mat)
@@ -366,14 +232,14 @@ def own_probability(mu_PE: Any, bias_PE: Any, expert_P: Any, *, topk: int,
     >>> np.allclose(own_probability(mu, np.zeros(3), 0, topk=1), full[0])
     True
     """
-    lead, tr, flat = _setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
+    lead, tr, flat = setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
                             bias_mode, bias_on, nodes)
     n = flat[0].shape[-1]
     expert = np.broadcast_to(np.asarray(expert_P), lead).reshape(-1)
     if np.any((expert < 0) | (expert >= n)):
         raise ConfigError(f"expert_P: indices must lie in [0, {n})")
     rows = np.arange(expert.size) * n + expert
-    p = _integrals(tr, noise, flat, topk, nodes, only=rows)["p"].reshape(-1)[rows]
+    p = integrals(tr, noise, flat, topk, nodes, only=rows)["p"].reshape(-1)[rows]
     return p.reshape(lead)
 
 
@@ -391,11 +257,13 @@ def equilibrium(mu_PE: Any, *, topk: int, score_function: str = "sigmoid",
     Solved by damped Newton iterations with the analytic Jacobian on all
     points at once (vectorised; the step is halved until the squared
     residual falls, which keeps it robust far from balance, where ``J``
-    nearly vanishes for experts that are always or never chosen). The map is the gradient of the convex function ``E[sum of the K
-    largest selection scores]`` (of the log scores for a multiplicative
-    bias), so the equilibrium is unique. ``b*`` is
-    unique up to the common shift (additive: mean fixed at 0) or factor
-    (multiplicative: geometric mean fixed at 1).
+    nearly vanishes for experts that are always or never chosen), started
+    from the large-N limit in which every expert's ``1 - K/N`` score
+    quantile sits on one threshold. The map is the gradient of the convex
+    function ``E[sum of the K largest selection scores]`` (of the log scores
+    for a multiplicative bias), so ``b*`` is unique up to the common shift
+    (additive: mean fixed at 0) or factor (multiplicative: geometric mean
+    fixed at 1).
 
     Parameters
     ----------
@@ -426,8 +294,8 @@ def equilibrium(mu_PE: Any, *, topk: int, score_function: str = "sigmoid",
     >>> np.allclose(b, -mu, atol=1e-8)
     True
     """
-    mu, _, scale = _check(mu_PE, None, topk, score_function, noise, noise_scale, bias_mode,
-                          bias_on)
+    mu, _, scale = check_arguments(mu_PE, None, topk, score_function, noise, noise_scale,
+                                   bias_mode, bias_on)
     n = mu.shape[-1]
     lead = mu.shape[:-1]
     target = np.full(mu.shape, topk / n) if target_PE is None else np.asarray(
@@ -533,13 +401,13 @@ def load_map_mc(mu_PE: Any, bias_PE: Any = None, *, topk: int, score_function: s
     >>> bool(p[0] > 0.25 + 3 * se[0])
     True
     """
-    mu, bias, scale = _check(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
+    mu, bias, scale = check_arguments(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
                              bias_mode, bias_on)
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise ConfigError(f"samples = {samples!r}: must be an integer >= 1")
     rng = np.random.default_rng(seed)
     lead, n = mu.shape[:-1], mu.shape[-1]
-    m2, b2, s2 = _flat(mu, bias, scale)
+    m2, b2, s2 = flat_rows(mu, bias, scale)
     counts = np.zeros(m2.shape)
     for start in range(0, samples, chunk):
         size = min(chunk, samples - start)
