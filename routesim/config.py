@@ -182,6 +182,12 @@ class RunConfig:
     record_displacement : bool
         Also compute the unbiased top-K to measure displacement (costs a
         second selection).
+    common_random_numbers : bool
+        Give every point the streams of point 0 (replicas still differ), so
+        the points of a sweep see the same traffic and differ only in their
+        treatment. A point's numbers then depend on neither its index nor
+        its neighbours. (The learning router has its own switch,
+        ``penalty.common_random_numbers``.)
     kernel : {"auto", "generic", "numba", "cuda"}
         Exact-engine routing code: ``generic`` is the array code (any
         backend); ``numba`` (NumPy backend, ``fast`` extra) and ``cuda``
@@ -198,6 +204,7 @@ class RunConfig:
     bias_dtype: Literal["float32", "float64"] = "float32"
     global_window: int = 100
     record_displacement: bool = True
+    common_random_numbers: bool = False
     kernel: Literal["auto", "generic", "numba", "cuda"] = "auto"
 
     def __post_init__(self) -> None:

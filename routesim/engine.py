@@ -148,7 +148,8 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
     run, batch, router, ctrl = cfg.run, cfg.batch, cfg.router, cfg.controller
     dtype = xp.float32 if run.bias_dtype == "float32" else xp.float64
     n, k = router.num_experts, router.topk
-    keys_PR = xp.asarray(point_keys(run.seed, point_indices, run.replicas))
+    key_points = [0] * len(points) if run.common_random_numbers else point_indices
+    keys_PR = xp.asarray(point_keys(run.seed, key_points, run.replicas))
     tparams = traffic.make_traffic_params(points)
     cparams = controllers.make_controller_params(points)
     quantile_P = np.array([t == "quantile" for t in cparams.types])

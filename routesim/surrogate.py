@@ -300,7 +300,8 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
     dtype = xp.float32 if run.bias_dtype == "float32" else xp.float64
     n, k, L = router.num_experts, router.topk, batch.seq_length
     P, R = len(points), run.replicas
-    keys_PR = xp.asarray(rng.point_keys(run.seed, point_indices, R))
+    key_points = [0] * len(point_indices) if run.common_random_numbers else point_indices
+    keys_PR = xp.asarray(rng.point_keys(run.seed, key_points, R))
     tparams = traffic.make_traffic_params(points)
     cparams = controllers.make_controller_params(points)
     drift = tparams.drift != "none"

@@ -166,3 +166,18 @@ def test_controllers_reduce_imbalance():
     ds = simulate(cfg, progress=False)
     tail = ds["maxvio_batch"].isel(step=slice(-20, None)).mean(["step", "replica"]).values
     assert tail[1] < 0.5 * tail[0] and tail[2] < 0.5 * tail[0]
+
+
+def test_common_random_numbers_give_points_the_same_traffic():
+    # sign and sign_centred differ only by a common shift of the bias, which
+    # never changes a top-K selection: with common random numbers the two
+    # points must route identically (up to float32 rounding of s + b).
+    cfg = config_from_dict({**SMALL, "run": {"steps": 6, "replicas": 2, "seed": 3,
+                                             "common_random_numbers": True,
+                                             "bias_dtype": "float64"},
+                            "sweep": {"controller.type": ["sign", "sign_centred"]}})
+    ds = simulate(cfg, progress=False)
+    np.testing.assert_array_equal(ds["load"].isel(point=0), ds["load"].isel(point=1))
+    assert not np.array_equal(ds["load"].isel(replica=0), ds["load"].isel(replica=1))
+    off = simulate(cfg.replace(**{"run.common_random_numbers": False}), progress=False)
+    assert not np.array_equal(off["load"].isel(point=0), off["load"].isel(point=1))
