@@ -13,23 +13,9 @@ from routesim.gates import softplus
 from routesim.optim import lr_at, weight_at
 from routesim.rng import point_keys, standard_normal
 
+from _numerics import fd_grad, rel_err
+
 RTOL = 1e-4
-
-
-def fd_grad(f, x, h=1e-6):
-    g = np.zeros_like(x)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        xp_, xm = x.copy(), x.copy()
-        xp_[i] += h
-        xm[i] -= h
-        g[i] = (f(xp_) - f(xm)) / (2 * h)
-    return g
-
-
-def rel_err(a, b):
-    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300)
 
 
 def small(**sections):
