@@ -233,6 +233,13 @@ def sequence_covariance(mu_PE: Any, bias_PE: Any = None, *, topk: int, seq_corre
     Returns
     -------
     cov_PEE : ndarray (..., E, E)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> c = sequence_covariance(np.zeros(4), topk=1, seq_correlation=0.3, draws=64)
+    >>> bool(np.all(np.diag(c) > 0)), bool(abs(c.sum()) < 1e-6)
+    (True, True)
     """
     from .expected_load import load_map
 
@@ -261,7 +268,15 @@ def design_effect(cov_PEE: Any, seq_cov_PEE: Any, seq_length: int) -> np.ndarray
     """Per-expert design effect ``1 + (L - 1) C_ii / Sigma_ii`` (>= 1).
 
     Multiplies the counting variance of expert ``i``'s load when the tokens
-    come in sequences of ``L`` that share a logit component.
+    come in sequences of ``L`` that share a logit component. (The full
+    per-token covariance of a sequence is ``Sigma + (L - 1) C``; pass it to
+    :func:`expected_maxvio` to keep the cross terms.)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> design_effect(np.eye(2) * 0.25, np.eye(2) * 0.01, 11)
+    array([1.4, 1.4])
     """
     cov = np.asarray(cov_PEE, dtype=np.float64)
     seq = np.asarray(seq_cov_PEE, dtype=np.float64)

@@ -175,6 +175,11 @@ def spectral_radius(law: str, rate: Any, lam_PE: Any, *, num_experts: int,
     """Largest pole modulus over the non-zero modes ``lam_PE`` (..., E) at each rate.
 
     ``rate`` broadcasts against the leading axes of ``lam_PE``.
+
+    Examples
+    --------
+    >>> float(spectral_radius("proportional", 0.25, [0.0, 2.0, 6.0], num_experts=3))
+    0.5
     """
     lam = np.asarray(lam_PE, dtype=np.float64)
     rate = np.asarray(rate, dtype=np.float64)[..., None]
@@ -263,6 +268,15 @@ def steady_error_covariance(law: str, rate: float, a_EE: Any, noise_cov_EE: Any,
     ------
     ConfigError
         If the loop is unstable (no stationary state).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = 2.0 * (np.eye(4) - 0.25)
+    >>> noise = 1e-4 * (np.eye(4) - 0.25)
+    >>> cov = steady_error_covariance("proportional", 0.5, a, noise)
+    >>> np.allclose(cov, noise * 2.0 / (2.0 - 0.5 * 2.0))
+    True
     """
     a = np.asarray(a_EE, dtype=np.float64)
     s = np.asarray(noise_cov_EE, dtype=np.float64)
@@ -304,6 +318,14 @@ def deterministic_trajectory(mu_E: Any, *, law: str, rate: float, steps: int, to
     a rate whose loads are within ``linear_tol`` (relative) of balance uses
     ``p = K/N + J (b - b*)`` instead of the map (second-order error, about
     ``linear_tol^2``): much cheaper once the transient is over.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = deterministic_trajectory(np.array([0.5, 0.0, -0.5]), law="proportional",
+    ...                                rate=0.05, steps=40, topk=1, nodes=32)
+    >>> bool(out["maxvio_SP"][0, 0] > 0.3 and out["maxvio_SP"][-1, 0] < 1e-3)
+    True
     """
     from .. import controllers
     from .expected_load import load_map
