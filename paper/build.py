@@ -34,8 +34,8 @@ SOURCES: dict[str, list[str]] = {
     "alpha_dilemma": ["-m", "routesim", "run", "examples/alpha_dilemma.toml", "--no-progress"],
     "noisy_topk": ["-m", "routesim", "run", "examples/noisy_topk.toml", "--no-progress"],
     "leakage": ["analysis/leakage.py"],
-    "meanfield_vs_exact": ["analysis/meanfield_vs_exact.py", "--steps", "300", "--replicas", "2",
-                           "--only", "sign/linear", "sign/seq-corr", "sign_centred/micro-batch"],
+    "meanfield_vs_exact": ["analysis/meanfield_vs_exact.py", "--jobs", "2", "--only",
+                           "sign/linear", "sign/seq-corr", "sign_centred/micro-batch"],
     "bench_engine": ["benchmarks/bench_engine.py"],
     "bench_meanfield": ["benchmarks/bench_meanfield.py"],
 }

@@ -19,7 +19,7 @@ from ._backend import to_numpy
 from .config import Config
 from .rng import entropy_of
 
-__all__ = ["simulate", "build_dataset"]
+__all__ = ["simulate", "build_dataset", "run_steps"]
 
 
 def _progress(progress: bool | None, total: int, desc: str) -> tqdm:
@@ -78,38 +78,56 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
     from .engine import make_simulator
 
     init, step = make_simulator(config, point_indices)
-    state = init()
-    records: dict[str, list[np.ndarray]] = {k: [] for k in
-                                            ("bias", "load", "kept", "disp", "mvcb")}
-    routing_extra: list[tuple[np.ndarray, np.ndarray | None]] = []
-    with _progress(progress, config.run.steps, "routesim") as bar:
-        for _ in range(config.run.steps):
+    fields = ("bias_PRE", "load_PRE", "kept_PRE", "displaced_PR", "maxvio_compute_PRC",
+              "unrouted_PR", "experts_per_token_PRJ")
+    _, rec = run_steps(step, init(), config.run.steps, fields, progress, "routesim")
+    extra = {"unrouted_share": (("step", "point", "replica"), rec["unrouted_PR"])}
+    if rec["experts_per_token_PRJ"] is not None:
+        extra["experts_per_token"] = (("step", "point", "replica", "num_assigned"),
+                                      rec["experts_per_token_PRJ"].astype(np.int32))
+    return build_dataset(config, point_indices, bias_SPRE=rec["bias_PRE"],
+                         load_SPRE=rec["load_PRE"], kept_SPRE=rec["kept_PRE"],
+                         displaced_SPR=rec["displaced_PR"],
+                         maxvio_compute_SPRC=rec["maxvio_compute_PRC"], extra=extra)
+
+
+def run_steps(step: Any, state: Any, steps: int, fields: Sequence[str], progress: bool | None,
+              desc: str) -> tuple[Any, dict[str, np.ndarray | None]]:
+    """Run ``steps`` steps and stack the named fields of each step's output on the host.
+
+    Parameters
+    ----------
+    step : callable (state) -> (state, output)
+        A pure step function (any engine).
+    state : object
+        The initial state.
+    steps : int
+        Steps to run.
+    fields : sequence of str
+        Attributes of the step output to record; one that is None is
+        recorded as None.
+    progress : bool or None
+        Progress bar on stderr (None: only when stderr is a terminal).
+    desc : str
+        Label of the progress bar.
+
+    Returns
+    -------
+    state : object
+        The final state.
+    records : dict of str to ndarray or None
+        Each field stacked along a new leading step axis.
+    """
+    rows: dict[str, list] = {f: [] for f in fields}
+    with _progress(progress, steps, desc) as bar:
+        for _ in range(steps):
             state, out = step(state)
-            records["bias"].append(to_numpy(out.bias_PRE))
-            records["load"].append(to_numpy(out.load_PRE))
-            records["kept"].append(to_numpy(out.kept_PRE))
-            records["disp"].append(to_numpy(out.displaced_PR))
-            records["mvcb"].append(to_numpy(out.maxvio_compute_PRC))
-            ept = out.experts_per_token_PRJ
-            routing_extra.append((to_numpy(out.unrouted_PR),
-                                  None if ept is None else to_numpy(ept)))
+            for f in fields:
+                value = getattr(out, f)
+                rows[f].append(None if value is None else to_numpy(value))
             bar.update(1)
-    stacked = {k: np.stack(v) for k, v in records.items()}
-    return build_dataset(config, point_indices, bias_SPRE=stacked["bias"],
-                         load_SPRE=stacked["load"], kept_SPRE=stacked["kept"],
-                         displaced_SPR=stacked["disp"], maxvio_compute_SPRC=stacked["mvcb"],
-                         extra=_routing_extra(routing_extra))
-
-
-def _routing_extra(rows: list[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
-    """``unrouted_share`` (step, point, replica) and, for Expert Choice,
-    ``experts_per_token`` (step, point, replica, num_assigned)."""
-    dims3 = ("step", "point", "replica")
-    out: dict[str, Any] = {"unrouted_share": (dims3, np.stack([u for u, _ in rows]))}
-    if rows and rows[0][1] is not None:
-        out["experts_per_token"] = (dims3 + ("num_assigned",),
-                                    np.stack([h for _, h in rows]).astype(np.int32))
-    return out
+    records = {f: (None if not v or v[0] is None else np.stack(v)) for f, v in rows.items()}
+    return state, records
 
 
 def build_dataset(config: Config, point_indices: Sequence[int] | None, *,

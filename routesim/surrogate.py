@@ -475,25 +475,17 @@ def simulate_meanfield(config: Config, *, point_indices: Sequence[int] | None = 
         add ``meanfield_evaluations`` (exact row evaluations of the load map)
         and the two tolerances.
     """
-    from .simulate import _progress, build_dataset  # noqa: PLC0415 (avoid a cycle)
+    from .simulate import build_dataset, run_steps  # noqa: PLC0415 (avoid a cycle)
 
     init, step = make_meanfield_simulator(config, point_indices, tolerance=tolerance,
                                           covariance_tolerance=covariance_tolerance)
-    state = init()
-    rec: dict[str, list[np.ndarray]] = {k: [] for k in ("bias", "load", "kept", "disp", "mvcb")}
-    with _progress(progress, config.run.steps, "routesim meanfield") as bar:
-        for _ in range(config.run.steps):
-            state, out = step(state)
-            rec["bias"].append(to_numpy(out.bias_PRE))
-            rec["load"].append(to_numpy(out.load_PRE))
-            rec["kept"].append(to_numpy(out.kept_PRE))
-            rec["disp"].append(to_numpy(out.displaced_PR))
-            rec["mvcb"].append(to_numpy(out.maxvio_compute_PRC))
-            bar.update(1)
-    st = {k: np.stack(v) for k, v in rec.items()}
-    ds = build_dataset(config, point_indices, bias_SPRE=st["bias"], load_SPRE=st["load"],
-                       kept_SPRE=st["kept"], displaced_SPR=st["disp"],
-                       maxvio_compute_SPRC=st["mvcb"])
+    fields = ("bias_PRE", "load_PRE", "kept_PRE", "displaced_PR", "maxvio_compute_PRC")
+    state, rec = run_steps(step, init(), config.run.steps, fields, progress,
+                           "routesim meanfield")
+    ds = build_dataset(config, point_indices, bias_SPRE=rec["bias_PRE"],
+                       load_SPRE=rec["load_PRE"], kept_SPRE=rec["kept_PRE"],
+                       displaced_SPR=rec["displaced_PR"],
+                       maxvio_compute_SPRC=rec["maxvio_compute_PRC"])
     ds.attrs["meanfield_evaluations"] = int(state.evaluations)
     ds.attrs["meanfield_tolerance"] = float(tolerance)
     ds.attrs["meanfield_covariance_tolerance"] = float(covariance_tolerance)
