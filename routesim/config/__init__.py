@@ -1,0 +1,49 @@
+"""Configuration: frozen dataclasses, validated in one place, read from TOML.
+
+A :class:`Config` has one section per component (``run``, ``batch``,
+``traffic``, ``router``, ``controller``, ``penalty``, ``sweep``). Option names
+follow Megatron-LM's where one exists (``topk``, ``score_function``,
+``bias_update_rate``, ``capacity_factor``, ``token_drop_policy``,
+``num_groups``, ``group_topk``, ``topk_scaling_factor``).
+
+Every invalid value raises :class:`routesim.ConfigError` when the dataclass is
+built, before any work starts. The message names the field path
+(``router.topk``), the value and what is allowed. Unknown keys in a TOML file
+or a dict are refused: a typo is never silently ignored.
+
+A sweep turns one config into several *points*: ``[sweep]`` maps dotted field
+names to lists of values, combined as a grid (cartesian product) or zipped.
+Only fields that the engine can vary along its ``point`` axis may be swept
+(:data:`SWEEPABLE`); the shape-defining ones (experts, top-k, batch) are the
+same for every point.
+
+Modules: ``sections`` (run, batch, traffic, router, controller), ``penalty``,
+``core`` (sweep, the whole config, TOML reading) and ``_checks`` (the shared
+field checks).
+"""
+
+from .core import _SECTIONS, SWEEPABLE, Config, SweepConfig, config_from_dict, load_config  # noqa: F401
+from .penalty import PenaltyConfig
+from .sections import (
+    CONTROLLER_TYPES,
+    BatchConfig,
+    ControllerConfig,
+    RouterConfig,
+    RunConfig,
+    TrafficConfig,
+)
+
+__all__ = [
+    "RunConfig",
+    "BatchConfig",
+    "TrafficConfig",
+    "RouterConfig",
+    "ControllerConfig",
+    "PenaltyConfig",
+    "SweepConfig",
+    "Config",
+    "SWEEPABLE",
+    "CONTROLLER_TYPES",
+    "load_config",
+    "config_from_dict",
+]

@@ -1,0 +1,376 @@
+"""The whole config: sweep, points, cross-section rules, reading from TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from ..exceptions import ConfigError
+from ._checks import _DATACLASS, _check_types, _require
+from .penalty import PenaltyConfig
+from .sections import (BatchConfig, ControllerConfig, RouterConfig, RunConfig,
+                       TrafficConfig)
+
+__all__ = ["SweepConfig", "Config", "SWEEPABLE", "load_config", "config_from_dict"]
+
+
+@dataclass(**_DATACLASS)
+class SweepConfig:
+    """Points of a sweep.
+
+    Attributes
+    ----------
+    mode : {"grid", "zip"}
+        ``grid``: cartesian product of the value lists; ``zip``: the i-th
+        point takes the i-th value of every list (equal lengths).
+    parameters : dict of str to list
+        Dotted field name (one of :data:`SWEEPABLE`) to its values.
+    labels : list of str or None
+        One label per point (default: built from the swept values).
+    """
+
+    mode: Literal["grid", "zip"] = "grid"
+    parameters: dict = field(default_factory=dict)
+    labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self, "sweep")
+        params = {}
+        for key, values in self.parameters.items():
+            _require(key in SWEEPABLE, f"sweep.{key}", values,
+                     "cannot be swept; sweepable fields: " + ", ".join(sorted(SWEEPABLE)))
+            _require(isinstance(values, (list, tuple)) and len(values) >= 1, f"sweep.{key}",
+                     values, "must be a non-empty list of values")
+            params[key] = tuple(values)
+        object.__setattr__(self, "parameters", params)
+        if self.mode == "zip" and params:
+            lengths = {k: len(v) for k, v in params.items()}
+            _require(len(set(lengths.values())) == 1, "sweep.mode", self.mode,
+                     f"'zip' needs lists of equal length, got {lengths}")
+        if self.labels is not None:
+            _require(len(self.labels) == self.num_points, "sweep.labels", list(self.labels),
+                     f"must have one label per point ({self.num_points})")
+
+    @property
+    def num_points(self) -> int:
+        """Number of points the sweep defines (1 without parameters)."""
+        if not self.parameters:
+            return 1
+        lengths = [len(v) for v in self.parameters.values()]
+        return lengths[0] if self.mode == "zip" else math.prod(lengths)
+
+    def assignments(self) -> list[dict[str, Any]]:
+        """One ``{dotted_name: value}`` dict per point, in point order."""
+        if not self.parameters:
+            return [{}]
+        keys = list(self.parameters)
+        if self.mode == "zip":
+            rows = zip(*(self.parameters[k] for k in keys))
+        else:
+            rows = itertools.product(*(self.parameters[k] for k in keys))
+        return [dict(zip(keys, row)) for row in rows]
+
+
+#: Fields that may differ between the points of one run.
+SWEEPABLE = frozenset(
+    [f"traffic.{n}" for n in ("skew", "linear_spread", "zipf_exponent", "noise_scale",
+                              "seq_correlation", "drift_std", "drift_amplitude",
+                              "drift_period", "topic_spread")]
+    + [f"controller.{n}" for n in ("type", "bias_update_rate", "momentum", "bias_cap",
+                                   "warmup_steps", "tanh_scale", "quantile_ema")]
+    + [f"penalty.{n}" for n in ("type", "alpha", "z_loss", "learning_rate", "importance_loss",
+                                "load_loss", "affinity_scale", "quality_strength")]
+)
+
+_SECTIONS = {
+    "run": RunConfig,
+    "batch": BatchConfig,
+    "traffic": TrafficConfig,
+    "router": RouterConfig,
+    "controller": ControllerConfig,
+    "penalty": PenaltyConfig,
+    "sweep": SweepConfig,
+}
+
+
+@dataclass(**_DATACLASS)
+class Config:
+    """A whole simulation: one instance of each section.
+
+    Cross-section rules are checked here (for every point of the sweep).
+    """
+
+    run: RunConfig = field(default_factory=RunConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    traffic: TrafficConfig = field(default_factory=TrafficConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                raise ConfigError(f"{name} = {value!r}: must be a {cls.__name__}")
+        # Building the points runs every per-field check on the swept values.
+        for point in self.points():
+            point._check_cross()
+
+    # -- cross-section rules -------------------------------------------------
+    def _check_cross(self) -> None:
+        r, b, c = self.router, self.batch, self.controller
+        tokens_mb = b.sequences_per_micro_batch * b.seq_length
+        if c.type == "quantile":
+            _require(tokens_mb * r.topk % r.num_experts == 0, "controller.type", c.type,
+                     f"quantile balancing needs tokens per micro-batch x topk "
+                     f"({tokens_mb} x {r.topk}) divisible by router.num_experts "
+                     f"({r.num_experts})")
+            _require(r.num_groups is None, "controller.type", c.type,
+                     "quantile balancing cannot be combined with group-limited routing "
+                     "(router.num_groups)")
+            _require(r.bias_mode == "additive", "controller.type", c.type,
+                     "quantile balancing needs router.bias_mode = 'additive'")
+        if r.router_type == "expert_choice":
+            block = r.expert_choice_block or tokens_mb
+            _require(tokens_mb % block == 0, "router.expert_choice_block", block,
+                     f"must divide the tokens per micro-batch ({tokens_mb})")
+            _require(block * r.topk % r.num_experts == 0, "router.expert_choice_block", block,
+                     f"K*T/N = {r.topk}*{block}/{r.num_experts} must be an integer")
+            _require(r.dropless, "router.capacity_factor", r.capacity_factor,
+                     "Expert Choice fills every expert exactly; omit the capacity factor")
+            _require(c.type in ("none", "sign", "sign_centred", "proportional", "ema", "rms",
+                                "momentum_tanh"), "controller.type", c.type,
+                     "Expert Choice takes no quantile dual; use another controller or none")
+        if self.penalty.learn or self.penalty.type != "none" or self.penalty.z_loss > 0:
+            _require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
+                     "a learnable router or a penalty needs traffic.kind = 'features'")
+        self._check_learning()
+
+    def _check_learning(self) -> None:
+        """Rules of the learning router (routesim.learner)."""
+        pen, r = self.penalty, self.router
+        if not pen.learn:
+            if pen.active:
+                field_name = "type" if pen.type != "none" else next(
+                    n for n in ("z_loss", "importance_loss", "load_loss") if getattr(pen, n) > 0)
+                _require(False, f"penalty.{field_name}", getattr(pen, field_name),
+                         "a penalty acts through a learning router: set penalty.learn = true")
+            _require(not pen.noisy_gate, "penalty.noisy_gate", pen.noisy_gate,
+                     "the noisy gate belongs to a learning router: set penalty.learn = true")
+            return
+        gates = ("softmax", "sigmoid")
+        if pen.type != "none":
+            _require(r.score_function in gates, "penalty.type", pen.type,
+                     f"the balance loss supports router.score_function in {gates}, "
+                     f"not {r.score_function!r}")
+        _require(r.score_function in gates, "router.score_function", r.score_function,
+                 "the learning router's gradients are written for 'softmax' and 'sigmoid'")
+        if pen.noisy_gate:
+            _require(r.score_function == "softmax", "penalty.noisy_gate", pen.noisy_gate,
+                     "the noisy top-K gate is a softmax gate: needs router.score_function = "
+                     f"'softmax', not {r.score_function!r}")
+        for name in ("importance_loss", "load_loss"):
+            value = getattr(pen, name)
+            _require(value == 0 or pen.noisy_gate, f"penalty.{name}", value,
+                     "the importance and load losses belong to the noisy gate: set "
+                     "penalty.noisy_gate = true (or the weight to 0)")
+        _require(self.run.engine == "exact", "run.engine", self.run.engine,
+                 "a learning router needs run.engine = 'exact'")
+        _require(r.dropless, "router.capacity_factor", r.capacity_factor,
+                 "the learning router routes dropless: omit it (or use inf)")
+        _require(r.router_type == "token_choice", "router.router_type", r.router_type,
+                 "the learning router is token choice")
+        _require(self.controller.type != "quantile", "controller.type", self.controller.type,
+                 "quantile balancing is not supported with a learning router")
+
+    # -- points --------------------------------------------------------------
+    def points(self) -> tuple["Config", ...]:
+        """The configs of every point, with the sweep applied and removed."""
+        out = []
+        for i, assignment in enumerate(self.sweep.assignments()):
+            sections = {name: getattr(self, name) for name in _SECTIONS if name != "sweep"}
+            by_section: dict[str, dict[str, Any]] = {}
+            for key, value in assignment.items():
+                section, name = key.split(".", 1)
+                by_section.setdefault(section, {})[name] = value
+            for section, changes in by_section.items():
+                try:
+                    sections[section] = dataclasses.replace(sections[section], **changes)
+                except ConfigError as err:
+                    raise ConfigError(f"sweep point {i}: {err}") from None
+            out.append(_build_plain(sections))
+        return tuple(out)
+
+    @property
+    def num_points(self) -> int:
+        """Points of the sweep."""
+        return self.sweep.num_points
+
+    def point_labels(self) -> tuple[str, ...]:
+        """A short label per point."""
+        if self.sweep.labels is not None:
+            return tuple(self.sweep.labels)
+        labels = []
+        for assignment in self.sweep.assignments():
+            if not assignment:
+                labels.append(self.controller.type)
+            else:
+                labels.append(", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in assignment.items()))
+        return tuple(labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (TOML/JSON-compatible; None values omitted)."""
+        out: dict[str, Any] = {}
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            d = {}
+            for f in fields(section):
+                v = getattr(section, f.name)
+                if v is None:
+                    continue
+                if isinstance(v, tuple):
+                    v = list(v)
+                if isinstance(v, dict):
+                    v = {k: list(x) for k, x in v.items()}
+                if isinstance(v, float) and math.isinf(v):
+                    v = "inf"
+                d[f.name] = v
+            out[name] = d
+        return out
+
+    def to_json(self) -> str:
+        """The config as a JSON string (stored in result attrs)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> "Config":
+        """Copy with dotted-name changes, e.g. ``cfg.replace(**{"router.topk": 2})``."""
+        sections = {name: getattr(self, name) for name in _SECTIONS}
+        by_section: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            if "." not in key or key.split(".", 1)[0] not in _SECTIONS:
+                raise ConfigError(f"{key} = {value!r}: unknown field; use 'section.field' with "
+                                  f"section one of {', '.join(_SECTIONS)}")
+            section, name = key.split(".", 1)
+            by_section.setdefault(section, {})[name] = value
+        for section, ch in by_section.items():
+            known = {f.name for f in fields(_SECTIONS[section])}
+            for name in ch:
+                if name not in known:
+                    raise ConfigError(f"{section}.{name}: unknown field; allowed: "
+                                      + ", ".join(sorted(known)))
+            sections[section] = dataclasses.replace(sections[section], **ch)
+        return Config(**sections)
+
+
+def _build_plain(sections: dict[str, Any]) -> Config:
+    """A Config without sweep, skipping the point expansion (no recursion)."""
+    cfg = object.__new__(Config)
+    for name in _SECTIONS:
+        object.__setattr__(cfg, name, sections.get(name, SweepConfig()))
+    return cfg
+
+
+# ----------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------
+def _section_from_dict(name: str, cls: type, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} = {data!r}: must be a table of settings")
+    known = {f.name for f in fields(cls)}
+    if cls is SweepConfig:
+        kwargs = {}
+        params = {}
+        for key, value in data.items():
+            if key in ("mode", "labels"):
+                kwargs[key] = value
+            elif key == "parameters" and isinstance(value, dict):
+                params.update(value)
+            elif "." in key:
+                params[key] = value
+            else:
+                raise ConfigError(f"sweep.{key}: unknown key; use 'mode', 'labels' or a dotted "
+                                  "field name such as 'controller.bias_update_rate'")
+        return SweepConfig(parameters=params, **kwargs)
+    for key in data:
+        if key not in known:
+            close = [k for k in known if k.lower() == str(key).lower().replace("-", "_")]
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{name}.{key} = {data[key]!r}: unknown key{hint}; allowed: "
+                              + ", ".join(sorted(known)))
+    values = dict(data)
+    for key, value in values.items():
+        if value == "inf":
+            values[key] = math.inf
+    try:
+        return cls(**values)
+    except TypeError as err:  # pragma: no cover - guarded by the key check above
+        raise ConfigError(f"{name}: {err}") from None
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dicts (as read from TOML).
+
+    Parameters
+    ----------
+    data : dict
+        ``{section: {field: value}}``; missing sections take defaults.
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        On an unknown section or key, a wrong type or a value out of range.
+
+    Examples
+    --------
+    >>> cfg = config_from_dict({"router": {"num_experts": 16, "topk": 2}})
+    >>> cfg.router.topk
+    2
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"config = {data!r}: must be a table of sections")
+    sections = {}
+    for key, value in data.items():
+        if key not in _SECTIONS:
+            raise ConfigError(f"{key}: unknown section; allowed: " + ", ".join(_SECTIONS))
+        sections[key] = _section_from_dict(key, _SECTIONS[key], value)
+    return Config(**sections)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML file into a validated :class:`Config`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The TOML file.
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not valid TOML, or holds an invalid value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"config file {str(path)!r}: cannot be read ({err.strerror})") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(path)!r}: not valid TOML ({err})") from None
+    return config_from_dict(data)

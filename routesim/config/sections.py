@@ -1,0 +1,376 @@
+"""Config sections: run, batch, traffic, router, controller."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from ..exceptions import ConfigError
+from ._checks import _DATACLASS, _check_types, _positive, _require
+
+__all__ = ["RunConfig", "BatchConfig", "TrafficConfig", "RouterConfig", "ControllerConfig",
+           "CONTROLLER_TYPES"]
+
+CONTROLLER_TYPES = (
+    "none",
+    "sign",
+    "sign_centred",
+    "proportional",
+    "ema",
+    "rms",
+    "momentum_tanh",
+    "quantile",
+)
+
+
+# ----------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------
+@dataclass(**_DATACLASS)
+class RunConfig:
+    """How long to run and on what.
+
+    Attributes
+    ----------
+    steps : int > 0
+        Training steps (global batches) to simulate.
+    replicas : int > 0
+        Independent replicas per point (own random stream each).
+    seed : int >= 0
+        Root seed. Point ``p``, replica ``r`` draws from
+        ``SeedSequence(seed, spawn_key=(p, r))``.
+    backend : {"numpy", "cupy", "array_api_strict"}
+        Array namespace.
+    engine : {"exact", "meanfield"}
+        ``exact`` draws every token; ``meanfield`` draws loads from the
+        expected-load map plus Gaussian fluctuations.
+    bias_dtype : {"float32", "float64"}
+        Floating type of the bias (1e-3 steps survive in both).
+    global_window : int > 0
+        Trailing window, in steps, of ``maxvio_global``.
+    record_displacement : bool
+        Also compute the unbiased top-K to measure displacement (costs a
+        second selection).
+    common_random_numbers : bool
+        Give every point the streams of point 0 (replicas still differ), so
+        the points of a sweep see the same traffic and differ only in their
+        treatment. A point's numbers then depend on neither its index nor
+        its neighbours. (The learning router has its own switch,
+        ``penalty.common_random_numbers``.)
+    kernel : {"auto", "generic", "numba", "cuda"}
+        Exact-engine routing code: ``generic`` is the array code (any
+        backend); ``numba`` (NumPy backend, ``fast`` extra) and ``cuda``
+        (CuPy backend) are compiled kernels for popularity traffic with
+        normal noise, dropless token choice; ``auto`` picks the compiled one
+        where it applies. All give the same counts up to float32 near-ties.
+    """
+
+    steps: int = 200
+    replicas: int = 1
+    seed: int = 0
+    backend: Literal["numpy", "cupy", "array_api_strict"] = "numpy"
+    engine: Literal["exact", "meanfield"] = "exact"
+    bias_dtype: Literal["float32", "float64"] = "float32"
+    global_window: int = 100
+    record_displacement: bool = True
+    common_random_numbers: bool = False
+    kernel: Literal["auto", "generic", "numba", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check_types(self, "run")
+        _require(self.steps >= 1, "run.steps", self.steps, "must be an integer >= 1")
+        _require(self.replicas >= 1, "run.replicas", self.replicas, "must be an integer >= 1")
+        _require(0 <= self.seed < 2**63, "run.seed", self.seed, "must be an integer in [0, 2**63)")
+        _require(self.global_window >= 1, "run.global_window", self.global_window,
+                 "must be an integer >= 1")
+
+
+@dataclass(**_DATACLASS)
+class BatchConfig:
+    """Batch structure of one training step.
+
+    Attributes
+    ----------
+    num_sequences : int > 0
+        Sequences per global batch (one step).
+    seq_length : int > 0
+        Tokens per sequence.
+    micro_batch_size : int > 0 or None
+        Sequences per micro-batch; must divide ``num_sequences``. None means
+        one micro-batch per step. Capacity is applied per micro-batch.
+    computation_batch_sizes : list of int
+        Sizes, in sequences, at which ``maxvio_compute`` is measured; each
+        must divide ``num_sequences``.
+    """
+
+    num_sequences: int = 16
+    seq_length: int = 256
+    micro_batch_size: int | None = None
+    computation_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_types(self, "batch")
+        _require(self.num_sequences >= 1, "batch.num_sequences", self.num_sequences,
+                 "must be an integer >= 1")
+        _require(self.seq_length >= 1, "batch.seq_length", self.seq_length,
+                 "must be an integer >= 1")
+        if self.micro_batch_size is not None:
+            _require(self.micro_batch_size >= 1 and self.num_sequences % self.micro_batch_size == 0,
+                     "batch.micro_batch_size", self.micro_batch_size,
+                     f"must divide batch.num_sequences ({self.num_sequences})")
+        for i, size in enumerate(self.computation_batch_sizes):
+            _require(size >= 1 and self.num_sequences % size == 0,
+                     f"batch.computation_batch_sizes[{i}]", size,
+                     f"must divide batch.num_sequences ({self.num_sequences})")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens in one global batch, ``num_sequences * seq_length``."""
+        return self.num_sequences * self.seq_length
+
+    @property
+    def sequences_per_micro_batch(self) -> int:
+        """Sequences in one micro-batch."""
+        return self.micro_batch_size or self.num_sequences
+
+    @property
+    def num_micro_batches(self) -> int:
+        """Micro-batches per step."""
+        return self.num_sequences // self.sequences_per_micro_batch
+
+
+@dataclass(**_DATACLASS)
+class TrafficConfig:
+    """Where the router logits come from.
+
+    Attributes
+    ----------
+    kind : {"popularity", "features", "trace"}
+        ``popularity``: logit ``z = mu + noise``; ``features``: topic-mixture
+        token features through router weights, ``z = x @ W.T``; ``trace``:
+        replay of a recorded logit trace.
+    skew : {"uniform", "linear", "zipf"}
+        Shape of the popularity vector ``mu`` over experts.
+    linear_spread : float >= 0
+        For ``linear``: ``mu`` runs from ``+linear_spread`` to ``-linear_spread``.
+    zipf_exponent : float >= 0
+        For ``zipf``: ``softmax(mu)`` is proportional to ``(i + 1) ** -a``.
+    noise : {"normal", "logistic", "gumbel"}
+        Law of the per-token, per-expert logit noise.
+    noise_scale : float >= 0
+        Scale of that noise (standard deviation for ``normal``).
+    seq_correlation : float in [0, 1)
+        Share ``rho`` of the noise variance shared by all tokens of a
+        sequence (per expert); tokens of one sequence then correlate with
+        coefficient ``rho``.
+    drift : {"none", "random_walk", "sinusoid", "regime"}
+        How ``mu`` moves over steps.
+    drift_std : float >= 0
+        Random-walk step standard deviation per expert per step.
+    drift_amplitude, drift_period : float
+        Sinusoid ``mu_i(t) = mu_i + A sin(2 pi t / period + 2 pi i / N)``.
+    regime_steps : list of int
+        Steps at which ``mu`` is replaced by a fresh random permutation of
+        itself (regime switches).
+    feature_dim : int > 0
+        ``d`` of the token features (``features``).
+    num_topics : int > 0
+        Topics of the feature mixture.
+    topic_weights : list of float or None
+        Mixture weights, summing to 1; None = equal.
+    topic_spread : float >= 0
+        Within-topic standard deviation of the features (topic centres have
+        unit norm on average).
+    router_init_scale : float >= 0
+        Standard deviation of each entry of the router weights ``W``
+        (a token's logits then have standard deviation about
+        ``router_init_scale * |x|``).
+    topic_by_micro_batch : bool
+        Draw one topic per micro-batch (domain-homogeneous micro-batches).
+    trace : str
+        ``"builtin"`` for the trace shipped with the package, or a path to a
+        ``.npz`` file holding ``logits`` of shape (steps, tokens, experts).
+    """
+
+    kind: Literal["popularity", "features", "trace"] = "popularity"
+    skew: Literal["uniform", "linear", "zipf"] = "uniform"
+    linear_spread: float = 1.0
+    zipf_exponent: float = 1.0
+    noise: Literal["normal", "logistic", "gumbel"] = "normal"
+    noise_scale: float = 1.0
+    seq_correlation: float = 0.0
+    drift: Literal["none", "random_walk", "sinusoid", "regime"] = "none"
+    drift_std: float = 0.0
+    drift_amplitude: float = 0.0
+    drift_period: float = 100.0
+    regime_steps: tuple[int, ...] = ()
+    feature_dim: int = 16
+    num_topics: int = 4
+    topic_weights: tuple[float, ...] | None = None
+    topic_spread: float = 0.5
+    router_init_scale: float = 1.0
+    topic_by_micro_batch: bool = False
+    trace: str = "builtin"
+
+    def __post_init__(self) -> None:
+        _check_types(self, "traffic")
+        _positive(self, "traffic", "linear_spread", "zipf_exponent", "noise_scale", "drift_std",
+                  "drift_amplitude", "topic_spread", "router_init_scale", allow_zero=True)
+        _positive(self, "traffic", "drift_period")
+        _require(0.0 <= self.seq_correlation < 1.0, "traffic.seq_correlation",
+                 self.seq_correlation, "must be in [0, 1)")
+        _require(self.feature_dim >= 1, "traffic.feature_dim", self.feature_dim,
+                 "must be an integer >= 1")
+        _require(self.num_topics >= 1, "traffic.num_topics", self.num_topics,
+                 "must be an integer >= 1")
+        for i, s in enumerate(self.regime_steps):
+            _require(s >= 1, f"traffic.regime_steps[{i}]", s, "must be an integer >= 1")
+        _require(list(self.regime_steps) == sorted(set(self.regime_steps)),
+                 "traffic.regime_steps", list(self.regime_steps),
+                 "must be strictly increasing")
+        if self.topic_weights is not None:
+            w = self.topic_weights
+            _require(len(w) == self.num_topics, "traffic.topic_weights", list(w),
+                     f"must have traffic.num_topics ({self.num_topics}) entries")
+            _require(all(x >= 0 and math.isfinite(x) for x in w), "traffic.topic_weights",
+                     list(w), "must be finite and >= 0")
+            _require(abs(sum(w) - 1.0) < 1e-6, "traffic.topic_weights", list(w),
+                     f"must sum to 1 (they sum to {sum(w):.6g})")
+
+
+@dataclass(**_DATACLASS)
+class RouterConfig:
+    """Gate, selection and capacity.
+
+    Attributes
+    ----------
+    num_experts : int >= 2
+        ``N``, routed experts.
+    topk : int in [1, num_experts)
+        ``K``, experts per token (token choice).
+    score_function : {"softmax", "sigmoid", "sqrtsoftplus"}
+        Gate applied to the logits.
+    bias_mode : {"additive", "multiplicative"}
+        Selection on ``s + b`` (bias starts at 0) or ``s * b`` (starts at 1).
+    num_groups, group_topk : int or None
+        Group-limited top-K (DeepSeek-V3): keep the ``group_topk`` best of
+        ``num_groups`` groups, scored by the sum of their top
+        ``topk // group_topk`` scores; the others are masked with -inf.
+    topk_scaling_factor : float > 0 or None
+        Multiplies the gate weights (DeepSeek-V3: 2.5).
+    capacity_factor : float > 0 or None
+        Capacity ``ceil(C * T * K / N)`` per micro-batch; None or inf =
+        dropless.
+    token_drop_policy : {"probs", "position"}
+        Which tokens an over-full expert keeps: the highest gate weights, or
+        the first in Megatron's [sequence position, batch] order.
+    router_type : {"token_choice", "expert_choice"}
+        ``expert_choice``: each expert takes its top ``K * T / N`` tokens of a
+        block of ``expert_choice_block`` tokens.
+    expert_choice_block : int > 0 or None
+        Block size for Expert Choice (None = one micro-batch).
+    """
+
+    num_experts: int = 64
+    topk: int = 8
+    score_function: Literal["softmax", "sigmoid", "sqrtsoftplus"] = "sigmoid"
+    bias_mode: Literal["additive", "multiplicative"] = "additive"
+    num_groups: int | None = None
+    group_topk: int | None = None
+    topk_scaling_factor: float | None = None
+    capacity_factor: float | None = None
+    token_drop_policy: Literal["probs", "position"] = "probs"
+    router_type: Literal["token_choice", "expert_choice"] = "token_choice"
+    expert_choice_block: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self, "router")
+        _require(self.num_experts >= 2, "router.num_experts", self.num_experts,
+                 "must be an integer >= 2")
+        _require(1 <= self.topk < self.num_experts, "router.topk", self.topk,
+                 f"must be an integer in [1, router.num_experts) = [1, {self.num_experts})")
+        if (self.num_groups is None) != (self.group_topk is None):
+            raise ConfigError(
+                f"router.num_groups = {self.num_groups!r}, router.group_topk = "
+                f"{self.group_topk!r}: set both or neither")
+        if self.num_groups is not None:
+            g, gk = self.num_groups, self.group_topk
+            _require(g >= 1 and self.num_experts % g == 0, "router.num_groups", g,
+                     f"must divide router.num_experts ({self.num_experts})")
+            _require(1 <= gk <= g, "router.group_topk", gk,
+                     f"must be in [1, router.num_groups] = [1, {g}]")
+            _require(self.topk % gk == 0, "router.group_topk", gk,
+                     f"must divide router.topk ({self.topk})")
+            _require(gk * (self.num_experts // g) >= self.topk, "router.group_topk", gk,
+                     f"keeps {gk * (self.num_experts // g)} experts, fewer than "
+                     f"router.topk ({self.topk})")
+            _require(self.topk // gk <= self.num_experts // g, "router.group_topk", gk,
+                     "topk // group_topk must not exceed the experts per group")
+        _positive(self, "router", "topk_scaling_factor")
+        if self.capacity_factor is not None:
+            _require(self.capacity_factor > 0, "router.capacity_factor", self.capacity_factor,
+                     "must be > 0 (omit it, or use inf, for dropless routing)")
+        if self.expert_choice_block is not None:
+            _require(self.expert_choice_block >= 1, "router.expert_choice_block",
+                     self.expert_choice_block, "must be an integer >= 1")
+
+    @property
+    def dropless(self) -> bool:
+        """True when no token can be dropped."""
+        return self.capacity_factor is None or math.isinf(self.capacity_factor)
+
+
+@dataclass(**_DATACLASS)
+class ControllerConfig:
+    """Bias controller (load balancing without gradients).
+
+    Attributes
+    ----------
+    type : str
+        One of :data:`CONTROLLER_TYPES`. See :mod:`routesim.controllers`.
+    bias_update_rate : float >= 0
+        ``u``, the rate (Megatron ``moe_router_bias_update_rate``).
+    window : {"micro_batch", "global_batch", "steps"}
+        Loads are counted over this window and the bias is updated at its
+        end; ``steps`` updates every ``update_every`` steps.
+    update_every : int > 0
+        Steps per window when ``window = "steps"``.
+    momentum : float in [0, 1)
+        EMA momentum (``ema``) or momentum (``momentum_tanh``).
+    bias_cap : float >= 0
+        Clamp of the bias to [-cap, cap] (``ema``); 0 turns it off.
+    warmup_steps : int >= 0
+        Windows without update at the start (``ema``, ``momentum_tanh``).
+    tanh_scale : float > 0
+        Soft-clamp scale ``kappa`` of ``momentum_tanh``.
+    quantile_ema : float in [0, 1)
+        Memory of the quantile-balancing dual (Megatron
+        ``moe_router_quantile_balancing_ema``).
+    """
+
+    type: Literal["none", "sign", "sign_centred", "proportional", "ema", "rms",
+                  "momentum_tanh", "quantile"] = "sign"
+    bias_update_rate: float = 1e-3
+    window: Literal["micro_batch", "global_batch", "steps"] = "global_batch"
+    update_every: int = 1
+    momentum: float = 0.9
+    bias_cap: float = 0.0
+    warmup_steps: int = 0
+    tanh_scale: float = 0.1
+    quantile_ema: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_types(self, "controller")
+        _positive(self, "controller", "bias_update_rate", "bias_cap", allow_zero=True)
+        _positive(self, "controller", "tanh_scale")
+        _require(self.update_every >= 1, "controller.update_every", self.update_every,
+                 "must be an integer >= 1")
+        _require(self.window == "steps" or self.update_every == 1, "controller.update_every",
+                 self.update_every, "must be 1 unless controller.window = 'steps'")
+        _require(0.0 <= self.momentum < 1.0, "controller.momentum", self.momentum,
+                 "must be in [0, 1)")
+        _require(0.0 <= self.quantile_ema < 1.0, "controller.quantile_ema", self.quantile_ema,
+                 "must be in [0, 1)")
+        _require(self.warmup_steps >= 0, "controller.warmup_steps", self.warmup_steps,
+                 "must be an integer >= 0")
