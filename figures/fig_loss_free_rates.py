@@ -30,6 +30,14 @@ def main() -> None:
     bottom.set_ylabel("bias update reversals (share of experts)")
     bottom.set_xlabel("step")
     bottom.grid(alpha=0.3)
+    tail = ds.isel(step=slice(-200, None)).mean(["step", "replica"])
+    print("rate      MaxVio_batch (last 200 steps)  update reversals  steps to MaxVio_batch < 0.5")
+    below = (ds["maxvio_batch"].mean("replica") < 0.5)
+    for j, u in enumerate(ds["controller.bias_update_rate"].values):
+        hit = below.isel(point=j).values
+        first = int(hit.argmax()) if hit.any() else "never"
+        print(f"{u:<9g} {float(tail['maxvio_batch'][j]):>29.4f}  "
+              f"{float(tail['flip_fraction'][j]):>16.3f}  {first!s:>27}")
     for p in save_figure(fig, ROOT / "figures" / "out" / "loss_free_rates"):
         print(p)
 

@@ -28,6 +28,7 @@ GENERATED = HERE / "generated"
 SOURCES: dict[str, list[str]] = {
     "quickstart": ["-m", "routesim", "run", "examples/quickstart.toml", "--out",
                    "results/quickstart", "--no-progress"],
+    "quickstart_figure": ["figures/fig_quickstart.py"],
     "loss_free_rates": ["figures/fig_loss_free_rates.py"],
     "controllers_zoo": ["-m", "routesim", "run", "examples/controllers_zoo.toml", "--no-progress"],
     "theory_vs_sim": ["analysis/theory_vs_sim.py", "--quick"],
