@@ -52,6 +52,7 @@ from .simulate import simulate
 from .store import load, save
 from .surrogate import make_meanfield_simulator, simulate_meanfield
 from .sweep import run_sweep
+from . import theory  # noqa: E402  (``routesim.theory.X`` after ``import routesim``)
 
 __version__ = "0.1.0"
 
@@ -79,4 +80,5 @@ __all__ = [
     "simulate",
     "simulate_learner",
     "simulate_meanfield",
+    "theory",
 ]

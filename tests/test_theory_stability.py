@@ -181,3 +181,24 @@ def test_exact_engine_settles_within_predicted_time():
     first = int(np.argmax(mv[:, 0] < floor))
     assert mv[first, 0] < floor and first <= 2 * settle + 5
     assert np.mean(mv[20:, 1]) > 5 * floor  # above u_c the engine does not settle
+
+
+def test_deterministic_trajectory_takes_rates_alone():
+    """``rates=`` needs no ``rate=``; each row equals the single-rate run (an independent call)."""
+    mu = np.array([0.5, 0.0, -0.5])
+    both = deterministic_trajectory(mu, law="proportional", rates=[0.05, 0.2], steps=12, topk=1,
+                                    nodes=32)
+    for j, rate in enumerate([0.05, 0.2]):
+        one = deterministic_trajectory(mu, law="proportional", rate=rate, steps=12, topk=1,
+                                       nodes=32)
+        np.testing.assert_allclose(both["maxvio_SP"][:, j], one["maxvio_SP"][:, 0], rtol=1e-12)
+    with pytest.raises(ConfigError, match="exactly one of rate"):
+        deterministic_trajectory(mu, law="proportional", steps=3, topk=1)
+
+
+def test_import_routesim_exposes_theory():
+    import subprocess
+    import sys
+    code = "import routesim; print(routesim.theory.critical_rate.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "critical_rate"

@@ -295,7 +295,8 @@ def steady_error_covariance(law: str, rate: float, a_EE: Any, noise_cov_EE: Any,
     return (cov_e, cov_z[:n, :n]) if with_bias else cov_e
 
 
-def deterministic_trajectory(mu_E: Any, *, law: str, rate: float, steps: int, topk: int,
+def deterministic_trajectory(mu_E: Any, *, law: str, steps: int, topk: int,
+                             rate: float | None = None,
                              score_function: str = "sigmoid", noise: str = "normal",
                              noise_scale: float = 1.0, bias_mode: str = "additive",
                              momentum: float = 0.9, tanh_scale: float = 0.1,
@@ -305,8 +306,8 @@ def deterministic_trajectory(mu_E: Any, *, law: str, rate: float, steps: int, to
 
     The loads of a window are their expectations ``T p(b)`` (the limit of
     many tokens per window); the law sees them one window late, as in the
-    engine. ``rates`` (P,) runs several rates at once (vectorised); else
-    ``rate``. Any law of :data:`routesim.config.CONTROLLER_TYPES` except
+    engine. Give exactly one of ``rate`` (one rate) or ``rates`` (P,)
+    (several rates at once, vectorised). Any law of :data:`routesim.config.CONTROLLER_TYPES` except
     ``quantile`` and ``none``.
 
     Returns
@@ -330,6 +331,9 @@ def deterministic_trajectory(mu_E: Any, *, law: str, rate: float, steps: int, to
     from .. import controllers
     from .expected_load import load_map
 
+    if (rate is None) == (rates is None):
+        raise ConfigError("deterministic_trajectory: give exactly one of rate= (a float) or "
+                          "rates= (an array of rates)")
     mu = np.asarray(mu_E, dtype=np.float64)
     rate_P = np.atleast_1d(np.asarray(rate if rates is None else rates, dtype=np.float64))
     p_cnt, n = rate_P.size, mu.shape[-1]
