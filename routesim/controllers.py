@@ -119,9 +119,12 @@ def momentum_tanh_update(xp: ModuleType, bias: Any, load: Any, velocity: Any, ra
                          momentum: Any, tanh_scale: Any) -> tuple[Any, Any]:
     """SMEBU-like law: tanh soft clamp of the relative error, momentum, centring.
 
-    ``v = beta v + (1 - beta) tanh(e / kappa)`` with ``e = (c_bar - c) / c_bar``;
-    ``d = u v``; ``b += d - mean(d)``. Near balance the gain is ``u / kappa``
-    per unit of relative error; far from it each step is at most ``u``.
+    ``v = beta v + (1 - beta) tanh(e / s)`` with ``e = (c_bar - c) / c_bar``
+    and ``s = tanh_scale``; ``d = u v``; ``b += d - mean(d)``. Near balance the
+    gain is ``u / s`` per unit of relative error; far from it each step is at
+    most ``u``. SMEBU writes the clamp ``tanh(kappa e)``: ``tanh_scale`` is
+    ``1 / kappa``, so its published constants (lambda = 5e-4, beta = 0.5,
+    kappa = 2) are ``rate = 5e-4``, ``momentum = 0.5``, ``tanh_scale = 0.5``.
     Returns ``(bias, velocity)``.
     """
     load = xp.astype(load, bias.dtype)

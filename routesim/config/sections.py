@@ -343,7 +343,8 @@ class ControllerConfig:
     warmup_steps : int >= 0
         Windows without update at the start (``ema``, ``momentum_tanh``).
     tanh_scale : float > 0
-        Soft-clamp scale ``kappa`` of ``momentum_tanh``.
+        Soft-clamp scale of ``momentum_tanh``: ``tanh(e / tanh_scale)``, so
+        SMEBU's ``tanh(kappa e)`` is ``tanh_scale = 1 / kappa`` (0.5 for kappa = 2).
     quantile_ema : float in [0, 1)
         Memory of the quantile-balancing dual (Megatron
         ``moe_router_quantile_balancing_ema``).
