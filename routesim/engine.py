@@ -101,11 +101,17 @@ class StepOutput:
 Simulator = tuple[Callable[[], SimState], Callable[[SimState], tuple[SimState, StepOutput]]]
 
 
-def _chunk_sequences(cfg: Config, num_points: int) -> int:
-    """Sequences per routed chunk of a micro-batch (whole micro-batch if needed)."""
+def _chunk_sequences(cfg: Config, num_points: int, any_quantile: bool) -> int:
+    """Sequences per routed chunk of a micro-batch (whole micro-batch if needed).
+
+    Capacity dropping, Expert Choice and the quantile dual estimate look at
+    the whole micro-batch at once; ``any_quantile`` is asked of every point
+    routed together, not of the first one, so that a quantile point's numbers
+    do not depend on its neighbours.
+    """
     b, r = cfg.batch, cfg.router
     per_mb = b.sequences_per_micro_batch
-    if not r.dropless or cfg.controller.type == "quantile" or r.router_type != "token_choice":
+    if not r.dropless or any_quantile or r.router_type != "token_choice":
         return per_mb
     per_seq = num_points * cfg.run.replicas * b.seq_length * r.num_experts
     fit = max(1, ENGINE_CHUNK_ELEMENTS // per_seq)
@@ -156,8 +162,11 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
     L = batch.seq_length
     seqs_mb = batch.sequences_per_micro_batch
     # A compiled kernel (run.kernel) streams over tokens itself: one call per micro-batch.
-    fast_router = _kernels.make_router(points, xp, keys_PR, tparams)
-    chunk_seqs = seqs_mb if fast_router is not None else _chunk_sequences(cfg, len(points))
+    # It is chosen for the whole sweep, so a subset of points routes as in the whole run.
+    fast_router = (_kernels.make_router(points, xp, keys_PR, tparams)
+                   if _kernels.choose_kernel(all_points, xp) != "generic" else None)
+    chunk_seqs = (seqs_mb if fast_router is not None
+                  else _chunk_sequences(cfg, len(points), cparams.any_quantile))
     cap = routing.capacity(seqs_mb * L, k, n, router.capacity_factor)
     cb_sizes = batch.computation_batch_sizes
     # Expert Choice: block size (None for token choice); see route_expert_choice.
@@ -193,7 +202,7 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
         if cap < n_tok:
             mask = one_hot(xp, idx, n)
             w = routing.gate_weights(xp, s, idx, router.score_function, k,
-                                     router.topk_scaling_factor)
+                                     router.topk_scaling_factor, router.pre_softmax)
             w_full = xp.sum(xp.where(idx[..., None] == xp.arange(n), w[..., None], 0.0),
                             axis=-2)
             keep = routing.drop_to_capacity(xp, mask, w_full, cap, router.token_drop_policy,

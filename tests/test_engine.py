@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from routesim import config_from_dict, simulate, traffic
+from routesim import config_from_dict, engine, simulate, traffic
 from routesim.engine import make_simulator
 from routesim.gates import gate
 from routesim.rng import point_keys
@@ -181,3 +181,33 @@ def test_common_random_numbers_give_points_the_same_traffic():
     assert not np.array_equal(ds["load"].isel(replica=0), ds["load"].isel(replica=1))
     off = simulate(cfg.replace(**{"run.common_random_numbers": False}), progress=False)
     assert not np.array_equal(off["load"].isel(point=0), off["load"].isel(point=1))
+
+
+# Every law, each at a point index other than 0 in one of the two orders.
+_TYPES = ("none", "sign", "sign_centred", "proportional", "ema", "rms", "momentum_tanh",
+          "quantile")
+_WINDOWS = [{"window": "micro_batch"}, {"window": "global_batch"},
+            {"window": "steps", "update_every": 2}]
+
+
+@pytest.mark.parametrize("order", [_TYPES[1:] + _TYPES[:1], _TYPES[::-1]],
+                         ids=["quantile_last", "quantile_first"])
+@pytest.mark.parametrize("window", _WINDOWS, ids=[w["window"] for w in _WINDOWS])
+def test_each_law_gives_its_numbers_at_any_point_index(monkeypatch, order, window):
+    # Small chunks: the whole sweep routes one sequence per chunk, a lone
+    # point two, while the micro-batch has four sequences. A quantile point
+    # needs its dual estimate over the whole micro-batch wherever it sits.
+    monkeypatch.setattr(engine, "ENGINE_CHUNK_ELEMENTS", 2 * 2 * 16 * 8)
+    cfg = config_from_dict({
+        "run": {"steps": 5, "replicas": 2, "seed": 11},
+        "batch": {"num_sequences": 8, "seq_length": 16, "micro_batch_size": 4},
+        "router": {"num_experts": 8, "topk": 2},
+        "traffic": {"skew": "linear", "linear_spread": 1.0},
+        "controller": {"bias_update_rate": 0.05, "quantile_ema": 0.5, "warmup_steps": 1,
+                       **window},
+        "sweep": {"controller.type": list(order)}})
+    whole = simulate(cfg, progress=False)
+    assert whole.sizes["point"] == len(_TYPES)
+    for i in range(len(order)):
+        alone = simulate(cfg, point_indices=[i], progress=False)
+        xr.testing.assert_identical(alone, whole.isel(point=[i]))
