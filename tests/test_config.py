@@ -1,5 +1,6 @@
 """Configuration: defaults, TOML, sweeps, and the corpus of bad inputs."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -95,3 +96,18 @@ def test_replace_rejects_unknown():
     with pytest.raises(ConfigError, match="router.topkk"):
         Config().replace(**{"router.topkk": 3})
     assert Config().replace(**{"run.seed": 5}).run.seed == 5
+
+
+def test_sweep_axis_order_is_point_order_and_survives_json():
+    rate_first = {"controller.bias_update_rate": [1e-3, 1e-2],
+                  "controller.type": ["sign", "ema"]}
+    type_first = dict(reversed(list(rate_first.items())))
+    a = config_from_dict({"sweep": type_first})
+    b = config_from_dict({"sweep": rate_first})
+    # Same axes, other order: other points, so not equal.
+    assert [p.controller.type for p in a.points()] == ["sign", "sign", "ema", "ema"]
+    assert [p.controller.type for p in b.points()] == ["sign", "ema", "sign", "ema"]
+    assert a != b and a.sweep != b.sweep
+    again = config_from_dict(json.loads(a.to_json()))
+    assert again == a
+    assert again.points() == a.points() and again.point_labels() == a.point_labels()

@@ -57,6 +57,13 @@ class SweepConfig:
             _require(len(self.labels) == self.num_points, "sweep.labels", list(self.labels),
                      f"must have one label per point ({self.num_points})")
 
+    def __eq__(self, other: object) -> bool:
+        # The order of the axes is the order of the points: {a, b} != {b, a}.
+        if not isinstance(other, SweepConfig):
+            return NotImplemented
+        return ((self.mode, list(self.parameters.items()), self.labels)
+                == (other.mode, list(other.parameters.items()), other.labels))
+
     @property
     def num_points(self) -> int:
         """Number of points the sweep defines (1 without parameters)."""
@@ -246,8 +253,13 @@ class Config:
         return out
 
     def to_json(self) -> str:
-        """The config as a JSON string (stored in result attrs)."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+        """The config as a JSON string (stored in result attrs).
+
+        Keys keep their order: the order of the sweep axes is the order of
+        the points (and so of their random streams), and must survive a
+        round trip through :func:`config_from_dict`.
+        """
+        return json.dumps(self.to_dict())
 
     def replace(self, **changes: Any) -> "Config":
         """Copy with dotted-name changes, e.g. ``cfg.replace(**{"router.topk": 2})``."""
