@@ -109,15 +109,28 @@ def to_numpy(x: Any) -> np.ndarray:
 def topk_indices(xp: ModuleType, x: Any, k: int) -> Any:
     """Indices of the ``k`` largest entries along the last axis (unordered).
 
-    NumPy and CuPy use ``argpartition``; other namespaces a stable descending
-    ``argsort``. Ties are broken differently by the two methods; with
-    continuous scores they have probability zero.
+    Tie rule: among equal values the lower index wins, so the set is that of
+    a stable sort by ``(-x, index)`` on every backend (the compiled kernels
+    follow the same rule). NumPy and CuPy use ``argpartition`` and redo the
+    rows where a tie straddles the K-th place with a stable sort; other
+    namespaces use a stable descending ``argsort``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sorted(topk_indices(np, np.array([1.0, 2.0, 1.0, 1.0]), 2).tolist())
+    [0, 1]
     """
     n = x.shape[-1]
     if k >= n:
         return xp.broadcast_to(xp.arange(n), x.shape)
     if is_numpy(xp) or _is_cupy(xp):
-        return xp.argpartition(-x, k - 1, axis=-1)[..., :k]
+        idx = xp.argpartition(-x, k - 1, axis=-1)[..., :k]
+        kth = xp.min(xp.take_along_axis(x, idx, axis=-1), axis=-1, keepdims=True)
+        straddle = xp.sum(x >= kth, axis=-1) > k  # tied entries left out or let in by chance
+        if bool(xp.any(straddle)):
+            idx[straddle] = xp.argsort(-x[straddle], axis=-1, kind="stable")[..., :k]
+        return idx
     return xp.argsort(x, axis=-1, descending=True, stable=True)[..., :k]
 
 

@@ -3,8 +3,10 @@
 One thread per (stream, token): it draws the token's noise from the same
 counter-based hash as :mod:`routesim.rng` (Box-Muller in float32, pairs
 ``(j, j + E/2)``), forms logits, scores and selection scores in the order the
-array code uses, keeps the top-K in registers (strict ``>``, so ties keep the
-lower expert) and counts into a per-block shared histogram. Compiled once
+array code uses, keeps the top-K in registers and counts into a per-block
+shared histogram. Experts are visited in pair order (0, H, 1, H + 1, ...),
+so the insertion compares ``(value, -index)``: among equal selection scores
+the lower expert index wins, as in :func:`routesim.routing.select_topk`. Compiled once
 per (E, K, gate, bias mode, displacement) with ``--fmad=false`` so that the
 arithmetic rounds like the NumPy path; CUDA's ``logf``/``sincosf``/``expf``
 differ from NumPy's by an ulp or two, so selections agree except at
@@ -61,9 +63,11 @@ extern "C" __global__ void route_tokens(
         const float sc = scale[q], r_a = sr[q], r_e = sq[q];
         const unsigned long long idx0 = (unsigned long long)row * (unsigned long long)(H_);
         float tv[K_], ts[K_], t0[K_];
-        int ti[K_];
+        int ti[K_], t0i[K_];
 #pragma unroll
-        for (int i = 0; i < K_; ++i) { tv[i] = NEG_INF; ts[i] = 0.f; t0[i] = NEG_INF; ti[i] = 0; }
+        for (int i = 0; i < K_; ++i) {
+            tv[i] = NEG_INF; ts[i] = 0.f; t0[i] = NEG_INF; ti[i] = 0; t0i[i] = 0;
+        }
         float zmax = NEG_INF, tot = 0.f;
         for (int pass = (GATE_ == 1 ? 0 : 2); pass < 3; ++pass) {
             for (int j = 0; j < H_; ++j) {
@@ -90,22 +94,26 @@ extern "C" __global__ void route_tokens(
                     else if (GATE_ == 1) s = expf(z - zmax) / tot;
                     else s = sqrtf(fmaxf(z, 0.0f) + log1pf(expf(-fabsf(z))));
                     float v = MULT_ ? s * b[e] : s + b[e];
-                    if (v > tv[K_ - 1]) {
+                    // ties: the lower expert index ranks first (visit order is not index order)
+                    if (v > tv[K_ - 1] || (v == tv[K_ - 1] && e < ti[K_ - 1])) {
                         int vi = e; float vs = s;
 #pragma unroll
                         for (int i = 0; i < K_; ++i) {
-                            if (v > tv[i]) {
+                            if (v > tv[i] || (v == tv[i] && vi < ti[i])) {
                                 float fv = tv[i]; tv[i] = v; v = fv;
                                 int fi = ti[i]; ti[i] = vi; vi = fi;
                                 float fs = ts[i]; ts[i] = vs; vs = fs;
                             }
                         }
                     }
-                    if (DISP_ && s > t0[K_ - 1]) {
-                        float w = s;
+                    if (DISP_ && (s > t0[K_ - 1] || (s == t0[K_ - 1] && e < t0i[K_ - 1]))) {
+                        float w = s; int wi = e;
 #pragma unroll
                         for (int i = 0; i < K_; ++i) {
-                            if (w > t0[i]) { float f = t0[i]; t0[i] = w; w = f; }
+                            if (w > t0[i] || (w == t0[i] && wi < t0i[i])) {
+                                float f = t0[i]; t0[i] = w; w = f;
+                                int fi = t0i[i]; t0i[i] = wi; wi = fi;
+                            }
                         }
                     }
                 }
@@ -116,7 +124,9 @@ extern "C" __global__ void route_tokens(
             const int ls = seq - seq0;
             if (ls < smax) atomicAdd(&hist[ls * N_ + ti[i]], 1u);
             else atomicAdd(&counts[((long long)q * nseq + seq) * N_ + ti[i]], 1u);
-            if (DISP_) my_disp += (ts[i] < t0[K_ - 1]) ? 1ull : 0ull;
+            // displaced: outside the unbiased top-K under the same tie rule
+            if (DISP_) my_disp += (ts[i] < t0[K_ - 1]
+                                   || (ts[i] == t0[K_ - 1] && ti[i] > t0i[K_ - 1])) ? 1ull : 0ull;
         }
     }
     if (DISP_) {

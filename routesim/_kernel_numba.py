@@ -23,10 +23,15 @@ and ``tau`` is the mean of their (K + 6)-th largest score. It only affects
 speed, never the result. The top-K among candidates is found by rank
 counting on unique integer keys (no data-dependent branches).
 
+Ties: among equal selection scores the lower expert index wins, as in
+:func:`routesim.routing.select_topk` (integer keys order by ``(score,
+-expert)``; the insertion sort is strict and visits experts in index order).
+Displacement uses the same rule for the unbiased top-K.
+
 The float32 functions of :mod:`routesim._numba_math` (Cephes-style ``log``,
 ``exp``, ``sin``/``cos``) agree with NumPy's to about one unit in the last
-place, so selections agree with the array path except at near-ties
-(differences of ~1e-7).
+place; where they round alike, selections equal the array path's, exact ties
+included.
 
 Shape legend: Q = P * R streams, B sequences, E experts (padded to 2 * H,
 H expert pairs), K top-k, T tokens.
@@ -60,7 +65,6 @@ U = np.uint64
 _INF32 = F(np.inf)
 _BIG32 = F(3.0e38)
 _KEY_MIN = np.int64(-(2**63))
-_LOW32 = np.int64(0xFFFFFFFF)
 _INL = dict(inline="always", fastmath=FASTMATH, error_model="numpy", cache=True)
 _OPT = dict(fastmath=FASTMATH, error_model="numpy", cache=True)
 
@@ -152,8 +156,8 @@ def count_token(srow, vrow, n2, k, want_disp, counts_row, buf_v, buf_i, tv, ti, 
         buf_v[i] = srow[i]
     topk_insert(buf_v, buf_i, n2, k, tv0, ti0)
     d = 0
-    for a in range(k):
-        d += srow[ti[a]] < tv0[k - 1]
+    for a in range(k):  # outside the unbiased top-K; equal scores: the lower index ranks first
+        d += (srow[ti[a]] < tv0[k - 1]) | ((srow[ti[a]] == tv0[k - 1]) & (ti[a] > ti0[k - 1]))
     return d
 
 
@@ -268,7 +272,8 @@ def _pilot(nt, h, n, k, want_disp, s_blk, v_blk, rows_seq, counts2, buf_v, buf_i
                 buf_v[i] = s_blk[t, i]
             topk_insert(buf_v, buf_i, n2, k2, tv, ti)
             for a in range(k):
-                disp += s_blk[t, sel[a]] < tv[k - 1]
+                sa = s_blk[t, sel[a]]
+                disp += (sa < tv[k - 1]) | ((sa == tv[k - 1]) & (sel[a] > ti[k - 1]))
             tau0 += tv[k2 - 1]
     return tau, tau0, disp
 
@@ -284,13 +289,13 @@ def _select_block(nt, k, h, n, n2, tend, cv, cs, ci, tau32, tau032, want_disp, z
         c1 = tend[tt]
         cnt = 0
         cnt0 = 0
-        for c in range(c0, c1):
-            key[cnt] = order_key(cv[c], cnt)
+        for c in range(c0, c1):  # keys order by (score, -expert): the lower index wins ties
+            key[cnt] = order_key(cv[c], ci[c])
             buf_i[cnt] = c
             cnt += cv[c] > tau32
         if want_disp:
             for c in range(c0, c1):
-                key0[cnt0] = order_key(cs[c], cnt0)
+                key0[cnt0] = order_key(cs[c], ci[c])
                 cnt0 += cs[c] > tau032
         c0 = c1
         row = counts2[rows_seq[tt]]
@@ -319,9 +324,9 @@ def _select_block(nt, k, h, n, n2, tend, cv, cs, ci, tau32, tau032, want_disp, z
             kth = _KEY_MIN
             for a in range(cnt0):
                 kth = key0[a] if rk0[a] == k - 1 else kth
-            kth = kth | _LOW32   # compare values only
-            for a in range(cnt):
-                disp += (rk[a] < k) & ((order_key(cs[buf_i[a]], 0) | _LOW32) < kth)
+            for a in range(cnt):  # (score, expert) below the K-th unbiased one: displaced
+                c = buf_i[a]
+                disp += (rk[a] < k) & (order_key(cs[c], ci[c]) < kth)
     return disp
 
 

@@ -12,9 +12,11 @@ kernels compute the same routed counts without materialising the
 ``cuda``
     GPU, CuPy backend (:mod:`routesim._kernel_cuda`): one thread per token.
 
-Both draw the same counter-based random numbers as :mod:`routesim.rng`, so
-their selections agree with the generic path except at float32 near-ties
-(score differences of ~1e-7). ``run.kernel = "auto"`` picks the compiled
+Both draw the same counter-based random numbers as :mod:`routesim.rng` and
+break exact ties of the selection score as the generic path does (the lower
+expert index wins), so their selections agree with it wherever their float32
+functions round like NumPy's (``exp``, ``log``, ``sin``/``cos`` may differ by
+an ulp: a near-tie can then go the other way). ``run.kernel = "auto"`` picks the compiled
 kernel where it applies and the generic code elsewhere; naming a kernel that
 cannot run the config raises :class:`routesim.ConfigError` before any work.
 

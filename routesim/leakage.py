@@ -310,7 +310,8 @@ def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any) -> Any:
         bias = _controller_step(setup, bias, s, z_DTE)
     idx, mask = _topk(setup, s, z_DTE, bias)
     if setup.router == "capacity" and setup.capacity < setup.block:
-        w = routing.gate_weights(np, s, idx, r.score_function, r.topk, r.topk_scaling_factor)
+        w = routing.gate_weights(np, s, idx, r.score_function, r.topk, r.topk_scaling_factor,
+                                 r.pre_softmax)
         w_full = np.zeros(mask.shape)
         np.put_along_axis(w_full, idx, w, axis=-1)
         mask = routing.drop_to_capacity(np, mask[None], w_full[None], setup.capacity,

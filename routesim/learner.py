@@ -344,7 +344,8 @@ def make_learner_simulator(config: Config, point_indices: Sequence[int] | None =
         quality = per_point(gamma_P, 3) * (state.usage_PRE - 1.0)
         values = task_proxy.token_values(xp, topic, state.affinity_PRME, quality)
         proxy, d_task, weights = task_proxy.task_loss(xp, gate_name, h, mask, values, k,
-                                                      router.topk_scaling_factor)
+                                                      router.topk_scaling_factor,
+                                                      router.pre_softmax)
         affinity_part = xp.mean(xp.sum(weights * (values - quality[:, :, None, :]), axis=-1),
                                 axis=-1)
         pen_value, d_pen, (d_clean_load, d_raw_load), logs = penalty_terms(

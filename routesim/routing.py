@@ -8,13 +8,17 @@ The router reads in one direction, as in Megatron-LM and torchtitan:
 3. optional group-limited top-K: keep the ``group_topk`` groups with the
    largest sum of their top ``topk // group_topk`` selection scores, mask the
    others with -inf;
-4. top-K of the selection scores: ``K`` distinct experts per token;
+4. top-K of the selection scores: ``K`` distinct experts per token; among
+   equal selection scores the lower expert index wins (and the lower group
+   index among equal group scores), on every backend and kernel;
 5. weights from the *unbiased* ``s`` at the chosen experts (the bias only
-   picks experts), renormalised over the K for sigmoid-type gates when
-   ``K > 1``, times ``topk_scaling_factor``;
-6. optional capacity ``ceil(C * T * K / N)`` per micro-batch, dropping by
-   gate weight (``probs``) or by Megatron's [sequence position, batch] order
-   (``position``).
+   picks experts): sigmoid-type gates renormalised over the K when
+   ``K > 1``; softmax over the K chosen logits (``router.pre_softmax =
+   false``, Megatron's default) or the full-softmax probabilities
+   (``pre_softmax = true``); times ``topk_scaling_factor``;
+6. optional capacity ``ceil((T * K / N) * C)`` per micro-batch (Megatron's
+   floating-point order), dropping by gate weight (``probs``) or by
+   Megatron's [sequence position, batch] order (``position``).
 
 Shape legend: P points, R replicas, B sequences, L positions, T tokens
 (``T = B * L``, sequence-major), E experts, K top-k, G groups.
@@ -61,7 +65,9 @@ def group_limit(xp: ModuleType, scores_TE: Any, num_groups: int, group_topk: int
     grouped = xp.reshape(scores_TE, tuple(lead) + (num_groups, per_group))
     m = topk // group_topk
     top_idx = topk_indices(xp, grouped, m)
-    group_score = xp.sum(xp.take_along_axis(grouped, top_idx, axis=-1), axis=-1)
+    # summed largest first, so the float sum (and its ties) is the same on every backend
+    top = -xp.sort(-xp.take_along_axis(grouped, top_idx, axis=-1), axis=-1)
+    group_score = xp.sum(top, axis=-1)
     keep_groups = one_hot(xp, topk_indices(xp, group_score, group_topk), num_groups)
     keep = xp.reshape(xp.broadcast_to(keep_groups[..., None], tuple(grouped.shape)),
                       tuple(lead) + (n,))
@@ -72,11 +78,17 @@ def select_topk(xp: ModuleType, scores: Any, topk: int, num_groups: int | None =
                 group_topk: int | None = None) -> Any:
     """Indices (..., K) of the K distinct experts with the largest scores.
 
+    Among equal scores the lower expert index wins: the set is the first K
+    of a stable sort by ``(-score, index)``. With groups, equal group scores
+    go to the lower group index.
+
     Examples
     --------
     >>> import numpy as np
     >>> sorted(select_topk(np, np.array([0.1, 0.9, 0.5, 0.7]), 2).tolist())
     [1, 3]
+    >>> sorted(select_topk(np, np.array([0.5, 0.9, 0.5, 0.5]), 2).tolist())
+    [0, 1]
     """
     if num_groups is not None and num_groups > 1:
         scores = group_limit(xp, scores, num_groups, group_topk, topk)
@@ -84,15 +96,51 @@ def select_topk(xp: ModuleType, scores: Any, topk: int, num_groups: int | None =
 
 
 def gate_weights(xp: ModuleType, s: Any, idx: Any, score_function: str, topk: int,
-                 scaling_factor: float | None = None) -> Any:
+                 scaling_factor: float | None = None, pre_softmax: bool = False) -> Any:
     """Mixing weights (..., K) from the unbiased scores at the chosen experts.
 
-    Sigmoid-type gates are renormalised over the K chosen when ``K > 1``
-    (Megatron divides by the sum plus 1e-20); softmax weights are the raw
-    probabilities over all experts.
+    Parameters
+    ----------
+    xp : namespace
+    s : array (..., E)
+        Gate scores (softmax probabilities for ``softmax``).
+    idx : int array (..., K)
+        Chosen experts.
+    score_function : {"softmax", "sigmoid", "sqrtsoftplus"}
+    topk : int
+    scaling_factor : float or None
+        ``topk_scaling_factor``.
+    pre_softmax : bool
+        Softmax only: True gives the full-softmax probabilities of the
+        chosen experts (Megatron ``moe_router_pre_softmax``); False (the
+        default, as Megatron's) the softmax over the K chosen logits, which
+        sums to 1 per token.
+
+    Returns
+    -------
+    array (..., K)
+
+    Notes
+    -----
+    The softmax over the chosen logits is ``exp(z_i) / sum_{j in K} exp(z_j)
+    = s_i / sum_{j in K} s_j``: the full-softmax probabilities renormalised
+    over the K. Sigmoid-type gates are renormalised when ``K > 1`` (Megatron
+    divides by the sum plus 1e-20).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = np.array([0.5, 0.3, 0.2]); idx = np.array([0, 1])
+    >>> gate_weights(np, s, idx, "softmax", 2).tolist()
+    [0.625, 0.375]
+    >>> gate_weights(np, s, idx, "softmax", 2, pre_softmax=True).tolist()
+    [0.5, 0.3]
     """
     w = xp.take_along_axis(s, idx, axis=-1)
-    if score_function != "softmax" and topk > 1:
+    if score_function == "softmax":
+        if not pre_softmax:
+            w = w / xp.sum(w, axis=-1, keepdims=True)
+    elif topk > 1:
         w = w / (xp.sum(w, axis=-1, keepdims=True) + 1e-20)
     if scaling_factor is not None:
         w = w * scaling_factor
@@ -100,16 +148,23 @@ def gate_weights(xp: ModuleType, s: Any, idx: Any, score_function: str, topk: in
 
 
 def capacity(num_tokens: int, topk: int, num_experts: int, capacity_factor: float | None) -> int:
-    """Tokens an expert may take: ``ceil(C * T * K / N)``, or T when dropless.
+    """Tokens an expert may take: ``ceil((T * K / N) * C)``, or T when dropless.
+
+    Evaluated in Megatron's floating-point order (``get_capacity`` with
+    ``num_tokens = T * K``); another order can round to a neighbouring
+    integer (``T, K, N, C = 120, 6, 8, 1.1``: ``(720 / 8) * 1.1`` is
+    ``99.00000000000001``, so 100, while ``1.1 * 120 * 6 / 8`` is exactly 99).
 
     Examples
     --------
     >>> capacity(4096, 8, 64, 1.25)
     640
+    >>> capacity(120, 6, 8, 1.1)
+    100
     """
     if capacity_factor is None or math.isinf(capacity_factor):
         return num_tokens
-    return min(num_tokens, math.ceil(capacity_factor * num_tokens * topk / num_experts))
+    return min(num_tokens, math.ceil((num_tokens * topk / num_experts) * capacity_factor))
 
 
 def drop_to_capacity(xp: ModuleType, mask_PRTE: Any, weight_PRTE: Any, cap: int, policy: str,

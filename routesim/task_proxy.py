@@ -23,7 +23,8 @@ the gate mass on those experts weighted by their value:
 
     ``r_t = sum_{i in S_t} g_ti * (A[m(t), i] + q_i)``
 
-with ``g`` the mixing weights of the gate (raw softmax probabilities;
+with ``g`` the mixing weights of the gate (softmax over the K chosen
+logits, or with ``router.pre_softmax`` the full-softmax probabilities;
 sigmoid scores renormalised over the K chosen when ``K > 1``; the noisy
 gate's softmax over its top-K; times ``topk_scaling_factor``). The proxy is
 ``mean_t r_t`` (higher is better) and the task loss is its negative. Its
@@ -107,7 +108,7 @@ def token_values(xp: ModuleType, topic_PRT: Any, affinity_PRME: Any, quality_PRE
 
 
 def mixing_weights(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk: int,
-                   scaling: float | None = None) -> Any:
+                   scaling: float | None = None, pre_softmax: bool = False) -> Any:
     """Mixing weights of the chosen experts (0 elsewhere): array (..., T, E).
 
     Parameters
@@ -122,34 +123,44 @@ def mixing_weights(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk: int
     topk : int
     scaling : float or None
         ``topk_scaling_factor``.
+    pre_softmax : bool
+        ``softmax`` only: the full-softmax probabilities of the chosen
+        experts (True) or the softmax over the chosen logits (False,
+        Megatron's default).
 
     Examples
     --------
     >>> import numpy as np
     >>> z = np.zeros((1, 4)); m = np.array([[True, True, False, False]])
     >>> mixing_weights(np, "softmax", z, m, 2).tolist(), mixing_weights(np, "sigmoid", z, m, 2).tolist()
-    ([[0.25, 0.25, 0.0, 0.0]], [[0.5, 0.5, 0.0, 0.0]])
+    ([[0.5, 0.5, 0.0, 0.0]], [[0.5, 0.5, 0.0, 0.0]])
+    >>> mixing_weights(np, "softmax", z, m, 2, pre_softmax=True).tolist()
+    [[0.25, 0.25, 0.0, 0.0]]
     """
-    return _weights_and_vjp(xp, gate, z_TE, mask_TE, topk, scaling, None)[0]
+    return _weights_and_vjp(xp, gate, z_TE, mask_TE, topk, scaling, None, pre_softmax)[0]
 
 
 def mixing_weights_vjp(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk: int,
-                       scaling: float | None, upstream_TE: Any) -> Any:
+                       scaling: float | None, upstream_TE: Any, pre_softmax: bool = False
+                       ) -> Any:
     """Logit gradient ``sum_i u_ti d g_ti / d z_tj`` for the weights of :func:`mixing_weights`.
 
-    ``softmax``: ``c p_j (m_j u_j - sum_i m_i u_i p_i)``; ``sigmoid`` with
+    ``softmax`` with ``pre_softmax``: ``c p_j (m_j u_j - sum_i m_i u_i p_i)``;
+    without: as ``noisy`` (softmax over the chosen logits); ``sigmoid`` with
     ``K > 1``: ``m_j c s_j (1 - s_j) (u_j - sum_i m_i u_i s_i / S) / S`` with
     ``S`` the chosen scores' sum; ``K = 1``: ``m_j c s_j (1 - s_j) u_j``;
     ``noisy``: :func:`routesim.noisy_gate.topk_softmax_vjp`.
     """
-    return _weights_and_vjp(xp, gate, z_TE, mask_TE, topk, scaling, upstream_TE)[1]
+    return _weights_and_vjp(xp, gate, z_TE, mask_TE, topk, scaling, upstream_TE,
+                            pre_softmax)[1]
 
 
 def _weights_and_vjp(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk: int,
-                     scaling: float | None, upstream_TE: Any | None) -> tuple[Any, Any]:
+                     scaling: float | None, upstream_TE: Any | None,
+                     pre_softmax: bool = False) -> tuple[Any, Any]:
     """Mixing weights and (if ``upstream_TE`` is given) their vector-Jacobian product."""
     c = 1.0 if scaling is None else scaling
-    if gate == "noisy":
+    if gate == "noisy" or (gate == "softmax" and not pre_softmax):
         g = topk_softmax(xp, z_TE, mask_TE)
         dz = None if upstream_TE is None else c * topk_softmax_vjp(xp, g, mask_TE, upstream_TE)
         return c * g, dz
@@ -177,7 +188,8 @@ def _weights_and_vjp(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk: i
 
 
 def task_loss(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, values_TE: Any, topk: int,
-              scaling: float | None = None) -> tuple[Any, Any, Any]:
+              scaling: float | None = None, pre_softmax: bool = False
+              ) -> tuple[Any, Any, Any]:
     """Proxy reward ``mean_t r_t`` and the gradient of the loss ``-mean_t r_t``.
 
     Parameters
@@ -192,6 +204,8 @@ def task_loss(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, values_TE: Any
         ``A[m(t), i] + q_i`` (:func:`token_values`).
     topk : int
     scaling : float or None
+    pre_softmax : bool
+        See :func:`mixing_weights`.
 
     Returns
     -------
@@ -206,12 +220,15 @@ def task_loss(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, values_TE: Any
     --------
     >>> import numpy as np
     >>> z = np.zeros((2, 2)); m = np.array([[True, False], [False, True]])
-    >>> proxy, grad, _ = task_loss(np, "softmax", z, m, np.array([[1.0, 0.0], [0.0, 3.0]]), 1)
+    >>> v = np.array([[1.0, 0.0], [0.0, 3.0]])
+    >>> proxy, grad, _ = task_loss(np, "softmax", z, m, v, 1, pre_softmax=True)
     >>> float(proxy)  # (0.5 * 1 + 0.5 * 3) / 2
     1.0
+    >>> float(task_loss(np, "softmax", z, m, v, 1)[0])  # one chosen: weight 1
+    2.0
     """
     t = z_TE.shape[-2]
-    g, grad = _weights_and_vjp(xp, gate, z_TE, mask_TE, topk, scaling, values_TE)
+    g, grad = _weights_and_vjp(xp, gate, z_TE, mask_TE, topk, scaling, values_TE, pre_softmax)
     proxy = xp.mean(xp.sum(g * values_TE, axis=-1), axis=-1)
     return proxy, -grad / t, g
 

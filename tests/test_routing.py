@@ -50,6 +50,40 @@ def test_group_limited_topk_against_brute_force(xp, n, k, groups, gk):
         assert set(idx[0, 0, t].tolist()) == _brute_group_topk(s[0, 0, t], k, groups, gk)
 
 
+def _rule_topk(row, k, allowed=None):
+    """The tie rule written out: sort by (-score, index), keep the first k."""
+    ids = range(len(row)) if allowed is None else allowed
+    return set(sorted(ids, key=lambda i: (-row[i], i))[:k])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_topk_ties_go_to_the_lower_index(xp, k):
+    # quantised scores: most rows have ties straddling the K-th place
+    rng = np.random.default_rng(k)
+    s = rng.integers(0, 4, size=(2, 3, 200, 12)).astype(np.float32) / 4
+    idx = np.asarray(routing.select_topk(xp, xp.asarray(s), k))
+    for pos in itertools.product(range(2), range(3), range(200)):
+        assert set(idx[pos].tolist()) == _rule_topk(s[pos].tolist(), k), pos
+
+
+def _rule_group_topk(row, k, groups, group_topk):
+    per = len(row) // groups
+    m = k // group_topk
+    gscore = [sum(sorted(row[g * per:(g + 1) * per], reverse=True)[:m]) for g in range(groups)]
+    keep = sorted(range(groups), key=lambda g: (-gscore[g], g))[:group_topk]
+    return _rule_topk(row, k, [i for i in range(len(row)) if i // per in keep])
+
+
+@pytest.mark.parametrize("n,k,groups,gk", [(16, 4, 4, 2), (24, 6, 8, 3), (12, 2, 3, 1)])
+def test_group_limited_ties_go_to_the_lower_index(xp, n, k, groups, gk):
+    # integer scores: group sums are exact, so equal groups tie exactly
+    rng = np.random.default_rng(n + k)
+    s = rng.integers(0, 3, size=(1, 2, 150, n)).astype(np.float32)
+    idx = np.asarray(routing.select_topk(xp, xp.asarray(s), k, groups, gk))
+    for pos in itertools.product(range(1), range(2), range(150)):
+        assert set(idx[pos].tolist()) == _rule_group_topk(s[pos].tolist(), k, groups, gk), pos
+
+
 @given(arrays(np.float64, (6, 10), elements=st.floats(-5, 5), unique=True),
        st.floats(-3, 3), st.integers(1, 9))
 def test_constant_bias_shift_leaves_selection_unchanged(s, shift, k):
@@ -86,20 +120,89 @@ def test_counts_sum_to_k_times_tokens(xp):
     np.testing.assert_array_equal(counts, ref)
 
 
-def test_weights_renormalised_for_sigmoid_not_softmax():
+def test_weights_renormalised_for_sigmoid():
     s = np.array([[0.9, 0.6, 0.1, 0.3]])
     idx = np.array([[0, 1]])
     w = routing.gate_weights(np, s, idx, "sigmoid", 2, scaling_factor=2.5)
     np.testing.assert_allclose(w, [[2.5 * 0.9 / 1.5, 2.5 * 0.6 / 1.5]])
-    w = routing.gate_weights(np, s, idx, "softmax", 2)
-    np.testing.assert_allclose(w, [[0.9, 0.6]])
     w1 = routing.gate_weights(np, s, idx[:, :1], "sigmoid", 1)
     np.testing.assert_allclose(w1, [[0.9]])
 
 
-def test_capacity_formula():
-    assert routing.capacity(4096, 8, 64, 1.0) == 512
-    assert routing.capacity(100, 2, 8, 1.1) == math.ceil(1.1 * 100 * 2 / 8)
+def test_softmax_weights_over_the_chosen_logits_by_default():
+    # Megatron moe_router_pre_softmax = False: softmax over the K chosen logits,
+    # computed here from the logits alone; True: full-softmax probabilities.
+    z = np.array([[2.0, -1.0, 0.5, 1.5, -3.0], [0.0, 0.3, -0.2, 0.1, 0.9]])
+    idx = np.array([[0, 3], [4, 1]])
+    s = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    chosen = np.take_along_axis(z, idx, axis=-1)
+    top_k = np.exp(chosen) / np.exp(chosen).sum(axis=-1, keepdims=True)
+    w = routing.gate_weights(np, s, idx, "softmax", 2)
+    np.testing.assert_allclose(w, top_k, rtol=1e-12)
+    np.testing.assert_allclose(w.sum(axis=-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(w[0], [np.exp(2.0) / (np.exp(2.0) + np.exp(1.5)),
+                                      np.exp(1.5) / (np.exp(2.0) + np.exp(1.5))], rtol=1e-12)
+    pre = routing.gate_weights(np, s, idx, "softmax", 2, 2.0, pre_softmax=True)
+    np.testing.assert_allclose(pre, 2.0 * np.exp(chosen) / np.exp(z).sum(axis=-1,
+                                                                          keepdims=True))
+    one = routing.gate_weights(np, s, idx[:, :1], "softmax", 1)
+    np.testing.assert_array_equal(one, [[1.0], [1.0]])
+
+
+def test_probs_dropping_follows_the_softmax_mode():
+    # Two tokens want expert 0, which has room for one (T=2, K=2, N=6, C=1:
+    # ceil((4 / 6) * 1) = 1). Token A: z = [2, 0.5, -10, ...]; token B:
+    # z = [2, 0, 0, 0, 0, 0] (chooses 0 and 1, the lower index of the tie).
+    # Over the chosen logits: A e^2/(e^2+e^0.5) = 0.818 < B e^2/(e^2+1) = 0.881,
+    # so B keeps expert 0; full softmax: A 0.818 > B e^2/(e^2+5) = 0.596, so A.
+    z = np.array([[2.0, 0.5, -10, -10, -10, -10], [2.0, 0, 0, 0, 0, 0]])
+    s = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
+    idx = np.asarray(routing.select_topk(np, s, 2))
+    assert [sorted(r) for r in idx.tolist()] == [[0, 1], [0, 1]]
+    cap = routing.capacity(2, 2, 6, 1.0)
+    assert cap == 1
+    mask = np.asarray(one_hot(np, idx, 6))[None, None]
+    kept = {}
+    for pre in (False, True):
+        w = routing.gate_weights(np, s, idx, "softmax", 2, pre_softmax=pre)
+        w_full = np.zeros((2, 6))
+        np.put_along_axis(w_full, idx, w, axis=-1)
+        kept[pre] = routing.drop_to_capacity(np, mask, w_full[None, None], cap, "probs", 1,
+                                             2)[0, 0]
+    assert kept[False][:, 0].tolist() == [False, True]
+    assert kept[True][:, 0].tolist() == [True, False]
+
+
+def test_pre_softmax_refused_without_softmax():
+    from routesim import ConfigError, config_from_dict
+
+    assert config_from_dict({"router": {"score_function": "softmax",
+                                        "pre_softmax": True}}).router.pre_softmax
+    with pytest.raises(ConfigError, match=r"router.pre_softmax = True.*'sigmoid'"):
+        config_from_dict({"router": {"score_function": "sigmoid", "pre_softmax": True}})
+
+
+# T, K, N, C -> capacity, by hand in Megatron's order ceil((T*K / N) * C). In
+# float64 90 * 1.1 = 99.00000000000001 and 180 * 1.1 = 198.00000000000003 round
+# up, 540 * 1.1 = 594.0 exactly; the order C*T*K/N gives 99, 198 and 595.
+CAPACITY_TABLE = [
+    (120, 6, 8, 1.1, 100),
+    (240, 6, 8, 1.1, 199),
+    (720, 6, 8, 1.1, 594),
+    (4096, 8, 64, 1.25, 640),
+    (4096, 8, 64, 1.0, 512),
+    (100, 2, 8, 1.1, 28),    # 25 * 1.1 = 27.500000000000004
+    (300, 1, 8, 1.3, 49),    # 37.5 * 1.3 = 48.75
+    (16, 2, 4, 3.0, 16),     # 24 > T: capped at T
+]
+
+
+@pytest.mark.parametrize("t,k,n,c,want", CAPACITY_TABLE)
+def test_capacity_table(t, k, n, c, want):
+    assert routing.capacity(t, k, n, c) == want
+
+
+def test_capacity_dropless():
     assert routing.capacity(100, 2, 8, None) == 100
     assert routing.capacity(100, 2, 8, math.inf) == 100
 

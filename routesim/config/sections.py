@@ -251,6 +251,11 @@ class RouterConfig:
         ``K``, experts per token (token choice).
     score_function : {"softmax", "sigmoid", "sqrtsoftplus"}
         Gate applied to the logits.
+    pre_softmax : bool
+        Softmax only. False (Megatron's default): the weights are the softmax
+        over the K chosen logits and sum to 1 per token; True (Megatron
+        ``moe_router_pre_softmax``): the full-softmax probabilities of the
+        chosen experts. Selection is the same either way.
     bias_mode : {"additive", "multiplicative"}
         Selection on ``s + b`` (bias starts at 0) or ``s * b`` (starts at 1).
     num_groups, group_topk : int or None
@@ -260,8 +265,8 @@ class RouterConfig:
     topk_scaling_factor : float > 0 or None
         Multiplies the gate weights (DeepSeek-V3: 2.5).
     capacity_factor : float > 0 or None
-        Capacity ``ceil(C * T * K / N)`` per micro-batch; None or inf =
-        dropless.
+        Capacity ``ceil((T * K / N) * C)`` per micro-batch, in Megatron's
+        floating-point order; None or inf = dropless.
     token_drop_policy : {"probs", "position"}
         Which tokens an over-full expert keeps: the highest gate weights, or
         the first in Megatron's [sequence position, batch] order.
@@ -275,6 +280,7 @@ class RouterConfig:
     num_experts: int = 64
     topk: int = 8
     score_function: Literal["softmax", "sigmoid", "sqrtsoftplus"] = "sigmoid"
+    pre_softmax: bool = False
     bias_mode: Literal["additive", "multiplicative"] = "additive"
     num_groups: int | None = None
     group_topk: int | None = None
@@ -307,6 +313,10 @@ class RouterConfig:
                      f"router.topk ({self.topk})")
             _require(self.topk // gk <= self.num_experts // g, "router.group_topk", gk,
                      "topk // group_topk must not exceed the experts per group")
+        _require(not self.pre_softmax or self.score_function == "softmax",
+                 "router.pre_softmax", self.pre_softmax,
+                 f"applies only to score_function = 'softmax' (not "
+                 f"{self.score_function!r}); remove it")
         _positive(self, "router", "topk_scaling_factor")
         if self.capacity_factor is not None:
             _require(self.capacity_factor > 0, "router.capacity_factor", self.capacity_factor,
