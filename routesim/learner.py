@@ -281,7 +281,8 @@ def make_learner_simulator(config: Config, point_indices: Sequence[int] | None =
             val, grad = penalties.z_loss(xp, h)
             value = value + per_point(zcoef_P * w_z, 2) * val
             d_h = d_h + per_point(zcoef_P * w_z, 4) * grad
-            logs["z_loss_value"] = val
+            # 0 where the point has no z-loss, as if it ran alone
+            logs["z_loss_value"] = xp.where(per_point(zcoef_P > 0, 2) > 0, val, zero_PR)
         if noisy:
             val, grad = noisy_gate.importance_loss(xp, h, mask, n_mb)
             value = value + per_point(imp_P * w_bal, 2) * val
