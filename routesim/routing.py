@@ -130,11 +130,11 @@ def gate_weights(xp: ModuleType, s: Any, idx: Any, score_function: str, topk: in
     Examples
     --------
     >>> import numpy as np
-    >>> s = np.array([0.5, 0.3, 0.2]); idx = np.array([0, 1])
-    >>> gate_weights(np, s, idx, "softmax", 2).tolist()
-    [0.625, 0.375]
+    >>> s = np.array([0.5, 0.25, 0.25]); idx = np.array([0, 1])
+    >>> gate_weights(np, s, idx, "softmax", 2).tolist()  # sums to 1
+    [0.6666666666666666, 0.3333333333333333]
     >>> gate_weights(np, s, idx, "softmax", 2, pre_softmax=True).tolist()
-    [0.5, 0.3]
+    [0.5, 0.25]
     """
     w = xp.take_along_axis(s, idx, axis=-1)
     if score_function == "softmax":
