@@ -8,7 +8,10 @@ and exit status 2, before any work starts.
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -63,6 +66,38 @@ def format_summary(ds) -> str:
     return "\n".join(lines)
 
 
+#: Figures written beside results.nc; removed whenever results.nc is replaced.
+_FIGURES = ("maxvio_batch.png", "maxvio_batch.pdf")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C so that the same clean-up runs."""
+
+
+def _sigterm_as_interrupt(command):
+    """Run ``command`` with SIGTERM raising :class:`_Terminated` (main thread only)."""
+    @functools.wraps(command)
+    def wrapper(args: argparse.Namespace) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            return command(args)
+
+        def handler(signum, frame):
+            raise _Terminated
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            return command(args)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return wrapper
+
+
+def _interrupt_status(err: BaseException) -> int:
+    """128 + the signal number: 143 for SIGTERM, 130 for Ctrl-C."""
+    terminated = isinstance(err, _Terminated) or isinstance(err.__cause__, _Terminated)
+    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routesim", description=(
         "Simulate MoE load balancing: traffic, biased top-K routing, controllers."))
@@ -83,9 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--chunk", type=int, default=1, help="points per chunk (default 1)")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sweep.add_argument("--overwrite", action="store_true",
+                       help="replace a sweep of another config found in --out")
     return parser
 
 
+@_sigterm_as_interrupt
 def _run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .simulate import simulate
@@ -104,14 +142,16 @@ def _run(args: argparse.Namespace) -> int:
         from ._backend import get_namespace
 
         get_namespace(cfg.run.backend)  # refuse an unusable backend before work
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out = {str(args.out)!r}: exists and is not a directory")
+    if args.out is not None:
+        from .store import check_output_dir
+
+        check_output_dir(args.out, "--out")
     ds = simulate(cfg, progress=False if args.no_progress else None)
     print(format_summary(ds))
     if args.out is not None:
         from .store import save
 
-        path = save(ds, args.out / "results.nc")
+        path = save(ds, args.out / "results.nc", derived=[args.out / f for f in _FIGURES])
         print(f"\nresults: {path}")
         if not args.no_plot:
             import matplotlib
@@ -122,25 +162,37 @@ def _run(args: argparse.Namespace) -> int:
             from .plot import maxvio_plot, save_figure
 
             ax = maxvio_plot(ds)
-            for p in save_figure(ax.figure, args.out / "maxvio_batch"):
+            try:
+                paths = save_figure(ax.figure, args.out / "maxvio_batch")
+            except KeyboardInterrupt as err:
+                print(f"routesim: interrupted: results kept in {path}; no figure written",
+                      file=sys.stderr)
+                return _interrupt_status(err)
+            for p in paths:
                 print(f"figure: {p}")
             plt.close(ax.figure)
     return 0
 
 
+@_sigterm_as_interrupt
 def _sweep(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .sweep import run_sweep
+    from .store import check_output_dir
+    from .sweep import SweepInterrupted, run_sweep
 
     cfg = load_config(args.config)
     if args.chunk < 1:
         raise ConfigError(f"--chunk = {args.chunk}: must be an integer >= 1")
     if args.workers < 1:
         raise ConfigError(f"--workers = {args.workers}: must be an integer >= 1")
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out = {str(args.out)!r}: exists and is not a directory")
-    ds = run_sweep(cfg, args.out, points_per_chunk=args.chunk, workers=args.workers,
-                   progress=False if args.no_progress else None)
+    check_output_dir(args.out, "--out")
+    try:
+        ds = run_sweep(cfg, args.out, points_per_chunk=args.chunk, workers=args.workers,
+                       progress=False if args.no_progress else None,
+                       overwrite=args.overwrite, derived=[args.out / f for f in _FIGURES])
+    except SweepInterrupted as err:
+        print(f"routesim: {err}", file=sys.stderr)
+        return _interrupt_status(err)
     print(format_summary(ds))
     print(f"\nresults: {args.out / 'results.nc'}")
     return 0
@@ -157,9 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, BackendError) as err:
         print(f"routesim: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("routesim: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return _interrupt_status(err)
     return 2
 
 

@@ -1,11 +1,15 @@
 """Figures of simulation results (matplotlib; the engine never imports this).
 
 Each function draws on a given or new Axes and returns it; :func:`save_figure`
-writes PNG and PDF side by side.
+writes PNG and PDF side by side, each atomically (temporary sibling, then
+``os.replace``), so an interrupt never leaves a truncated figure.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,5 +91,11 @@ def save_figure(fig: Any, stem: str | Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for p in paths:
-        fig.savefig(p, dpi=defaults["plot.dpi"], bbox_inches="tight")
+        # a private directory, so the file is created with the usual permissions
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+        try:
+            fig.savefig(tmp_dir / p.name, dpi=defaults["plot.dpi"], bbox_inches="tight")
+            os.replace(tmp_dir / p.name, p)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     return paths

@@ -2,7 +2,11 @@
 
 Results are written to a temporary sibling and moved into place with
 ``os.replace`` (atomic on one file system): an interrupt or a failure leaves
-the previous file intact. netCDF (``.nc``, through SciPy, no extra
+the previous file intact. Files made from the old results (figures) can be
+named in ``derived``: they are removed just before the new results move in,
+so none is ever left beside results it does not show.
+:func:`check_output_dir` refuses a directory that cannot be written before
+any work starts. netCDF (``.nc``, through SciPy, no extra
 dependency) and zarr (``.zarr``, needs the ``io`` extra) are supported.
 """
 
@@ -12,12 +16,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import xarray as xr
 
 from .exceptions import ConfigError
 
-__all__ = ["save", "load"]
+__all__ = ["save", "load", "check_output_dir"]
 
 _FORMATS = (".nc", ".zarr")
 
@@ -28,13 +33,17 @@ def _check_suffix(path: Path) -> str:
     return path.suffix
 
 
-def save(ds: xr.Dataset, path: str | Path) -> Path:
+def save(ds: xr.Dataset, path: str | Path, *, derived: Sequence[str | Path] = ()) -> Path:
     """Write ``ds`` atomically to ``path`` (``.nc`` or ``.zarr``).
 
     Parameters
     ----------
     ds : xarray.Dataset
     path : str or Path
+    derived : sequence of str or Path
+        Files made from the previous contents of ``path`` (e.g. figures);
+        those that exist are removed once the new file is complete and just
+        before it replaces the old one.
 
     Returns
     -------
@@ -49,15 +58,79 @@ def save(ds: xr.Dataset, path: str | Path) -> Path:
     try:
         if suffix == ".nc":
             ds.to_netcdf(tmp, engine="scipy")
+            _remove(derived)
             os.replace(tmp, path)
         else:
             ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=2)
+            _remove(derived)
             if path.exists():
                 old = tmp_dir / (path.name + ".old")
                 os.replace(path, old)
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
+
+
+def _remove(paths: Sequence[str | Path]) -> None:
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
+
+
+def check_output_dir(path: str | Path, field: str = "out_dir") -> Path:
+    """Refuse, before any work, a directory that cannot be created or written.
+
+    The directory (and any missing parents) is created to prove it can be,
+    a file is written in it and removed, and what was created is removed
+    again, so nothing is left behind when the work never starts.
+
+    Parameters
+    ----------
+    path : str or Path
+    field : str
+        The name to report (a CLI option or a parameter).
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ConfigError
+        Naming ``field``, the path and the reason.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> base = pathlib.Path(tempfile.mkdtemp())
+    >>> (base / "f").write_text("x")
+    1
+    >>> check_output_dir(base / "f" / "out", "--out")
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: --out = '.../f/out': cannot be created or written (Not a directory)
+    >>> check_output_dir(base / "new", "--out").exists()
+    False
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{field} = {str(path)!r}: exists and is not a directory")
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{field} = {str(path)!r}: cannot be created or written "
+                          f"({err.strerror or err})") from None
+    finally:
+        for p in missing:  # deepest first
+            try:
+                p.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
     return path
 
 

@@ -7,6 +7,19 @@ exists is a finished chunk: re-running the same command after an interrupt
 only computes what is missing. The chunks are then joined along ``point``
 into ``out_dir/results.nc``.
 
+Nothing is lost and nothing is left behind on an interrupt:
+
+- the config is stored as ``out_dir/config.json``; a different config is
+  refused on that directory unless ``overwrite=True``;
+- a chunk file that cannot be read, or holds other points or another config
+  (truncated, empty), is removed and computed again;
+- worker processes ignore Ctrl-C (the parent stops them) and exit on their
+  own when the parent dies, even by SIGKILL: a watchdog thread polls the
+  parent's pid, and on Linux the kernel sends them SIGTERM
+  (``PR_SET_PDEATHSIG``); a stopped worker removes its unfinished write;
+- on Ctrl-C the workers are stopped at once and :class:`SweepInterrupted`
+  says how many chunks were kept.
+
 Because every point draws from the stream of its own global index
 (:mod:`routesim.rng`), the joined result is identical to one
 ``simulate(config)`` call, however the points were chunked or distributed.
@@ -15,20 +28,51 @@ Because every point draws from the stream of its own global index
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
+import os
+import shutil
+import signal
 import sys
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import xarray as xr
 from tqdm.auto import tqdm
 
 from .config import Config, config_from_dict
 from .exceptions import ConfigError
-from .store import load, save
+from .store import check_output_dir, load, save
 
-__all__ = ["plan_chunks", "run_sweep"]
+#: Seconds between a worker's checks that its parent is alive.
+_WATCH_INTERVAL = 0.2
+#: Seconds to wait for stopped workers before killing them.
+_STOP_TIMEOUT = 5.0
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """A sweep stopped by Ctrl-C (or SIGTERM turned into it); finished chunks are kept.
+
+    Attributes
+    ----------
+    kept, total : int
+        Chunks on disk and chunks in the sweep.
+    chunk_dir : Path
+        Where the kept chunks are.
+    """
+
+    def __init__(self, kept: int, total: int, chunk_dir: Path):
+        super().__init__(kept, total, chunk_dir)
+        self.kept, self.total, self.chunk_dir = kept, total, chunk_dir
+
+    def __str__(self) -> str:
+        return (f"interrupted: {self.kept} of {self.total} chunks kept in {self.chunk_dir}; "
+                "re-run the same command to resume")
+
+__all__ = ["plan_chunks", "run_sweep", "SweepInterrupted"]
 
 
 def plan_chunks(num_points: int, points_per_chunk: int) -> list[list[int]]:
@@ -45,15 +89,81 @@ def plan_chunks(num_points: int, points_per_chunk: int) -> list[list[int]]:
             for i in range(0, num_points, points_per_chunk)]
 
 
+#: The chunk file this worker process is writing (for clean-up when stopped).
+_writing: Path | None = None
+
+
 def _simulate_chunk(config_json: str, point_indices: list[int], path: str) -> str:
     """Worker: simulate one chunk and write it atomically (runs in a subprocess)."""
-    import json
-
+    global _writing
     from .simulate import simulate
 
     cfg = config_from_dict(json.loads(config_json))
-    save(simulate(cfg, point_indices=point_indices, progress=False), path)
+    _writing = Path(path)
+    try:
+        save(simulate(cfg, point_indices=point_indices, progress=False), path)
+    finally:
+        _writing = None
     return path
+
+
+def _exit_worker(signum: int | None = None, frame: Any = None) -> None:
+    """Remove this worker's unfinished chunk write and exit at once."""
+    path = _writing
+    if path is not None:
+        for tmp in path.parent.glob(f".{path.name}.*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    os._exit(1)
+
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # no libc prctl: the watchdog still works
+        pass
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this process as soon as ``parent_pid`` is no longer its parent."""
+    while os.getppid() == parent_pid:
+        time.sleep(_WATCH_INTERVAL)
+    _exit_worker()
+
+
+def _init_worker(parent_pid: int) -> None:
+    """Worker start-up: Ctrl-C is the parent's to handle; die with the parent."""
+    # a terminal's Ctrl-C reaches the whole process group; a worker torn mid-task
+    # can hang the pool, so the parent alone decides and stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a named semaphore that a stopped worker would leak
+    tqdm.set_lock(threading.RLock())
+    # SIGTERM (from the parent stopping the pool, or the kernel when it dies)
+    signal.signal(signal.SIGTERM, _exit_worker)
+    _set_parent_death_signal()
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                     name="routesim-watch-parent").start()
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel what is queued, terminate what runs, reap."""
+    # the pool's own processes (private attribute; public only from Python 3.14)
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + _STOP_TIMEOUT
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _submit_all(executor: Any, config_json: str, todo: list) -> tuple[list, Any]:
@@ -76,9 +186,116 @@ def _fingerprint(config: Config) -> str:
     return hashlib.sha256(config.to_json().encode()).hexdigest()[:12]
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _stored_config(out_dir: Path) -> str | None:
+    """The config JSON of the sweep already in ``out_dir``, if any."""
+    stored = out_dir / "config.json"
+    if stored.exists():
+        return stored.read_text()
+    if (out_dir / "results.nc").exists():
+        try:
+            return load(out_dir / "results.nc").attrs.get("config")
+        except Exception:  # unreadable results: nothing to compare, rewritten below
+            return None
+    return None
+
+
+def _check_same_config(out_dir: Path, config_json: str, fingerprint: str) -> None:
+    """Refuse to mix results of two configs in one directory."""
+    stored = _stored_config(out_dir)
+    if stored is not None and stored != config_json:
+        try:
+            old, new = _flat(json.loads(stored)), _flat(json.loads(config_json))
+            fields = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        except ValueError:
+            fields = []
+        what = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in fields[:4]) \
+            or "its text"
+        raise ConfigError(f"out_dir (--out) = {str(out_dir)!r}: holds a sweep of another config "
+                          f"(differs in {what}); use overwrite (--overwrite) or another "
+                          "directory")
+    chunks = out_dir / "chunks"
+    others = [p.name for p in chunks.iterdir() if p.name != fingerprint] \
+        if chunks.is_dir() else []
+    if others:
+        raise ConfigError(f"out_dir (--out) = {str(out_dir)!r}: holds chunks of another config "
+                          f"({chunks / others[0]}); use overwrite (--overwrite) or another "
+                          "directory")
+
+
+def _clear(out_dir: Path, derived: Sequence[str | Path]) -> None:
+    """Remove a previous sweep's files (``overwrite``)."""
+    shutil.rmtree(out_dir / "chunks", ignore_errors=True)
+    for p in (out_dir / "results.nc", out_dir / "config.json", *derived):
+        Path(p).unlink(missing_ok=True)
+
+
+def _finished(path: Path, points: list[int], config_json: str) -> bool:
+    """Whether ``path`` is a complete chunk of these points and this config."""
+    if not path.exists():
+        return False
+    try:
+        ds = load(path)
+        ok = (ds.attrs.get("config") == config_json
+              and ds["point"].values.tolist() == points)
+    except Exception:  # truncated, empty or foreign: computed again
+        ok = False
+    if not ok:
+        path.unlink(missing_ok=True)
+    return ok
+
+
+def _remove_partial_writes(chunk_dir: Path) -> None:
+    """Temporary directories of chunk writes that a stopped worker left."""
+    for tmp in chunk_dir.glob(".points_*.nc.*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _compute(todo: list, config_json: str, workers: int, executor: Any, bar: Any) -> None:
+    """Simulate and write every chunk in ``todo``."""
+    if executor is None and workers == 1:
+        for c, p in todo:
+            _simulate_chunk(config_json, c, str(p))
+            bar.update(1)
+        return
+    own = executor is None
+    if own:
+        # spawn: never fork a process that may hold a CUDA context
+        executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(os.getpid(),))
+    futures: list = []
+    try:
+        futures, waiter = _submit_all(executor, config_json, todo)
+        for fut in waiter(futures):
+            fut.result()
+            bar.update(1)
+    except BaseException:
+        # Ctrl-C or a failed chunk: stop the rest now rather than after it finishes
+        if own:
+            _stop_workers(executor)
+        else:
+            for fut in futures:
+                fut.cancel()
+        raise
+    finally:
+        if own:
+            executor.shutdown(cancel_futures=True)
+
+
 def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
               workers: int = 1, executor: Executor | None = None,
-              progress: bool | None = None) -> xr.Dataset:
+              progress: bool | None = None, overwrite: bool = False,
+              derived: Sequence[str | Path] = ()) -> xr.Dataset:
     """Simulate every point of ``config`` in chunks and join the results.
 
     Parameters
@@ -86,8 +303,9 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
     config : Config
         The sweep.
     out_dir : str or Path
-        Directory for ``chunks/`` and the joined ``results.nc``. Chunks
-        already there (from an interrupted run of the same config) are kept.
+        Directory for ``config.json``, ``chunks/`` and the joined
+        ``results.nc``. Chunks already there (from an interrupted run of the
+        same config) are kept; unreadable ones are computed again.
     points_per_chunk : int >= 1
         Points simulated together in one task (one array program).
     workers : int >= 1
@@ -97,43 +315,64 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
         ``ProcessPoolExecutor`` of your own. It must accept ``submit``.
     progress : bool or None
         Progress bar on stderr (None: only when stderr is a terminal).
+    overwrite : bool
+        Replace the sweep of another config found in ``out_dir`` (otherwise
+        refused).
+    derived : sequence of str or Path
+        Files made from ``results.nc`` (figures): removed just before it is
+        replaced, and on ``overwrite``.
 
     Returns
     -------
     xarray.Dataset
         Identical to ``simulate(config)``.
+
+    Raises
+    ------
+    ConfigError
+        Before any work: bad arguments, an ``out_dir`` that cannot be created
+        or written, or one holding a sweep of another config.
+    SweepInterrupted
+        On Ctrl-C; the finished chunks are kept for a resume.
     """
     if workers < 1:
         raise ConfigError(f"workers = {workers}: must be an integer >= 1")
-    out_dir = Path(out_dir)
-    chunk_dir = out_dir / "chunks" / _fingerprint(config)
-    chunk_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(out_dir, "out_dir")
+    config_json = config.to_json()
+    fingerprint = _fingerprint(config)
+    if overwrite:
+        _clear(out_dir, derived)
+    else:
+        _check_same_config(out_dir, config_json, fingerprint)
+    chunk_dir = out_dir / "chunks" / fingerprint
+    try:
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+        if not (out_dir / "config.json").exists():
+            _write_text(out_dir / "config.json", config_json)
+    except OSError as err:
+        raise ConfigError(f"out_dir = {str(out_dir)!r}: cannot be written "
+                          f"({err.strerror or err})") from None
+    _remove_partial_writes(chunk_dir)
     chunks = plan_chunks(config.num_points, points_per_chunk)
     paths = [chunk_dir / f"points_{c[0]:05d}-{c[-1]:05d}.nc" for c in chunks]
-    todo = [(c, p) for c, p in zip(chunks, paths) if not p.exists()]
+    todo = [(c, p) for c, p in zip(chunks, paths) if not _finished(p, c, config_json)]
     disable = (not sys.stderr.isatty()) if progress is None else (not progress)
-    config_json = config.to_json()
     with tqdm(total=len(chunks), initial=len(chunks) - len(todo), desc="sweep chunks",
               disable=disable, file=sys.stderr) as bar:
-        if executor is None and workers == 1:
-            for c, p in todo:
-                _simulate_chunk(config_json, c, str(p))
-                bar.update(1)
-        else:
-            own = executor is None
-            if own:
-                # spawn: never fork a process that may hold a CUDA context
-                executor = ProcessPoolExecutor(
-                    max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-            try:
-                futures, waiter = _submit_all(executor, config_json, todo)
-                for fut in waiter(futures):
-                    fut.result()
-                    bar.update(1)
-            finally:
-                if own:
-                    executor.shutdown(cancel_futures=True)
+        try:
+            _compute(todo, config_json, workers, executor, bar)
+        except KeyboardInterrupt as err:
+            _remove_partial_writes(chunk_dir)
+            kept = sum(p.exists() for p in paths)
+            raise SweepInterrupted(kept, len(chunks), chunk_dir) from err
     joined = xr.concat([load(p) for p in paths], dim="point", data_vars="minimal",
                        coords="minimal", compat="override", join="outer")
-    save(joined, out_dir / "results.nc")
+    save(joined, out_dir / "results.nc", derived=derived)
     return joined
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -50,3 +50,24 @@ def test_failed_write_keeps_previous_file(ds, tmp_path, monkeypatch):
 def test_bad_suffix(ds, tmp_path):
     with pytest.raises(ConfigError, match="must end in"):
         save(ds, tmp_path / "r.csv")
+
+
+def test_derived_files_go_when_results_are_replaced(ds, tmp_path):
+    figure = tmp_path / "fig.png"
+    figure.write_bytes(b"old figure")
+    save(ds, tmp_path / "r.nc", derived=[figure])
+    assert not figure.exists()
+
+
+def test_failed_write_keeps_derived_files(ds, tmp_path, monkeypatch):
+    path = save(ds, tmp_path / "r.nc")
+    figure = tmp_path / "fig.png"
+    figure.write_bytes(b"figure of r.nc")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save(ds, path, derived=[figure])
+    assert figure.read_bytes() == b"figure of r.nc"
