@@ -27,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
@@ -36,6 +34,7 @@ import numpy as np
 
 from . import rng
 from .config import Config
+from .config._trace import check_trace, read_trace
 from .exceptions import ConfigError
 
 __all__ = [
@@ -134,31 +133,26 @@ class TrafficState:
 
 
 def load_trace(trace: str) -> np.ndarray:
-    """Load a logit trace of shape (steps, tokens, experts) as float32.
+    """Load a logit trace of shape (steps, tokens, experts) as read-only float32.
 
     ``"builtin"`` is the small trace shipped with the package (recorded from
     this package's own topic-mixture traffic: 16 steps of 512 tokens over 16
-    experts).
+    experts). A config with ``traffic.kind = "trace"`` reads and checks its
+    trace when it is built (:func:`routesim.config._trace.read_trace`), so
+    this read is served from that cache.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``traffic.trace`` if the file is missing, not an ``.npz``
+        archive, corrupt, or its ``logits`` are not a finite real 3-D array.
+
+    Examples
+    --------
+    >>> load_trace("builtin").shape
+    (16, 512, 16)
     """
-    if trace == "builtin":
-        ref = resources.files("routesim") / "data" / "trace_topics.npz"
-        with resources.as_file(ref) as p:
-            return load_trace(str(p))
-    path = Path(trace)
-    try:
-        with np.load(path) as data:
-            if "logits" not in data:
-                raise ConfigError(f"traffic.trace = {trace!r}: the file has no 'logits' array "
-                                  f"(found: {', '.join(data.files)})")
-            arr = np.asarray(data["logits"], dtype=np.float32)
-    except OSError as err:
-        raise ConfigError(f"traffic.trace = {trace!r}: cannot be read ({err})") from None
-    if arr.ndim != 3:
-        raise ConfigError(f"traffic.trace = {trace!r}: 'logits' must have shape "
-                          f"(steps, tokens, experts), got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ConfigError(f"traffic.trace = {trace!r}: 'logits' holds non-finite values")
-    return arr
+    return read_trace(trace)
 
 
 def make_traffic_params(points: Sequence[Config]) -> TrafficParams:
@@ -174,12 +168,8 @@ def make_traffic_params(points: Sequence[Config]) -> TrafficParams:
     weights = t.topic_weights or tuple([1.0 / t.num_topics] * t.num_topics)
     trace = None
     if t.kind == "trace":
+        check_trace(t.trace, n, b.tokens_per_step)
         trace = load_trace(t.trace)
-        if trace.shape[1] != b.tokens_per_step or trace.shape[2] != n:
-            raise ConfigError(
-                f"traffic.trace = {t.trace!r}: holds {trace.shape[1]} tokens x {trace.shape[2]} "
-                f"experts per step, but batch gives {b.tokens_per_step} tokens and "
-                f"router.num_experts = {n}")
 
     def col(name: str) -> np.ndarray:
         return np.array([getattr(p.traffic, name) for p in points], dtype=np.float64)

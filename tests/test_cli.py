@@ -8,6 +8,8 @@ import pytest
 
 from routesim.cli import main
 
+BAD = sorted((Path(__file__).parent / "bad_configs").glob("*.toml"))
+
 TINY = """
 [run]
 steps = 4
@@ -76,3 +78,30 @@ def test_sweep_command_resumable(tmp_path, capsys):
     assert main(["sweep", str(cfg), "--out", str(out), "--no-progress"]) == 0
     assert capsys.readouterr().out == first
     assert main(["sweep", str(cfg), "--out", str(out), "--chunk", "0"]) == 2
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_config_corpus_through_the_cli(path, tmp_path, monkeypatch, capsys):
+    """`routesim run FILE --out DIR`: exit 2, one line naming the field, nothing written."""
+    monkeypatch.chdir(path.parent)  # trace paths in the corpus are relative to it
+    field = path.read_text().splitlines()[0].removeprefix("# field: ")
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("routesim: error: ") and captured.err.count("\n") == 1
+    assert field in captured.err and "Traceback" not in captured.err
+    assert not out.exists()
+
+
+def test_bad_trace_through_the_cli_subprocess(tmp_path):
+    trace = tmp_path / "t.npz"
+    trace.write_text("not an archive")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[traffic]\nkind = 'trace'\ntrace = '{trace}'\n")
+    proc = subprocess.run([sys.executable, "-m", "routesim", "run", str(cfg),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"traffic.trace = '{trace}': is not an .npz archive" in proc.stderr
+    assert not (tmp_path / "o").exists()

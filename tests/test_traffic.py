@@ -72,11 +72,130 @@ def test_features_logits_are_x_times_w():
     assert set(np.unique(topic)) <= {0, 1, 2}
 
 
+def _trace_cfg(path, num_experts=4, seq_length=3):
+    return config_from_dict({"batch": {"num_sequences": 2, "seq_length": seq_length},
+                             "router": {"num_experts": num_experts, "topk": 2},
+                             "traffic": {"kind": "trace", "trace": str(path)}})
+
+
+def _write_npz(path, **arrays):
+    with open(path, "wb") as fh:  # keep the exact name (savez would add .npz)
+        np.savez(fh, **arrays)
+
+
+GOOD_SXE = np.arange(2 * 6 * 4, dtype=np.float32).reshape(2, 6, 4) / 10
+
+
+def _bad_trace(tmp_path, case):
+    """Write the trace file of one bad case into tmp_path; return its path."""
+    path = tmp_path / f"{case}.npz"
+    if case == "text":
+        path.write_text("logits = [[1, 2], [3, 4]]\n")
+    elif case == "npy":
+        path = tmp_path / "trace.npy"
+        np.save(path, GOOD_SXE)
+    elif case == "npy_named_npz":
+        with open(path, "wb") as fh:
+            np.save(fh, GOOD_SXE)
+    elif case == "corrupt_zip":
+        _write_npz(path, logits=GOOD_SXE)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "empty_file":
+        path.write_bytes(b"")
+    elif case == "directory":
+        path.mkdir()
+    elif case == "missing":
+        pass
+    elif case == "no_logits":
+        _write_npz(path, scores=GOOD_SXE)
+    elif case == "object":
+        _write_npz(path, logits=np.array([[[1.0, "a"]]], dtype=object))
+    elif case == "strings":
+        _write_npz(path, logits=GOOD_SXE.astype(str))
+    elif case == "complex":
+        _write_npz(path, logits=GOOD_SXE.astype(np.complex64))
+    elif case == "bool":
+        _write_npz(path, logits=GOOD_SXE > 1)
+    elif case == "two_dims":
+        _write_npz(path, logits=GOOD_SXE[0])
+    elif case == "zero_steps":
+        _write_npz(path, logits=GOOD_SXE[:0])
+    elif case == "nan":
+        bad = GOOD_SXE.copy()
+        bad[1, 2, 3] = np.nan
+        _write_npz(path, logits=bad)
+    elif case == "beyond_float32":
+        _write_npz(path, logits=GOOD_SXE.astype(np.float64) * 1e39)
+    elif case == "wrong_experts":
+        _write_npz(path, logits=np.zeros((2, 6, 5), np.float32))
+    elif case == "wrong_tokens":
+        _write_npz(path, logits=np.zeros((2, 7, 4), np.float32))
+    else:  # pragma: no cover
+        raise AssertionError(case)
+    return path
+
+
+TRACE_CASES = {
+    "text": "not an .npz archive",
+    "npy": "is a .npy array",
+    "npy_named_npz": "is a .npy array",
+    "corrupt_zip": "a corrupt or truncated zip archive",
+    "empty_file": "not an .npz archive",
+    "directory": "not a regular file",
+    "missing": "cannot be read",
+    "no_logits": "no array 'logits' (found: scores)",
+    "object": "cannot be read without pickle",
+    "strings": "has dtype <U",
+    "complex": "has dtype complex64",
+    "bool": "has dtype bool",
+    "two_dims": "(2 dimensions, need 3)",
+    "zero_steps": "no steps, tokens or experts",
+    "nan": "has 1 of 48 values NaN",
+    "beyond_float32": "beyond float32",
+    "wrong_experts": "holds 5 experts per token, but router.num_experts = 4",
+    "wrong_tokens": "holds 7 tokens per step, but the batch has 6",
+}
+
+
+@pytest.mark.parametrize("case", list(TRACE_CASES))
+def test_bad_trace_is_refused_when_the_config_is_built(tmp_path, case):
+    path = _bad_trace(tmp_path, case)
+    with pytest.raises(ConfigError) as err:
+        _trace_cfg(path)
+    msg = str(err.value)
+    assert msg.startswith(f"traffic.trace = {str(path)!r}: ")
+    assert TRACE_CASES[case] in msg
+    assert "allowed:" in msg and "\n" not in msg
+
+
+def test_corrupt_member_of_a_valid_zip_is_refused(tmp_path):
+    path = tmp_path / "t.npz"
+    _write_npz(path, logits=GOOD_SXE)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\x93NUMPY")  # the stored member's bytes: break its header
+    data[start + 10:start + 40] = b"#" * 30
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="traffic.trace = .*(malformed|corrupt)"):
+        _trace_cfg(path)
+
+
+def test_good_trace_is_replayed_cycled_over_steps(tmp_path):
+    path = tmp_path / "good.npz"
+    _write_npz(path, logits=GOOD_SXE)
+    cfg = _trace_cfg(path)
+    params = traffic.make_traffic_params(cfg.points())
+    keys = point_keys(0, [0], 1)
+    state = traffic.init_traffic(np, params, keys)
+    for step in range(5):
+        z = traffic.logits(np, params, state, keys, step, 2, 3)[0, 0]
+        np.testing.assert_array_equal(z, GOOD_SXE[step % 2, 2:5])
+
+
 def test_trace_size_mismatch_is_refused():
-    cfg = config_from_dict({"router": {"num_experts": 16, "topk": 2},
-                            "traffic": {"kind": "trace"}})
-    with pytest.raises(ConfigError, match="traffic.trace"):
-        traffic.make_traffic_params(cfg.points())
+    with pytest.raises(ConfigError, match="traffic.trace = 'builtin': holds 512 tokens"):
+        config_from_dict({"router": {"num_experts": 16, "topk": 2},
+                          "traffic": {"kind": "trace"}})
 
 
 def test_trace_missing_file_is_refused(tmp_path):

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from ..exceptions import ConfigError
 from ._checks import _DATACLASS, _check_types, _require
+from ._ignored import check_ignored, check_kernel, set_fields_by_value
+from ._trace import check_trace
 from .penalty import PenaltyConfig
 from .sections import (BatchConfig, ControllerConfig, RouterConfig, RunConfig,
                        TrafficConfig)
@@ -127,8 +129,13 @@ class Config:
             if not isinstance(value, cls):
                 raise ConfigError(f"{name} = {value!r}: must be a {cls.__name__}")
         # Building the points runs every per-field check on the swept values.
-        for point in self.points():
+        points = self.points()
+        for point in points:
             point._check_cross()
+        check_kernel(points)
+        if self.traffic.kind == "trace":
+            check_trace(self.traffic.trace, self.router.num_experts, self.batch.tokens_per_step)
+        check_ignored(self, points, set_fields_by_value(self))
 
     # -- cross-section rules -------------------------------------------------
     def _check_cross(self) -> None:
@@ -374,7 +381,9 @@ def load_config(path: str | Path) -> Config:
     Raises
     ------
     ConfigError
-        If the file is missing, is not valid TOML, or holds an invalid value.
+        If the file is missing, is not valid TOML, is empty, holds an invalid
+        value, or sets a field that would have no effect (written fields count
+        as set even at their default value; see ``routesim.config._ignored``).
     """
     path = Path(path)
     try:
@@ -385,4 +394,11 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {str(path)!r}: not valid TOML ({err})") from None
-    return config_from_dict(data)
+    if not data:
+        raise ConfigError(f"config file {str(path)!r}: is empty; allowed: a TOML file with at "
+                          "least one section, e.g. [router]")
+    cfg = config_from_dict(data)
+    # In a file, a written field counts as set even at its default value.
+    written = {f"{s}.{k}" for s, table in data.items() if s != "sweep" for k in table}
+    check_ignored(cfg, cfg.points(), written | set_fields_by_value(cfg))
+    return cfg

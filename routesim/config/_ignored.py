@@ -1,0 +1,227 @@
+"""Settings that would have no effect are refused, like unknown keys.
+
+A field is *set* when
+
+- it is written in the TOML file (:func:`routesim.load_config`), whatever
+  its value;
+- built in Python or from a dict (:func:`routesim.config_from_dict`, which
+  also reads configs stored in results), its value differs from the
+  default: a stored config lists every field, so presence says nothing there;
+- it is swept (``[sweep]``): then it counts as set at every point.
+
+A set field is refused when no point of the sweep uses it (a field that one
+point uses may be carried by the others: ``momentum`` with a sweep over
+``sign`` and ``ema``). Defaults never trigger a refusal.
+
+Each rule maps a field to a function of one point that returns why that
+point ignores the field (None when it uses it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from ..exceptions import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import Config
+
+__all__ = ["set_fields_by_value", "check_ignored", "check_kernel"]
+
+_Why = Callable[[Any], "str | None"]
+
+
+def _only(cond: Callable[[Any], bool], why: str) -> _Why:
+    return lambda p: None if cond(p) else why(p) if callable(why) else why
+
+
+def _controller(*laws: str) -> _Why:
+    names = ", ".join(repr(x) for x in laws)
+    return _only(lambda p: p.controller.type in laws,
+                 lambda p: f"controller.type = {p.controller.type!r} does not use it (only "
+                           f"{names} do)")
+
+
+def _traffic(kind: str, extra: Callable[[Any], bool] = lambda p: True,
+             extra_why: str = "") -> _Why:
+    def why(p: Any) -> str | None:
+        if p.traffic.kind != kind:
+            return f"traffic.kind = {p.traffic.kind!r} does not use it (only {kind!r} does)"
+        return None if extra(p) else extra_why.format(p=p)
+    return why
+
+
+def _learning(extra: Callable[[Any], bool] = lambda p: True, extra_why: str = "") -> _Why:
+    def why(p: Any) -> str | None:
+        if not p.penalty.learn:
+            return "it acts only on a learning router: set penalty.learn = true"
+        return None if extra(p) else extra_why.format(p=p)
+    return why
+
+
+def _schedules_used(p: Any) -> list[str]:
+    pen = p.penalty
+    used = []
+    if pen.type != "none" or pen.importance_loss > 0 or pen.load_loss > 0:
+        used.append(pen.alpha_schedule)
+    if pen.z_loss > 0:
+        used.append(pen.z_loss_schedule)
+    return used
+
+
+_BIASED = ("sign", "sign_centred", "proportional", "ema", "rms", "momentum_tanh", "quantile")
+
+#: Field -> why a point ignores it (None when the point uses it).
+RULES: dict[str, _Why] = {
+    # run
+    "run.kernel": lambda p: ("run.engine = 'meanfield' routes no tokens"
+                             if p.run.engine == "meanfield" else
+                             "the learning router (penalty.learn) routes with the generic code"
+                             if p.penalty.learn else None),
+    "run.common_random_numbers": _only(
+        lambda p: not p.penalty.learn,
+        "the learning router has its own switch, penalty.common_random_numbers"),
+    # traffic
+    "traffic.skew": _traffic("popularity"),
+    "traffic.linear_spread": _traffic("popularity", lambda p: p.traffic.skew == "linear",
+                                      "traffic.skew = {p.traffic.skew!r} does not use it "
+                                      "(only 'linear' does)"),
+    "traffic.zipf_exponent": _traffic("popularity", lambda p: p.traffic.skew == "zipf",
+                                      "traffic.skew = {p.traffic.skew!r} does not use it "
+                                      "(only 'zipf' does)"),
+    "traffic.noise": _traffic("popularity"),
+    "traffic.noise_scale": _traffic("popularity"),
+    "traffic.seq_correlation": _traffic("popularity"),
+    "traffic.drift": _traffic("popularity"),
+    "traffic.drift_std": _traffic("popularity", lambda p: p.traffic.drift == "random_walk",
+                                  "traffic.drift = {p.traffic.drift!r} does not use it "
+                                  "(only 'random_walk' does)"),
+    "traffic.drift_amplitude": _traffic("popularity", lambda p: p.traffic.drift == "sinusoid",
+                                        "traffic.drift = {p.traffic.drift!r} does not use it "
+                                        "(only 'sinusoid' does)"),
+    "traffic.drift_period": _traffic("popularity", lambda p: p.traffic.drift == "sinusoid",
+                                     "traffic.drift = {p.traffic.drift!r} does not use it "
+                                     "(only 'sinusoid' does)"),
+    "traffic.regime_steps": _traffic("popularity", lambda p: p.traffic.drift == "regime",
+                                     "traffic.drift = {p.traffic.drift!r} does not use it "
+                                     "(only 'regime' does)"),
+    **{f"traffic.{n}": _traffic("features")
+       for n in ("feature_dim", "num_topics", "topic_weights", "topic_spread",
+                 "router_init_scale", "topic_by_micro_batch")},
+    "traffic.trace": _traffic("trace"),
+    # router
+    "router.token_drop_policy": _only(
+        lambda p: not p.router.dropless,
+        "routing is dropless (no router.capacity_factor), so no token is dropped"),
+    "router.expert_choice_block": _only(
+        lambda p: p.router.router_type == "expert_choice",
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'expert_choice' does)"),
+    "router.pre_softmax": _only(
+        lambda p: p.router.score_function == "softmax",
+        lambda p: f"router.score_function = {p.router.score_function!r} does not use it "
+                  "(only 'softmax' does)"),
+    # controller
+    "controller.bias_update_rate": _controller(*_BIASED[:-1]),
+    "controller.window": _controller(*_BIASED),
+    "controller.update_every": lambda p: (
+        _controller(*_BIASED)(p) or (None if p.controller.window == "steps" else
+                                     f"controller.window = {p.controller.window!r} does not "
+                                     "use it (only 'steps' does)")),
+    "controller.momentum": _controller("ema", "momentum_tanh"),
+    "controller.bias_cap": _controller("ema"),
+    "controller.warmup_steps": _controller("ema", "momentum_tanh"),
+    "controller.tanh_scale": _controller("momentum_tanh"),
+    "controller.quantile_ema": _controller("quantile"),
+    # penalty
+    **{f"penalty.{n}": _learning()
+       for n in ("optimizer", "learning_rate", "lr_schedule", "affinity_scale",
+                 "quality_strength", "common_random_numbers", "noisy_gate", "z_loss", "type")},
+    **{f"penalty.{n}": _learning(lambda p: p.penalty.type != "none",
+                                 "penalty.type = 'none' does not use it (set a balance loss "
+                                 "type)")
+       for n in ("alpha", "normalization", "f_map")},
+    "penalty.alpha_schedule": _learning(
+        lambda p: p.penalty.type != "none" or p.penalty.importance_loss > 0
+        or p.penalty.load_loss > 0,
+        "no balance weight (penalty.type, importance_loss, load_loss) to schedule"),
+    "penalty.z_loss_schedule": _learning(lambda p: p.penalty.z_loss > 0,
+                                         "penalty.z_loss = 0 leaves nothing to schedule"),
+    "penalty.schedule_steps": _learning(
+        lambda p: any(s in ("warmup", "cosine") for s in _schedules_used(p)),
+        "no schedule in use is 'warmup' or 'cosine'"),
+    "penalty.schedule_final_fraction": _learning(
+        lambda p: "cosine" in _schedules_used(p), "no schedule in use is 'cosine'"),
+    "penalty.schedule_delay": _learning(lambda p: "sigmoid" in _schedules_used(p),
+                                        "no schedule in use is 'sigmoid'"),
+    "penalty.schedule_width": _learning(lambda p: "sigmoid" in _schedules_used(p),
+                                        "no schedule in use is 'sigmoid'"),
+    **{f"penalty.{n}": _learning(lambda p: p.penalty.optimizer == "adam",
+                                 "penalty.optimizer = {p.penalty.optimizer!r} does not use it "
+                                 "(only 'adam' does)")
+       for n in ("adam_beta1", "adam_beta2", "adam_eps")},
+    "penalty.lr_final_fraction": _learning(lambda p: p.penalty.lr_schedule == "cosine",
+                                           "penalty.lr_schedule = {p.penalty.lr_schedule!r} "
+                                           "does not use it (only 'cosine' does)"),
+    **{f"penalty.{n}": _learning(lambda p: p.penalty.noisy_gate,
+                                 "it belongs to the noisy gate: set penalty.noisy_gate = true")
+       for n in ("noise_init_scale", "importance_loss", "load_loss")},
+    "penalty.quality_memory": _learning(lambda p: p.penalty.quality_strength > 0,
+                                        "penalty.quality_strength = 0 turns the quality off"),
+}
+
+
+def set_fields_by_value(cfg: "Config") -> set[str]:
+    """Dotted names of the fields that differ from their default, plus the swept ones."""
+    out = set(cfg.sweep.parameters)
+    for name in ("run", "batch", "traffic", "router", "controller", "penalty"):
+        section = getattr(cfg, name)
+        for f in dataclasses.fields(section):
+            if f.default is not dataclasses.MISSING and getattr(section, f.name) != f.default:
+                out.add(f"{name}.{f.name}")
+    return out
+
+
+def check_ignored(cfg: "Config", points: Sequence["Config"], set_fields: Iterable[str]) -> None:
+    """Refuse a set field that no point uses (see the module docstring).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first such field (in rule order), its value and why.
+    """
+    set_fields = set(set_fields)
+    for path, why in RULES.items():
+        if path not in set_fields:
+            continue
+        reasons = [why(p) for p in points]
+        if any(r is None for r in reasons):
+            continue
+        section, name = path.split(".", 1)
+        value = cfg.sweep.parameters.get(path, getattr(getattr(cfg, section), name, None))
+        value = list(value) if isinstance(value, tuple) else value
+        where = " at every point of the sweep" if len(points) > 1 else ""
+        raise ConfigError(f"{path} = {value!r}: has no effect{where}, {reasons[0]}; "
+                          "remove it")
+
+
+def check_kernel(points: Sequence["Config"]) -> None:
+    """Refuse a named compiled kernel (``run.kernel``) that cannot run this config.
+
+    Whether Numba is installed is a property of the machine, not the config:
+    the engine checks it when it starts.
+    """
+    run = points[0].run
+    want = run.kernel
+    if want not in ("numba", "cuda"):
+        return
+    need = "numpy" if want == "numba" else "cupy"
+    if run.backend != need:
+        raise ConfigError(f"run.kernel = {want!r}: needs run.backend = {need!r} (the engine "
+                          f"runs on {run.backend!r}); use 'auto' or 'generic'")
+    from .._kernels import unsupported_reason  # noqa: PLC0415 (imports the engine side)
+
+    reason = unsupported_reason(points)
+    if reason is not None:
+        raise ConfigError(f"run.kernel = {want!r}: cannot run {reason}; use 'auto' or 'generic'")
