@@ -39,7 +39,19 @@ def render() -> str:
     lines = ["# Configuration reference", "",
              "Generated from the dataclasses in `routesim/config.py` by "
              "`python docs/make_config_doc.py`. Every field can be set in a TOML section of the "
-             "same name; unknown keys are refused.", ""]
+             "same name; unknown keys are refused.", "",
+             "A field that would have no effect in the chosen mode is refused too, naming the "
+             "field and why (`controller.momentum` with `type = \"sign\"`, `traffic.drift_std` "
+             "without `drift = \"random_walk\"`, `penalty.alpha` without `penalty.type`, a "
+             "`run.kernel` that cannot run the config; the rules are in "
+             "`routesim/config/_ignored.py`). In a TOML file a written field counts as set even "
+             "at its default value; built in Python or from a dict (such as a config stored in "
+             "results) a field counts as set when it differs from its default. A swept field "
+             "counts as set at every point, and a field is refused only when no point of the "
+             "sweep uses it. An empty file is refused. A `traffic.trace` file is read and "
+             "checked when the config is read: an `.npz` archive holding a finite real array "
+             "`logits` of shape (steps, tokens, experts), with the batch's tokens per step and "
+             "`router.num_experts` experts.", ""]
     for section, cls in C._SECTIONS.items():
         lines += [f"## `[{section}]`", "", (inspect.getdoc(cls) or "").split("\n")[0], "",
                   "| field | default | meaning |", "|---|---|---|"]
