@@ -261,3 +261,84 @@ def test_tied_scores_follow_the_index_rule_in_the_kernel(gname):
     want[[0, 1, 5]] = tokens
     np.testing.assert_array_equal(counts[0].sum(axis=0), want)
     assert disp.tolist() == [tokens]
+
+
+# ----------------------------------------------------------------------------
+# kernel eligibility: a setting the compiled kernels do not implement is refused
+# or routed by the generic path, never silently routed as something else
+# ----------------------------------------------------------------------------
+INELIGIBLE = {
+    "logistic_noise": {"traffic__noise": "logistic"},
+    "gumbel_noise": {"traffic__noise": "gumbel"},
+    "capacity": {"router__capacity_factor": 1.0},
+    "groups": {"router__num_groups": 4, "router__group_topk": 1},
+    "quantile": {"controller__type": "quantile", "controller__bias_update_rate": None},
+    "features": {"traffic__kind": "features", "traffic__feature_dim": 4,
+                 "traffic__skew": None, "traffic__zipf_exponent": None},
+}
+
+
+def _eligibility_cfg(kernel, over):
+    """``_cfg`` with fields set, or removed where the value is None (refused as unused)."""
+    data = {"run": {"steps": 5, "replicas": 2, "seed": 11, "kernel": kernel},
+            "batch": {"num_sequences": 2, "seq_length": 640, "micro_batch_size": 1},
+            "router": {"num_experts": 24, "topk": 3},
+            "traffic": {"skew": "zipf", "zipf_exponent": 0.8},
+            "controller": {"type": "sign", "bias_update_rate": 0.02, "window": "micro_batch"}}
+    for key, value in over.items():
+        section, name = key.split("__")
+        if value is None:
+            data[section].pop(name)
+        else:
+            data[section][name] = value
+    return config_from_dict(data)
+
+
+@pytest.mark.parametrize("case", list(INELIGIBLE))
+@pytest.mark.parametrize("kernel", ["auto", "numba"])
+def test_ineligible_settings_are_refused_or_routed_as_numpy(case, kernel):
+    generic = simulate(_eligibility_cfg("generic", INELIGIBLE[case]), progress=False)
+    try:
+        cfg = _eligibility_cfg(kernel, INELIGIBLE[case])
+        ds = simulate(cfg, progress=False)
+    except ConfigError as err:
+        assert kernel == "numba" and "run.kernel" in str(err)
+        return
+    np.testing.assert_array_equal(ds["load"].values, generic["load"].values)
+    np.testing.assert_array_equal(ds["bias"].values, generic["bias"].values)
+
+
+def test_logistic_noise_is_not_normal_noise():
+    """The eligibility cases above differ from what the kernel would route (else they test
+    nothing): logistic noise changes the loads of the same seed."""
+    normal = simulate(_eligibility_cfg("generic", {}), progress=False)["load"].values
+    logistic = simulate(_eligibility_cfg("generic", INELIGIBLE["logistic_noise"]),
+                        progress=False)
+    assert not np.array_equal(normal, logistic["load"].values)
+
+
+@pytest.mark.parametrize("gname,gcode", [("sigmoid", 0), ("sqrtsoftplus", 2)])
+@pytest.mark.parametrize("mult", [False, True])
+def test_threshold_margin_keeps_every_skipped_expert_at_or_below_tau(gname, gcode, mult):
+    """An expert whose logit sits at or just below its threshold (the float32 values within
+    48 ulps) must score at most tau in float32, as the kernel scores it; else the prefilter
+    would skip an expert that belongs to the top-K. Without the safety margin of
+    ``z_threshold`` about a third of these boundary logits score above tau."""
+    rng_np = np.random.default_rng(gcode + 10 * mult)
+    n = 64
+    for _ in range(20):
+        bias = (rng_np.uniform(0.5, 2.0, n) if mult else rng_np.normal(0, 0.3, n))
+        bias = bias.astype(np.float32)
+        tau = float(rng_np.uniform(0.3, 0.95) if gcode == 0 else rng_np.uniform(0.3, 2.5))
+        zt = np.zeros(n, dtype=np.float32)
+        kn.expert_thresholds(tau, tau, False, n, bias, gcode, mult, zt)
+        for e in np.nonzero(np.isfinite(zt))[0]:
+            z = zt[e] - np.float32(0) * np.arange(48, dtype=np.float32)  # 48 float32 steps
+            for j in range(1, 48):
+                z[j] = np.nextafter(z[j - 1], np.float32(-np.inf))
+            s = np.array([nm.gate1(v, gcode) for v in z], dtype=np.float32)
+            # the same score through NumPy's float32 gate: the array path's numbers
+            s_np = gate(np, gname, z)
+            assert np.max(np.abs(s - s_np)) <= 2 * np.finfo(np.float32).eps
+            v = s * bias[e] if mult else s + bias[e]
+            assert np.all(v <= np.float32(tau)), (e, zt[e], tau)
