@@ -323,7 +323,7 @@ def test_threshold_margin_keeps_every_skipped_expert_at_or_below_tau(gname, gcod
     """An expert whose logit sits at or just below its threshold (the float32 values within
     48 ulps) must score at most tau in float32, as the kernel scores it; else the prefilter
     would skip an expert that belongs to the top-K. Without the safety margin of
-    ``z_threshold`` about a third of these boundary logits score above tau."""
+    ``z_threshold`` about 1 % of these boundary logits score above tau."""
     rng_np = np.random.default_rng(gcode + 10 * mult)
     n = 64
     for _ in range(20):

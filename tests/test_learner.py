@@ -2,6 +2,8 @@
 independently assembled loss, controller and schedule bookkeeping, the collapse the
 proxy must be able to show, reproducibility, bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -376,3 +378,64 @@ def test_each_point_gives_its_numbers_at_any_index(window):
     for i in range(len(laws)):
         xr.testing.assert_identical(simulate(cfg, point_indices=[i], progress=False),
                                     whole.isel(point=[i]))
+
+
+# ----------------------------------------------------------------------------
+# beyond step 0: the learning-rate schedule and the map of f when bias displaces routing
+# ----------------------------------------------------------------------------
+def _hand_cosine(t, total, final_fraction):
+    t = min(t, total)
+    return final_fraction + (1 - final_fraction) * (1 + np.cos(np.pi * t / total)) / 2
+
+
+def test_sgd_applies_the_cosine_rate_of_each_step():
+    """At every step t, the applied SGD update is lr_t times the update a unit constant rate
+    makes from the same state; lr_t is the hand-written cosine at t (not t - 1 or t + 1)."""
+    steps, f = 6, 0.2
+    sched = small(run={"steps": steps}, penalty={"type": "switch", "alpha": 0.3,
+                                                 "learning_rate": 0.5, "lr_schedule": "cosine",
+                                                 "lr_final_fraction": f})
+    unit = small(run={"steps": steps}, penalty={"type": "switch", "alpha": 0.3,
+                                                "learning_rate": 1.0})
+    init, step = learner.make_learner_simulator(sched)
+    _, unit_step = learner.make_learner_simulator(unit)
+    state = init()
+    for t in range(steps):
+        w = np.asarray(state.weight_PRED)
+        nxt, _ = step(state)
+        ref, _ = unit_step(state)
+        applied = w - np.asarray(nxt.weight_PRED)
+        gradient = w - np.asarray(ref.weight_PRED)
+        assert np.abs(gradient).max() > 1e-6
+        np.testing.assert_allclose(applied, 0.5 * _hand_cosine(t, steps, f) * gradient,
+                                   rtol=1e-10, atol=1e-15)
+        state = nxt
+
+
+@pytest.mark.parametrize("f_map", ["unbiased", "realized"])
+def test_f_map_with_a_displacing_bias(f_map):
+    """With a bias that moves selections, the balance term's f counts the unbiased top-K or
+    the routed one; the applied step is minus the gradient of the loss so assembled."""
+    cfg = small(router={"num_experts": 5}, penalty={"type": "sequence", "alpha": 0.7,
+                                                    "f_map": f_map})
+    init, step = learner.make_learner_simulator(cfg)
+    bias = np.array([0.4, -0.3, 0.0, 0.25, -0.35])
+    s0 = dataclasses.replace(init(), bias_PRE=np.broadcast_to(bias, (1, 1, 5)).copy())
+    s1, _ = step(s0)
+    w0 = np.asarray(s0.weight_PRED[0, 0])
+    inputs = _step0_inputs(cfg, 0)
+    _, x, _, _, _ = inputs
+    s = gate_fn(np, "softmax", x @ w0.T)
+    order = np.argsort(-(s + bias), axis=-1, kind="stable")[:, :2]
+    routed = np.zeros_like(s, dtype=bool)
+    np.put_along_axis(routed, order, True, axis=-1)
+    plain = np.zeros_like(routed)
+    np.put_along_axis(plain, np.argsort(-s, axis=-1, kind="stable")[:, :2], True, axis=-1)
+    assert (routed != plain).any()  # the bias displaces some selections
+    fmap = plain if f_map == "unbiased" else routed
+    fd = fd_grad(lambda w: _reference_loss(inputs, w, mask=routed, fmap=fmap)[0], w0)
+    applied = w0 - np.asarray(s1.weight_PRED[0, 0])
+    assert rel_err(applied, fd) < RTOL
+    other = routed if f_map == "unbiased" else plain
+    fd_other = fd_grad(lambda w: _reference_loss(inputs, w, mask=routed, fmap=other)[0], w0)
+    assert rel_err(applied, fd_other) > 100 * RTOL  # the choice matters here
