@@ -237,3 +237,45 @@ def test_digit_channel_refuses_softmax_and_token_choice():
         channel_expert_choice(_cfg(router={**EC, "score_function": "softmax"}), 4, 10, 0)
     with pytest.raises(ConfigError, match="router.router_type = 'token_choice'"):
         channel_expert_choice(_cfg(), 4, 10, 0)
+
+
+# ---------------------------------------------------------------------------
+# the capacity router of the leakage measurement against a hand loop
+# ---------------------------------------------------------------------------
+def _hand_capacity_route(z_DTE, bias_E, k, scale, cap, policy, seqs, length):
+    """Sigmoid gate, top-K of s + b (lower index wins ties), weights s / sum(s) * scale over
+    the chosen, then per expert keep ``cap`` tokens: largest weights (earlier token on a tie)
+    or the first in [position, sequence] order."""
+    d_cnt, t_cnt, e_cnt = z_DTE.shape
+    out = np.zeros(z_DTE.shape, dtype=bool)
+    for d in range(d_cnt):
+        s = 1.0 / (1.0 + np.exp(-z_DTE[d]))
+        routed = {e: [] for e in range(e_cnt)}  # expert -> [(sort key, token)]
+        for t in range(t_cnt):
+            chosen = sorted(range(e_cnt), key=lambda e: (-(s[t, e] + bias_E[e]), e))[:k]
+            total = sum(s[t, e] for e in chosen)
+            for e in chosen:
+                weight = s[t, e] / total * scale
+                seq, pos = divmod(t, length)
+                order = (-weight, t) if policy == "probs" else (pos, seq)
+                routed[e].append((order, t))
+        for e, items in routed.items():
+            for _, t in sorted(items)[:cap]:
+                out[d, t, e] = True
+    return out
+
+
+@pytest.mark.parametrize("policy", ["probs", "position"])
+def test_capacity_router_drops_by_gate_weight_or_position(policy):
+    cfg = _cfg(seqs=2, length=8, n=5, k=2,
+               router={"capacity_factor": 0.6, "token_drop_policy": policy,
+                       "topk_scaling_factor": 2.0})
+    setup = leakage_setup(cfg, position=4)
+    assert setup.router == "capacity" and setup.capacity < setup.block
+    rng = np.random.default_rng(7)
+    z = rng.normal(0.0, 1.5, size=(6, setup.block, 5))
+    bias = np.array([0.05, -0.1, 0.2, 0.0, -0.02])
+    got = leakage.route_block(setup, z, bias)
+    ref = _hand_capacity_route(z, bias, 2, 2.0, setup.capacity, policy, 2, 8)
+    assert ref.sum() < 6 * setup.block * 2  # capacity drops some assignments
+    np.testing.assert_array_equal(got, ref)
