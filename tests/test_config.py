@@ -152,7 +152,7 @@ def test_a_field_used_by_one_point_of_the_sweep_is_accepted():
     cfg = config_from_dict({"controller": {"momentum": 0.5},
                             "sweep": {"controller.type": ["sign", "ema"]}})
     assert [p.controller.momentum for p in cfg.points()] == [0.5, 0.5]
-    with pytest.raises(ConfigError, match="controller.momentum = 0.5: has no effect at every "
+    with pytest.raises(ConfigError, match="controller.momentum = 0.5: has no effect at any "
                                           "point of the sweep"):
         config_from_dict({"controller": {"momentum": 0.5},
                           "sweep": {"controller.type": ["sign", "proportional"]}})

@@ -72,7 +72,8 @@ def _engine_maxvio(skew, rho, steps=150):
     cfg = Config(run=RunConfig(steps=steps, record_displacement=False),
                  batch=BatchConfig(num_sequences=16, seq_length=256),
                  router=RouterConfig(num_experts=n, topk=k),
-                 traffic=TrafficConfig(skew=skew, zipf_exponent=0.3),
+                 traffic=TrafficConfig(skew=skew, **({"zipf_exponent": 0.3} if skew == "zipf"
+                                                     else {})),
                  controller=ControllerConfig(type="none"),
                  sweep=SweepConfig(parameters={"traffic.seq_correlation": [rho]}))
     mv = simulate(cfg, progress=False)["maxvio_batch"].values.ravel()

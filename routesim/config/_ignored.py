@@ -37,10 +37,10 @@ def _only(cond: Callable[[Any], bool], why: str) -> _Why:
 
 
 def _controller(*laws: str) -> _Why:
-    names = ", ".join(repr(x) for x in laws)
+    names = ", ".join(repr(x) for x in laws) + (" do" if len(laws) > 1 else " does")
     return _only(lambda p: p.controller.type in laws,
                  lambda p: f"controller.type = {p.controller.type!r} does not use it (only "
-                           f"{names} do)")
+                           f"{names})")
 
 
 def _traffic(kind: str, extra: Callable[[Any], bool] = lambda p: True,
@@ -195,14 +195,14 @@ def check_ignored(cfg: "Config", points: Sequence["Config"], set_fields: Iterabl
     for path, why in RULES.items():
         if path not in set_fields:
             continue
-        reasons = [why(p) for p in points]
-        if any(r is None for r in reasons):
+        first = why(points[0])
+        if first is None or any(why(p) is None for p in points[1:]):
             continue
         section, name = path.split(".", 1)
         value = cfg.sweep.parameters.get(path, getattr(getattr(cfg, section), name, None))
         value = list(value) if isinstance(value, tuple) else value
-        where = " at every point of the sweep" if len(points) > 1 else ""
-        raise ConfigError(f"{path} = {value!r}: has no effect{where}, {reasons[0]}; "
+        where = " at any point of the sweep" if len(points) > 1 else ""
+        raise ConfigError(f"{path} = {value!r}: has no effect{where}, {first}; "
                           "remove it")
 
 
