@@ -41,7 +41,7 @@ def deepseek_config(steps: int, skew: str = "uniform"):
         "run": {"steps": steps, "engine": "meanfield", "record_displacement": False},
         "batch": {"num_sequences": 15360, "seq_length": 4096},
         "router": {"num_experts": 256, "topk": 8, "score_function": "sigmoid"},
-        "traffic": {"skew": skew, "linear_spread": 0.5},
+        "traffic": {"skew": skew, **({"linear_spread": 0.5} if skew == "linear" else {})},
         "controller": {"type": "sign", "bias_update_rate": 1e-3},
     })
 

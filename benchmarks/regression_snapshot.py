@@ -49,7 +49,9 @@ def small_cases() -> dict[str, dict]:
     cases: dict[str, dict] = {}
     for law in CONTROLLERS:
         rate = 0.0 if law == "none" else 0.05
-        ctrl = {"type": law} if law == "none" else {"type": law, "bias_update_rate": rate}
+        # quantile balancing takes no rate (setting one is refused as having no effect)
+        ctrl = ({"type": law} if law in ("none", "quantile") else
+                {"type": law, "bias_update_rate": rate})
         cases[f"controller_{law}"] = _case(controller=ctrl)
         if law != "none":
             cases[f"controller_{law}_micro_batch"] = _case(
