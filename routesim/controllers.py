@@ -18,8 +18,8 @@ With ``c_bar = mean_i c_i`` and load fractions ``F_i = c_i / sum_j c_j``:
                    (axolotl ``AuxFreeShim.update_bias``; cap 0 = no clamp)
 ``rms``            ``b -= u (F - 1/N) / RMS(F - 1/N)`` (Su Jianlin)
 ``momentum_tanh``  ``v = beta v + (1 - beta) tanh(((c_bar - c) / c_bar) / kappa);
-                   d = u v; b += d - mean(d)`` after warm-up (SMEBU-like:
-                   the published constants are not public; this is our form)
+                   d = u v; b += d - mean(d)`` after warm-up (SMEBU-like;
+                   ``tanh_scale = 1 / kappa`` of SMEBU's ``tanh(kappa e)``)
 ``quantile``       ``b = ema * b + (1 - ema) * b_hat; b -= mean(b)`` with
                    ``b_hat`` the one-shot dual estimate of the window
                    (Megatron ``qb_dual_update``; the bias acts on logits)
@@ -70,7 +70,18 @@ def sign_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
 
 
 def sign_centred_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
-    """torchtitan's sign law, mean-centred so that ``sum(b)`` never moves."""
+    """torchtitan's sign law, mean-centred so that ``sum(b)`` never moves.
+
+    Examples
+    --------
+    One overloaded expert against three underloaded ones (mean 25): the
+    steps ``u * (-1, 1, 1, 1)`` lose their mean ``u / 2``.
+
+    >>> import numpy as np
+    >>> b = sign_centred_update(np, np.zeros(4), np.array([40., 20., 20., 20.]), 0.01)
+    >>> np.round(b, 12).tolist()
+    [-0.015, 0.005, 0.005, 0.005]
+    """
     load = xp.astype(load, bias.dtype)
     delta = rate * xp.sign(_mean(xp, load) - load)
     return bias + (delta - _mean(xp, delta))
@@ -80,6 +91,15 @@ def proportional_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
     """Proportional law on the relative error: ``b + u * (c_bar - c) / c_bar``.
 
     A window with no tokens (``c_bar = 0``) leaves the bias unchanged.
+
+    Examples
+    --------
+    Relative errors ``(25 - c) / 25`` are (-0.6, -0.2, 0.2, 0.6):
+
+    >>> import numpy as np
+    >>> b = proportional_update(np, np.zeros(4), np.array([40., 30., 20., 10.]), 0.1)
+    >>> np.round(b, 12).tolist()
+    [-0.06, -0.02, 0.02, 0.06]
     """
     load = xp.astype(load, bias.dtype)
     mean = _mean(xp, load)
@@ -98,6 +118,21 @@ def ema_update(xp: ModuleType, bias: Any, load: Any, ema: Any, rate: Any, moment
     """axolotl's EMA-filtered proportional law with centring and clamp.
 
     Returns ``(bias, ema)``. ``cap <= 0`` disables the clamp.
+
+    Examples
+    --------
+    Fractions (0.4, 0.3, 0.2, 0.1) into an empty EMA with momentum 0.5 give
+    ``m = (0.2, 0.15, 0.1, 0.05)``, steps ``1/4 - m = (0.05, 0.1, 0.15, 0.2)``
+    and, centred, (-0.075, -0.025, 0.025, 0.075); the cap 0.05 clips the ends.
+
+    >>> import numpy as np
+    >>> load = np.array([40., 30., 20., 10.])
+    >>> b, m = ema_update(np, np.zeros(4), load, np.zeros(4), 1.0, 0.5, np.float64(0.0))
+    >>> np.round(b, 12).tolist(), np.round(m, 12).tolist()
+    ([-0.075, -0.025, 0.025, 0.075], [0.2, 0.15, 0.1, 0.05])
+    >>> b, _ = ema_update(np, np.zeros(4), load, np.zeros(4), 1.0, 0.5, np.float64(0.05))
+    >>> np.round(b, 12).tolist()
+    [-0.05, -0.025, 0.025, 0.05]
     """
     n = bias.shape[-1]
     ema = momentum * ema + (1.0 - momentum) * _fractions(xp, load, bias.dtype)
@@ -108,7 +143,20 @@ def ema_update(xp: ModuleType, bias: Any, load: Any, ema: Any, rate: Any, moment
 
 
 def rms_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
-    """Su's RMS-normalised law: ``b - u (F - 1/N) / RMS(F - 1/N)`` (0 when balanced)."""
+    """Su's RMS-normalised law: ``b - u (F - 1/N) / RMS(F - 1/N)`` (0 when balanced).
+
+    Examples
+    --------
+    ``F - 1/4 = (0.15, 0.05, -0.05, -0.15)`` has RMS ``sqrt(0.0125)``, so the
+    step is ``-u (3, 1, -1, -3) / sqrt(5)``:
+
+    >>> import numpy as np
+    >>> b = rms_update(np, np.zeros(4), np.array([40., 30., 20., 10.]), 0.1)
+    >>> np.round(b, 6).tolist()
+    [-0.134164, -0.044721, 0.044721, 0.134164]
+    >>> rms_update(np, np.zeros(2), np.array([5., 5.]), 0.1).tolist()  # balanced
+    [0.0, 0.0]
+    """
     n = bias.shape[-1]
     dev = _fractions(xp, load, bias.dtype) - 1.0 / n
     rms = xp.sqrt(_mean(xp, dev * dev))
@@ -126,6 +174,19 @@ def momentum_tanh_update(xp: ModuleType, bias: Any, load: Any, velocity: Any, ra
     ``1 / kappa``, so its published constants (lambda = 5e-4, beta = 0.5,
     kappa = 2) are ``rate = 5e-4``, ``momentum = 0.5``, ``tanh_scale = 0.5``.
     Returns ``(bias, velocity)``.
+
+    Examples
+    --------
+    Relative errors (-0.6, -0.2, 0.2, 0.6) through ``tanh(e / 0.5)`` are
+    (-0.8337, -0.3799, 0.3799, 0.8337); momentum 0.5 halves them:
+
+    >>> import numpy as np
+    >>> b, v = momentum_tanh_update(np, np.zeros(4), np.array([40., 30., 20., 10.]),
+    ...                             np.zeros(4), 0.01, 0.5, 0.5)
+    >>> np.round(v, 4).tolist()
+    [-0.4168, -0.19, 0.19, 0.4168]
+    >>> np.round(b, 6).tolist()
+    [-0.004168, -0.0019, 0.0019, 0.004168]
     """
     load = xp.astype(load, bias.dtype)
     mean = _mean(xp, load)
@@ -136,14 +197,33 @@ def momentum_tanh_update(xp: ModuleType, bias: Any, load: Any, velocity: Any, ra
 
 
 def quantile_update(xp: ModuleType, bias: Any, estimate: Any, ema: Any) -> Any:
-    """Quantile balancing: blend the dual estimate into the bias, then re-centre."""
+    """Quantile balancing: blend the dual estimate into the bias, then re-centre.
+
+    Examples
+    --------
+    ``0.5 b + 0.5 b_hat = (0.25, 0, -0.1, 0.05)``, whose mean 0.05 is removed:
+
+    >>> import numpy as np
+    >>> b = quantile_update(np, np.array([0.1, 0.0, 0.0, -0.1]),
+    ...                     np.array([0.4, 0.0, -0.2, 0.2]), 0.5)
+    >>> np.round(b, 12).tolist()
+    [0.2, -0.05, -0.15, 0.0]
+    """
     new = ema * bias + (1.0 - ema) * estimate
     return new - _mean(xp, new)
 
 
 @dataclass(frozen=True)
 class ControllerParams:
-    """Per-point controller settings as host arrays of shape (P,)."""
+    """Per-point controller settings as host arrays of shape (P,).
+
+    Examples
+    --------
+    >>> from routesim import Config
+    >>> params = make_controller_params([Config()])
+    >>> params.types, params.rate_P.tolist(), params.any_quantile
+    (('sign',), [0.001], False)
+    """
 
     types: tuple[str, ...]
     rate_P: np.ndarray
@@ -160,7 +240,16 @@ class ControllerParams:
 
 
 def make_controller_params(points: Sequence[Config]) -> ControllerParams:
-    """Collect per-point controller settings (set-up, not the hot path)."""
+    """Collect per-point controller settings (set-up, not the hot path).
+
+    Examples
+    --------
+    >>> from routesim import Config
+    >>> cfg = Config().replace(**{"controller.type": "ema", "controller.momentum": 0.5})
+    >>> params = make_controller_params([Config(), cfg])
+    >>> params.types, params.momentum_P.tolist()
+    (('sign', 'ema'), [0.9, 0.5])
+    """
 
     def col(name: str) -> np.ndarray:
         return np.array([getattr(p.controller, name) for p in points], dtype=np.float64)
@@ -191,6 +280,22 @@ def update_bias(xp: ModuleType, params: ControllerParams, bias_PRE: Any, memory_
         Quantile-balancing dual estimate of the window (as a bias).
     windows_done : int
         Windows completed before this one (for warm-up).
+
+    Examples
+    --------
+    Two points, the sign law at ``u = 1e-3`` and the proportional law at
+    ``u = 0.1``, on the same window loads:
+
+    >>> import numpy as np
+    >>> from routesim import Config
+    >>> prop = Config().replace(**{"controller.type": "proportional",
+    ...                            "controller.bias_update_rate": 0.1})
+    >>> params = make_controller_params([Config(), prop])
+    >>> load = np.broadcast_to(np.array([40, 30, 20, 10]), (2, 1, 4))
+    >>> bias, _ = update_bias(np, params, np.zeros((2, 1, 4)), np.zeros((2, 1, 4)), load,
+    ...                       None, 0)
+    >>> np.round(bias[:, 0], 12).tolist()
+    [[-0.001, -0.001, 0.001, 0.001], [-0.06, -0.02, 0.02, 0.06]]
     """
     dtype = bias_PRE.dtype
 
