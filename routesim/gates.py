@@ -16,7 +16,16 @@ GATES = ("softmax", "sigmoid", "sqrtsoftplus")
 
 
 def softplus(xp: ModuleType, z: Any) -> Any:
-    """``log(1 + exp(z))`` without overflow."""
+    """``log(1 + exp(z))`` without overflow.
+
+    Examples
+    --------
+    ``log 2`` at 0; the identity far right, 0 far left (no overflow at 1000):
+
+    >>> import numpy as np
+    >>> softplus(np, np.array([0.0, 1000.0, -1000.0])).tolist()
+    [0.6931471805599453, 1000.0, 0.0]
+    """
     return xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z)))
 
 

@@ -39,7 +39,15 @@ def maxvio(load: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def cv(load: np.ndarray) -> np.ndarray:
-    """Coefficient of variation of the loads over experts (population std)."""
+    """Coefficient of variation of the loads over experts (population std).
+
+    Examples
+    --------
+    Mean 2, deviations (2, -2, 0, 0), variance 2: ``sqrt(2) / 2``.
+
+    >>> round(float(cv(np.array([4, 0, 2, 2]))), 6)
+    0.707107
+    """
     load = np.asarray(load, dtype=np.float64)
     mean = load.mean(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -47,12 +55,27 @@ def cv(load: np.ndarray) -> np.ndarray:
 
 
 def dead_experts(load: np.ndarray) -> np.ndarray:
-    """Number of experts with zero load."""
+    """Number of experts with zero load.
+
+    Examples
+    --------
+    >>> dead_experts(np.array([[4, 0, 2, 0], [1, 1, 1, 1]])).tolist()
+    [2, 0]
+    """
     return np.sum(np.asarray(load) == 0, axis=-1)
 
 
 def load_entropy(load: np.ndarray) -> np.ndarray:
-    """Entropy in bits of the load fractions (``log2 N`` when balanced)."""
+    """Entropy in bits of the load fractions (``log2 N`` when balanced).
+
+    Examples
+    --------
+    Fractions (1/2, 0, 1/4, 1/4): ``1/2 * 1 + 2 * 1/4 * 2 = 1.5`` bits; 8
+    equal loads give 3 bits.
+
+    >>> float(load_entropy(np.array([4, 0, 2, 2]))), float(load_entropy(np.ones(8)))
+    (1.5, 3.0)
+    """
     load = np.asarray(load, dtype=np.float64)
     total = load.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -62,7 +85,13 @@ def load_entropy(load: np.ndarray) -> np.ndarray:
 
 
 def bias_spread(bias: np.ndarray) -> np.ndarray:
-    """``max(b) - min(b)`` over experts."""
+    """``max(b) - min(b)`` over experts.
+
+    Examples
+    --------
+    >>> round(float(bias_spread(np.array([0.1, -0.2, 0.05]))), 12)
+    0.3
+    """
     bias = np.asarray(bias)
     return bias.max(axis=-1) - bias.min(axis=-1)
 
@@ -73,7 +102,16 @@ def flip_fraction(bias_SPRE: np.ndarray) -> np.ndarray:
     Step ``t`` compares the update ``b[t+1] - b[t]`` with ``b[t] - b[t-1]``;
     a sign change of a non-zero update is a flip (an oscillation detector,
     after axolotl's ``bias_sign_flip_frac``, which watches the sign of the
-    bias itself). The first two steps and the last are 0.
+    bias itself). The first step and the last are 0 (no update on one side).
+
+    Examples
+    --------
+    Expert 0 goes up, down, up (two flips); expert 1 goes up, then stays
+    (a zero update is no flip):
+
+    >>> b = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> flip_fraction(b).tolist()
+    [0.0, 0.5, 0.5, 0.0]
     """
     bias = np.asarray(bias_SPRE, dtype=np.float64)
     out = np.zeros(bias.shape[:-1])
@@ -86,7 +124,13 @@ def flip_fraction(bias_SPRE: np.ndarray) -> np.ndarray:
 
 
 def trailing_sum(load_SPRE: np.ndarray, window: int) -> np.ndarray:
-    """Sum of the loads over the trailing ``window`` steps (fewer at the start)."""
+    """Sum of the loads over the trailing ``window`` steps (fewer at the start).
+
+    Examples
+    --------
+    >>> trailing_sum(np.array([[1], [2], [3], [4], [5]]), 2)[:, 0].tolist()
+    [1, 3, 5, 7, 9]
+    """
     cum = np.cumsum(np.asarray(load_SPRE, dtype=np.int64), axis=0)
     out = cum.copy()
     if window < cum.shape[0]:

@@ -103,6 +103,18 @@ def adam_step(xp: ModuleType, param: Any, grad: Any, m: Any, v: Any, t: int, *, 
     Returns
     -------
     param, m, v : arrays
+
+    Examples
+    --------
+    The first update (``t = 1``) corrects ``m = 0.1 g`` and ``v = 0.001 g^2``
+    back to ``g`` and ``g^2``: each coordinate moves by ``lr`` against the
+    sign of its gradient, whatever its size.
+
+    >>> import numpy as np
+    >>> p, m, v = adam_step(np, np.ones(2), np.array([0.5, -2.0]), np.zeros(2),
+    ...                     np.zeros(2), 1, lr=0.1)
+    >>> np.round(p, 6).tolist(), np.round(m, 12).tolist(), np.round(v, 12).tolist()
+    ([0.9, 1.1], [0.05, -0.2], [0.00025, 0.004])
     """
     m = beta1 * m + (1.0 - beta1) * grad
     v = beta2 * v + (1.0 - beta2) * (grad * grad)

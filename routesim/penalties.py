@@ -288,7 +288,16 @@ def weight_grad(xp: ModuleType, grad_TE: Any, x_TD: Any) -> Any:
 
 
 def router_logits(xp: ModuleType, x_TD: Any, w_ED: Any) -> Any:
-    """Logits ``z = x @ W.T``: array (..., T, E) from (..., T, D) and (..., E, D)."""
+    """Logits ``z = x @ W.T``: array (..., T, E) from (..., T, D) and (..., E, D).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[1.0, 2.0]])                 # one token, D = 2
+    >>> w = np.array([[1.0, 0.0], [0.5, -1.0], [0.0, 1.0]])  # E = 3
+    >>> router_logits(np, x, w).tolist()
+    [[1.0, -1.5, 2.0]]
+    """
     return xp.matmul(x_TD, xp.matrix_transpose(w_ED))
 
 
