@@ -1,4 +1,4 @@
-"""Every shipped example loads and runs (a few steps), through the entry point ``routesim run`` uses."""
+"""Every shipped example loads and runs a few steps through `simulate`, as `routesim run` does."""
 
 from pathlib import Path
 
