@@ -78,6 +78,13 @@ class ChannelResult:
     saturated : bool
         Codebook channel: every codeword gave a distinct routing, so a larger
         codebook could send more.
+
+    Examples
+    --------
+    >>> res = ChannelResult(label="expert choice", block=8, position=4, messages=10,
+    ...                     bits=4.0, errors=0, recovered=4.0)
+    >>> res.per_token
+    0.5
     """
 
     label: str
@@ -142,6 +149,21 @@ def encode_expert_choice(setup: LeakageSetup, early_logits: Any, digits_ME: Any)
         Early logits as given; in expert ``i``'s column the first
         ``c - k_i`` late tokens (block order) at ``max|early| + 10``, the
         others at minus that.
+
+    Examples
+    --------
+    Capacity 4 of 8 tokens, 6 early and 2 late: to make the experts take
+    (2, 3, 4, 2) early tokens, their late columns hold 2, 1, 0 and 2 high
+    logits.
+
+    >>> import numpy as np
+    >>> from routesim.config import Config, BatchConfig, RouterConfig
+    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
+    ...              router=RouterConfig(num_experts=4, topk=2, router_type="expert_choice"))
+    >>> setup = leakage_setup(cfg, 6)
+    >>> z = encode_expert_choice(setup, np.zeros((6, 4)), np.array([[2, 3, 4, 2]]))
+    >>> z.shape, z[0, 6:].tolist()
+    ((1, 8, 4), [[10.0, 10.0, -10.0, 10.0], [10.0, -10.0, -10.0, 10.0]])
     """
     digits = np.asarray(digits_ME)
     early, late = setup.early_index, setup.late_index
@@ -166,6 +188,22 @@ def decode_expert_choice(setup: LeakageSetup, mask_MTE: Any) -> Any:
     Returns
     -------
     int array (M, E)
+
+    Examples
+    --------
+    The digits survive a pass through the Expert Choice router:
+
+    >>> import numpy as np
+    >>> from routesim.config import Config, BatchConfig, RouterConfig
+    >>> from routesim.leakage import route_block
+    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
+    ...              router=RouterConfig(num_experts=4, topk=2, router_type="expert_choice"))
+    >>> setup = leakage_setup(cfg, 6)
+    >>> early = np.random.default_rng(0).normal(size=(6, 4))
+    >>> digits = np.array([[2, 3, 4, 2], [4, 4, 2, 3]])
+    >>> mask = route_block(setup, encode_expert_choice(setup, early, digits), np.zeros(4))
+    >>> decode_expert_choice(setup, mask).tolist()
+    [[2, 3, 4, 2], [4, 4, 2, 3]]
     """
     return np.sum(np.asarray(mask_MTE)[:, setup.early_index], axis=1)
 
