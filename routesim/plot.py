@@ -58,6 +58,21 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
     Returns
     -------
     matplotlib Axes
+
+    Examples
+    --------
+    One point, two replicas: the line is the replicas' mean at each step.
+
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> mv = np.array([[[0.2, 0.4]], [[0.1, 0.3]], [[0.05, 0.15]]])  # (step, point, replica)
+    >>> ds = xr.Dataset({"maxvio_batch": (("step", "point", "replica"), mv)},
+    ...                 coords={"step": [0, 1, 2], "label": ("point", ["sign"])})
+    >>> ax = maxvio_plot(ds, smooth=1)
+    >>> ax.lines[0].get_label(), np.round(ax.lines[0].get_ydata(), 12).tolist()
+    ('sign', [0.3, 0.2, 0.1])
+    >>> import matplotlib.pyplot as plt; plt.close(ax.figure)
     """
     import matplotlib.pyplot as plt
 
@@ -86,7 +101,22 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
 
 
 def save_figure(fig: Any, stem: str | Path) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.pdf``; returns the paths."""
+    """Save ``fig`` as ``stem.png`` and ``stem.pdf``; returns the paths.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> fig, _ = plt.subplots()
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     paths = save_figure(fig, Path(d) / "figs" / "maxvio")
+    ...     found = sorted(p.name for p in paths if p.stat().st_size > 0)
+    >>> found
+    ['maxvio.pdf', 'maxvio.png']
+    >>> plt.close(fig)
+    """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]

@@ -49,6 +49,16 @@ def save(ds: xr.Dataset, path: str | Path, *, derived: Sequence[str | Path] = ()
     -------
     Path
         The written path.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> ds = xr.Dataset({"load": ("expert", [3.0, 1.0])}, attrs={"seed": 7})
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = save(ds, Path(d) / "results.nc")
+    ...     back = load(path)
+    >>> path.name, back["load"].values.tolist(), int(back.attrs["seed"])
+    ('results.nc', [3.0, 1.0], 7)
     """
     path = Path(path)
     suffix = _check_suffix(path)
@@ -135,7 +145,15 @@ def check_output_dir(path: str | Path, field: str = "out_dir") -> Path:
 
 
 def load(path: str | Path) -> xr.Dataset:
-    """Read a Dataset written by :func:`save` (fully into memory)."""
+    """Read a Dataset written by :func:`save` (fully into memory).
+
+    Examples
+    --------
+    >>> load("/nonexistent/results.nc")
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: results path '/nonexistent/results.nc': does not exist
+    """
     path = Path(path)
     suffix = _check_suffix(path)
     if not path.exists():
