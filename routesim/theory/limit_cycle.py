@@ -211,6 +211,18 @@ def map_response(mu_E: Any, bias_star_E: Any, *, topk: int, nodes: int = 48, kno
     :func:`~routesim.theory.expected_load.own_probability` on ``knots``
     offsets spanning the requested range and interpolated by a cubic spline
     (the map is smooth).
+
+    Examples
+    --------
+    Two equal experts, K = 1, sigmoid scores in (0, 1): at balance the
+    response is 0 (symmetry), and a bias step of 5 beats any score
+    difference, so the expert takes every token (``d = 1``) or none
+    (``d = -1``); the quadrature is good to about 1e-5.
+
+    >>> import numpy as np
+    >>> d = map_response(np.zeros(2), np.zeros(2), topk=1)
+    >>> (np.round(d(np.array([[0.0, 5.0], [0.0, -5.0]])), 4) + 0.0).tolist()
+    [[0.0, 1.0], [0.0, -1.0]]
     """
     from scipy.interpolate import CubicSpline
 
