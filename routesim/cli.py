@@ -2,7 +2,9 @@
 
 Progress goes to stderr (off when stderr is not a terminal), the summary to
 stdout, results and figures to ``--out``. Bad input is reported as one line
-and exit status 2, before any work starts.
+and exit status 2, before any work starts. A NaN or Inf met during the run
+(:class:`~routesim.exceptions.NumericalFault`) is reported as one line and
+exit status 3.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .exceptions import BackendError, ConfigError
+from .exceptions import BackendError, ConfigError, NumericalFault
 
 __all__ = ["main", "format_summary"]
 
@@ -209,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, BackendError) as err:
         print(f"routesim: error: {err}", file=sys.stderr)
         return 2
+    except NumericalFault as err:
+        kept = (f"; finished chunks are kept in {args.out / 'chunks'}"
+                if args.command == "sweep" else "; nothing was written")
+        print(f"routesim: numerical fault: {err}{kept}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt as err:
         print("routesim: interrupted; nothing was written", file=sys.stderr)
         return _interrupt_status(err)

@@ -1,10 +1,10 @@
 """Exceptions raised by routesim.
 
-Both subclass a builtin so that callers who catch ``ValueError`` or
-``TypeError`` keep working.
+Each subclasses a builtin so that callers who catch ``ValueError``,
+``TypeError`` or ``FloatingPointError`` keep working.
 """
 
-__all__ = ["ConfigError", "BackendError"]
+__all__ = ["ConfigError", "BackendError", "ResourceError", "NumericalFault"]
 
 
 class ConfigError(ValueError):
@@ -17,3 +17,20 @@ class ConfigError(ValueError):
 
 class BackendError(TypeError):
     """An array backend was asked for that cannot be used here."""
+
+
+class ResourceError(ConfigError):
+    """A run whose estimated memory or work is beyond what is allowed.
+
+    Raised before any allocation (:func:`routesim.resources.check`); the
+    message names the fields that drive the estimate and the estimate.
+    """
+
+
+class NumericalFault(FloatingPointError):
+    """A non-finite value (NaN or Inf) appeared in an engine's state.
+
+    Raised at the end of the first step that produced it
+    (:mod:`routesim.faults`); the one-line message names the step, the point
+    label, the variable and its likely cause.
+    """

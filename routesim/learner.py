@@ -439,16 +439,20 @@ def simulate_learner(config: Config, *, point_indices: Sequence[int] | None = No
         ``run.global_window`` steps of ``eval_load``),
         ``maxvio_global_eval_run`` and ``load_ratio_eval``.
     """
-    from . import metrics
+    from . import faults, metrics, resources
     from ._backend import to_numpy
-    from .simulate import _progress, build_dataset
+    from .simulate import _progress, _quiet, build_dataset
 
+    progress = resources.check(config, point_indices, progress)
     init, step = make_learner_simulator(config, point_indices)
+    check = faults.make_step_check(config, point_indices, get_namespace(config.run.backend))
     state = init()
     records: dict[str, list[np.ndarray]] = {}
     with _progress(progress, config.run.steps, "routesim (learning)") as bar:
         for _ in range(config.run.steps):
-            state, out = step(state)
+            with _quiet(check):
+                state, out = step(state)
+            check(state, out)
             fields = {"bias": out.bias_PRE, "load": out.load_PRE, "disp": out.displaced_PR,
                       "mvcb": out.maxvio_compute_PRC, **out.extra}
             for key, value in fields.items():

@@ -8,13 +8,14 @@ pass over the recorded loads and biases (:mod:`routesim.metrics`).
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import faults, metrics, resources
 from ._backend import to_numpy
 from .config import Config
 from .rng import entropy_of
@@ -75,12 +76,15 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
         from .learner import simulate_learner  # noqa: PLC0415 (learning engine)
 
         return simulate_learner(config, point_indices=point_indices, progress=progress)
+    from ._backend import get_namespace
     from .engine import make_simulator
 
+    progress = resources.check(config, point_indices, progress)
     init, step = make_simulator(config, point_indices)
     fields = ("bias_PRE", "load_PRE", "kept_PRE", "displaced_PR", "maxvio_compute_PRC",
               "unrouted_PR", "experts_per_token_PRJ")
-    _, rec = run_steps(step, init(), config.run.steps, fields, progress, "routesim")
+    check = faults.make_step_check(config, point_indices, get_namespace(config.run.backend))
+    _, rec = run_steps(step, init(), config.run.steps, fields, progress, "routesim", check)
     extra = {"unrouted_share": (("step", "point", "replica"), rec["unrouted_PR"])}
     if rec["experts_per_token_PRJ"] is not None:
         extra["experts_per_token"] = (("step", "point", "replica", "num_assigned"),
@@ -92,7 +96,8 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
 
 
 def run_steps(step: Any, state: Any, steps: int, fields: Sequence[str], progress: bool | None,
-              desc: str) -> tuple[Any, dict[str, np.ndarray | None]]:
+              desc: str, check: Callable[[Any, Any], None] | None = None
+              ) -> tuple[Any, dict[str, np.ndarray | None]]:
     """Run ``steps`` steps and stack the named fields of each step's output on the host.
 
     Parameters
@@ -110,6 +115,12 @@ def run_steps(step: Any, state: Any, steps: int, fields: Sequence[str], progress
         Progress bar on stderr (None: only when stderr is a terminal).
     desc : str
         Label of the progress bar.
+    check : callable (state, output) -> None, optional
+        Called after every step, before its output is recorded (e.g.
+        :func:`routesim.faults.make_step_check`, which raises
+        :class:`~routesim.exceptions.NumericalFault` on a NaN or Inf). With a
+        check, NumPy's overflow and invalid-value warnings are silenced in
+        the step: the check reports the fault instead, in one line.
 
     Returns
     -------
@@ -121,13 +132,21 @@ def run_steps(step: Any, state: Any, steps: int, fields: Sequence[str], progress
     rows: dict[str, list] = {f: [] for f in fields}
     with _progress(progress, steps, desc) as bar:
         for _ in range(steps):
-            state, out = step(state)
+            with _quiet(check):
+                state, out = step(state)
+            if check is not None:
+                check(state, out)
             for f in fields:
                 value = getattr(out, f)
                 rows[f].append(None if value is None else to_numpy(value))
             bar.update(1)
     records = {f: (None if not v or v[0] is None else np.stack(v)) for f, v in rows.items()}
     return state, records
+
+
+def _quiet(check: Any) -> Any:
+    """Silence NumPy's overflow/invalid warnings when a fault check will report them."""
+    return np.errstate(over="ignore", invalid="ignore") if check is not None else nullcontext()
 
 
 def build_dataset(config: Config, point_indices: Sequence[int] | None, *,

@@ -475,13 +475,16 @@ def simulate_meanfield(config: Config, *, point_indices: Sequence[int] | None = 
         add ``meanfield_evaluations`` (exact row evaluations of the load map)
         and the two tolerances.
     """
+    from . import faults, resources  # noqa: PLC0415 (avoid a cycle)
     from .simulate import build_dataset, run_steps  # noqa: PLC0415 (avoid a cycle)
 
+    progress = resources.check(config, point_indices, progress)
     init, step = make_meanfield_simulator(config, point_indices, tolerance=tolerance,
                                           covariance_tolerance=covariance_tolerance)
     fields = ("bias_PRE", "load_PRE", "kept_PRE", "displaced_PR", "maxvio_compute_PRC")
+    check = faults.make_step_check(config, point_indices, get_namespace(config.run.backend))
     state, rec = run_steps(step, init(), config.run.steps, fields, progress,
-                           "routesim meanfield")
+                           "routesim meanfield", check)
     ds = build_dataset(config, point_indices, bias_SPRE=rec["bias_PRE"],
                        load_SPRE=rec["load_PRE"], kept_SPRE=rec["kept_PRE"],
                        displaced_SPR=rec["displaced_PR"],

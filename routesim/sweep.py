@@ -44,6 +44,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from .config import Config, config_from_dict
+from . import resources
 from .exceptions import ConfigError
 from .store import check_output_dir, load, save
 
@@ -337,6 +338,9 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
     """
     if workers < 1:
         raise ConfigError(f"workers = {workers}: must be an integer >= 1")
+    # one chunk per worker in memory at once; refused before anything is written
+    resources.check(config, range(min(points_per_chunk, config.num_points)), False,
+                    copies=1 if executor is not None else min(workers, config.num_points))
     out_dir = check_output_dir(out_dir, "out_dir")
     config_json = config.to_json()
     fingerprint = _fingerprint(config)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from ..exceptions import ConfigError
 from ._checks import _DATACLASS, _check_types, _require
+from ._numerics import MAX_POINTS, check_numerics
 from ._ignored import check_ignored, check_kernel, set_fields_by_value
 from ._trace import check_trace
 from .penalty import PenaltyConfig
@@ -55,6 +56,9 @@ class SweepConfig:
             lengths = {k: len(v) for k, v in params.items()}
             _require(len(set(lengths.values())) == 1, "sweep.mode", self.mode,
                      f"'zip' needs lists of equal length, got {lengths}")
+        _require(self.num_points <= MAX_POINTS, "sweep.parameters", f"<{self.num_points} points>",
+                 f"at most {MAX_POINTS} points (each is built and checked when the config is "
+                 "read); split the sweep into several configs")
         if self.labels is not None:
             _require(len(self.labels) == self.num_points, "sweep.labels", list(self.labels),
                      f"must have one label per point ({self.num_points})")
@@ -166,6 +170,7 @@ class Config:
             _require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
                      "a learnable router or a penalty needs traffic.kind = 'features'")
         self._check_learning()
+        check_numerics(self)
 
     def _check_learning(self) -> None:
         """Rules of the learning router (routesim.learner)."""

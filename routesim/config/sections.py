@@ -8,6 +8,7 @@ from typing import Literal
 
 from ..exceptions import ConfigError
 from ._checks import _DATACLASS, _check_types, _positive, _require
+from ._numerics import parse_bytes
 
 __all__ = ["RunConfig", "BatchConfig", "TrafficConfig", "RouterConfig", "ControllerConfig",
            "CONTROLLER_TYPES"]
@@ -64,6 +65,12 @@ class RunConfig:
         (CuPy backend) are compiled kernels for popularity traffic with
         normal noise, dropless token choice; ``auto`` picks the compiled one
         where it applies. All give the same counts up to float32 near-ties.
+    max_memory : int > 0, str or None
+        Memory a run may use: bytes, or a string such as ``"8GB"`` or
+        ``"512MiB"`` (k, M, G, T are powers of 1000; Ki, Mi, Gi, Ti of
+        1024). None: the memory available when the run starts
+        (``MemAvailable``). A run whose estimated peak memory
+        (:mod:`routesim.resources`) exceeds it is refused before it starts.
     """
 
     steps: int = 200
@@ -76,14 +83,23 @@ class RunConfig:
     record_displacement: bool = True
     common_random_numbers: bool = False
     kernel: Literal["auto", "generic", "numba", "cuda"] = "auto"
+    max_memory: int | str | None = None
 
     def __post_init__(self) -> None:
         _check_types(self, "run")
+        if self.max_memory is not None:
+            parse_bytes("run.max_memory", self.max_memory)
         _require(self.steps >= 1, "run.steps", self.steps, "must be an integer >= 1")
         _require(self.replicas >= 1, "run.replicas", self.replicas, "must be an integer >= 1")
         _require(0 <= self.seed < 2**63, "run.seed", self.seed, "must be an integer in [0, 2**63)")
         _require(self.global_window >= 1, "run.global_window", self.global_window,
                  "must be an integer >= 1")
+
+    @property
+    def max_memory_bytes(self) -> int | None:
+        """``max_memory`` in bytes (None when unset)."""
+        return None if self.max_memory is None else parse_bytes("run.max_memory",
+                                                                self.max_memory)
 
 
 @dataclass(**_DATACLASS)
