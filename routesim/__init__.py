@@ -45,7 +45,7 @@ from .config import (
     load_config,
 )
 from .engine import make_simulator
-from .exceptions import BackendError, ConfigError
+from .exceptions import BackendError, ConfigError, NumericalFault, ResourceError
 from .leakage import measure_leakage
 from .learner import make_learner_simulator, simulate_learner
 from .simulate import simulate
@@ -71,6 +71,8 @@ __all__ = [
     "config_from_dict",
     "load",
     "load_config",
+    "NumericalFault",
+    "ResourceError",
     "make_learner_simulator",
     "make_meanfield_simulator",
     "make_simulator",

@@ -33,6 +33,18 @@ def _check_suffix(path: Path) -> str:
     return path.suffix
 
 
+def _without_string_widths(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy without the string widths read from an earlier file.
+
+    Datasets joined from chunk files carry each chunk's string width in their
+    encoding; a longer label in another chunk would not fit it.
+    """
+    ds = ds.copy(deep=False)
+    for var in ds.variables.values():
+        var.encoding.pop("char_dim_name", None)
+    return ds
+
+
 def save(ds: xr.Dataset, path: str | Path, *, derived: Sequence[str | Path] = ()) -> Path:
     """Write ``ds`` atomically to ``path`` (``.nc`` or ``.zarr``).
 
@@ -62,6 +74,7 @@ def save(ds: xr.Dataset, path: str | Path, *, derived: Sequence[str | Path] = ()
     """
     path = Path(path)
     suffix = _check_suffix(path)
+    ds = _without_string_widths(ds)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp = tmp_dir / path.name
