@@ -43,8 +43,8 @@ import numpy as np
 
 from routesim import simulate
 from routesim.config import config_from_dict
-from routesim.leakage import leakage_setup, measure_leakage
-from routesim.leakage_channel import channel_codebook, channel_expert_choice
+from routesim.leakage.measure import leakage_setup, measure_leakage
+from routesim.leakage.channel import channel_codebook, channel_expert_choice
 from routesim.theory import leakage_bound, leakage_exact, leakage_limit, leakage_split
 
 N, K = 16, 2

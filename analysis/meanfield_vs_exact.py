@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from routesim import simulate
 from routesim.config import config_from_dict
-from routesim.surrogate import compare_engines
+from routesim.engines.meanfield import compare_engines
 
 TOLERANCE = 0.10
 

@@ -25,7 +25,7 @@ import numpy as np
 from routesim import ConfigError
 from routesim.config import (BatchConfig, Config, ControllerConfig, RouterConfig, RunConfig,
                              SweepConfig, TrafficConfig)
-from routesim.simulate import simulate
+from routesim.run import simulate
 from routesim.theory import (critical_rate, cycle_maxvio, equilibrium, jacobian, loop_gains,
                              map_plant, relay_cycle, selection_covariance)
 from routesim.theory.maxvio import load_error_covariance

@@ -73,7 +73,7 @@ from routesim.config import (
     SweepConfig,
     TrafficConfig,
 )
-from routesim.simulate import simulate
+from routesim.run import simulate
 from routesim.theory import (
     critical_rate,
     cycle_maxvio,

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from routesim import config_from_dict  # noqa: E402
 from routesim._backend import to_numpy  # noqa: E402
-from routesim.engine import make_simulator  # noqa: E402
+from routesim.engines.exact import make_simulator  # noqa: E402
 from routesim.traffic import popularity  # noqa: E402
 
 RATES = [float(x) for x in np.logspace(-4, -2, 8)]
@@ -120,8 +120,8 @@ def profile_numba(n: int = 64, k: int = 8, segments: int = 40, tokens: int = 409
     segments of fresh draws, on blocks of 256 tokens (the kernel uses 64) to
     keep the cost of the Python calls small (about 4 ns per token and stage).
     """
-    from routesim import _kernel_numba as kn
-    from routesim import _numba_math as nm
+    from routesim.engines.kernels import numba as kn
+    from routesim.engines.kernels import numba_math as nm
     from routesim import rng
 
     F, U = np.float32, np.uint64

@@ -32,7 +32,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from routesim.config import config_from_dict  # noqa: E402
-from routesim.surrogate import make_meanfield_simulator  # noqa: E402
+from routesim.engines.meanfield import make_meanfield_simulator  # noqa: E402
 
 
 def deepseek_config(steps: int, skew: str = "uniform"):

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from routesim import config_from_dict, load_config, simulate
+from routesim import config_from_dict, load_config
+from routesim import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 

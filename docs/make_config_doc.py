@@ -37,7 +37,7 @@ def _attributes(cls) -> dict[str, str]:
 
 def render() -> str:
     lines = ["# Configuration reference", "",
-             "Generated from the dataclasses in `routesim/config.py` by "
+             "Generated from the dataclasses in `routesim/config/` by "
              "`python docs/make_config_doc.py`. Every field can be set in a TOML section of the "
              "same name; unknown keys are refused.", "",
              "A field that would have no effect in the chosen mode is refused too, naming the "

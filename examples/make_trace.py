@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from routesim import config_from_dict
-from routesim.engine import make_simulator  # noqa: F401  (documents the source)
+from routesim.engines.exact import make_simulator  # noqa: F401  (documents the source)
 from routesim import traffic
 from routesim.rng import point_keys
 

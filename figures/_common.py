@@ -6,7 +6,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from routesim import load, load_config, save, simulate
+from routesim import load, load_config, save
+from routesim import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 

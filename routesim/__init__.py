@@ -44,13 +44,13 @@ from .config import (
     config_from_dict,
     load_config,
 )
-from .engine import make_simulator
+from .engines.exact import make_simulator
 from .exceptions import BackendError, ConfigError, NumericalFault, ResourceError
-from .leakage import measure_leakage
-from .learner import make_learner_simulator, simulate_learner
-from .simulate import simulate
+from .leakage.measure import measure_leakage
+from .engines.learner import make_learner_simulator, simulate_learner
+from .run import simulate
 from .store import load, save
-from .surrogate import make_meanfield_simulator, simulate_meanfield
+from .engines.meanfield import make_meanfield_simulator, simulate_meanfield
 from .sweep import run_sweep
 from . import theory  # noqa: E402  (``routesim.theory.X`` after ``import routesim``)
 

@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 @_sigterm_as_interrupt
 def _run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .simulate import simulate
+    from .run import simulate
 
     cfg = load_config(args.config)
     changes = {}

@@ -103,7 +103,7 @@ class Estimate:
 
 def _chunk_tokens(config: Any, points: int) -> int:
     """Tokens the exact engine routes at once (see ``engine._chunk_sequences``)."""
-    from .engine import ENGINE_CHUNK_ELEMENTS
+    from .engines.exact import ENGINE_CHUNK_ELEMENTS
 
     b, r = config.batch, config.router
     per_mb = b.sequences_per_micro_batch

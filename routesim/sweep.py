@@ -97,7 +97,7 @@ _writing: Path | None = None
 def _simulate_chunk(config_json: str, point_indices: list[int], path: str) -> str:
     """Worker: simulate one chunk and write it atomically (runs in a subprocess)."""
     global _writing
-    from .simulate import simulate
+    from .run import simulate
 
     cfg = config_from_dict(json.loads(config_json))
     _writing = Path(path)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from routesim import config_from_dict, engine, simulate, traffic
-from routesim.engine import make_simulator
+from routesim import config_from_dict, traffic
+from routesim.engines import exact as engine
+from routesim import simulate
+from routesim.engines.exact import make_simulator
 from routesim.gates import gate
 from routesim.rng import point_keys
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from routesim import load_config, simulate
+from routesim import load_config
+from routesim import simulate
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
 

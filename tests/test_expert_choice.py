@@ -6,11 +6,12 @@ import scipy.stats
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routesim import ConfigError, simulate, traffic
+from routesim import ConfigError, traffic
+from routesim import simulate
 from routesim._backend import to_numpy
 from routesim.config import config_from_dict
-from routesim.engine import make_simulator
-from routesim.expert_choice import (
+from routesim.engines.exact import make_simulator
+from routesim.routing.expert_choice import (
     expert_choice_capacity,
     expert_choice_mask,
     experts_per_token,

@@ -6,7 +6,8 @@ import copy
 import numpy as np
 import pytest
 
-from routesim import config_from_dict, controllers, simulate
+from routesim import config_from_dict, controllers
+from routesim import simulate
 from routesim.cli import main
 from routesim.exceptions import ConfigError, NumericalFault
 

@@ -9,7 +9,8 @@ glue is checked here on the CPU against a NumPy stand-in for the launch.
 import numpy as np
 import pytest
 
-from routesim import config_from_dict, rng, simulate
+from routesim import config_from_dict, rng
+from routesim import simulate
 from routesim._backend import cupy_available, to_numpy
 from routesim.gates import gate
 from routesim.routing import select_topk
@@ -43,7 +44,7 @@ VARIANTS = {
 
 
 def test_cuda_module_imports_without_a_gpu():
-    from routesim import _kernel_cuda
+    from routesim.engines.kernels import cuda as _kernel_cuda
 
     assert "route_tokens" in _kernel_cuda.CUDA_SOURCE
 
@@ -87,7 +88,8 @@ def _host_launch(n, k, gate_code, mult, disp):
 @pytest.mark.parametrize("variant", ["sigmoid", "softmax", "correlated", "multiplicative"])
 def test_cuda_host_glue_matches_the_generic_engine(variant, monkeypatch):
     """make_cuda_router's padding, arguments and reshapes, with a host launch."""
-    from routesim import _kernel_cuda, _kernels
+    from routesim.engines.kernels import cuda as _kernel_cuda
+    from routesim.engines import kernels as _kernels
 
     monkeypatch.setattr(_kernel_cuda, "_compiled", _host_launch)
     cfg = _cfg("numpy", "generic", **VARIANTS[variant])

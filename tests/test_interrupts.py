@@ -192,7 +192,7 @@ def _uncreatable(tmp_path):
 
 @pytest.mark.parametrize("command", ["run", "sweep"])
 def test_uncreatable_out_refused_before_work(tiny, tmp_path, capsys, monkeypatch, command):
-    engine = importlib.import_module("routesim.simulate")  # the module, not the function
+    engine = importlib.import_module("routesim.run")  # the module, not the function
 
     def no_work(*args, **kwargs):
         raise AssertionError("simulated before the output was checked")

@@ -7,16 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routesim import ConfigError, config_from_dict, rng, simulate
-from routesim._kernels import choose_kernel, numba_available, unsupported_reason
+from routesim import ConfigError, config_from_dict, rng
+from routesim import simulate
+from routesim.engines.kernels import choose_kernel, numba_available, unsupported_reason
 from routesim.gates import gate
 from routesim.routing import select_topk
 
 pytestmark = pytest.mark.skipif(not numba_available()[0], reason=numba_available()[1])
 
 if numba_available()[0]:
-    from routesim import _kernel_numba as kn
-    from routesim import _numba_math as nm
+    from routesim.engines.kernels import numba as kn
+    from routesim.engines.kernels import numba_math as nm
 
 
 def _cfg(kernel, **over):
@@ -232,7 +233,7 @@ def test_kernel_choice_and_refusals(monkeypatch):
     import array_api_strict
 
     assert choose_kernel(cfg.points(), array_api_strict) == "generic"
-    import routesim._kernels as K
+    import routesim.engines.kernels as K
 
     monkeypatch.setattr(K, "numba_available", lambda: (False, "Numba is not installed"))
     assert choose_kernel(cfg.points(), np) == "generic"

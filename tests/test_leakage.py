@@ -8,9 +8,10 @@ import pytest
 import scipy.stats
 
 import routesim
-from routesim import ConfigError, leakage
+from routesim import ConfigError
+from routesim.leakage import measure as leakage
 from routesim.config import config_from_dict
-from routesim.entropy import (
+from routesim.leakage.entropy import (
     draws_needed,
     entropy_chao_shen,
     entropy_ci,
@@ -18,8 +19,8 @@ from routesim.entropy import (
     entropy_of_labels,
     entropy_plugin,
 )
-from routesim.leakage import CONTEXT_STREAM, block_logits, leakage_setup, measure_leakage
-from routesim.leakage_channel import (
+from routesim.leakage.measure import CONTEXT_STREAM, block_logits, leakage_setup, measure_leakage
+from routesim.leakage.channel import (
     channel_codebook,
     channel_expert_choice,
     decode_expert_choice,

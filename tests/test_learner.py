@@ -8,8 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from routesim import ConfigError, config_from_dict, learner, noisy_gate, penalties, routing
-from routesim import simulate, task_proxy, traffic
+from routesim import ConfigError, config_from_dict, routing
+from routesim.engines import learner
+from routesim.learning import noisy_gate
+from routesim.learning import penalties
+from routesim import traffic
+from routesim import simulate
+from routesim.learning import task_proxy
 from routesim.cli import main as cli_main
 from routesim.gates import gate as gate_fn
 from routesim.gates import softplus

@@ -82,7 +82,8 @@ def _check_maxvio_compute(ds, seen, steps, seqs, sizes):
 
 
 def test_exact_engine_maxvio_compute_against_per_sequence_loads(monkeypatch):
-    from routesim import config_from_dict, simulate
+    from routesim import config_from_dict
+    from routesim import simulate
 
     sizes = [1, 2, 8]
     cfg = config_from_dict({
@@ -98,7 +99,8 @@ def test_exact_engine_maxvio_compute_against_per_sequence_loads(monkeypatch):
 
 
 def test_learning_engine_maxvio_compute_against_per_sequence_loads(monkeypatch):
-    from routesim import config_from_dict, simulate
+    from routesim import config_from_dict
+    from routesim import simulate
 
     sizes = [1, 2, 4, 8]
     cfg = config_from_dict({
@@ -135,7 +137,8 @@ def test_trailing_sum_against_a_loop(window):
 
 
 def test_maxvio_global_uses_the_run_global_window():
-    from routesim import config_from_dict, simulate
+    from routesim import config_from_dict
+    from routesim import simulate
 
     cfg = config_from_dict({
         "run": {"steps": 8, "seed": 2, "global_window": 3, "record_displacement": False},
@@ -171,7 +174,8 @@ def test_flip_fraction_against_a_loop_with_still_experts():
 
 
 def test_flip_fraction_is_zero_without_a_controller():
-    from routesim import config_from_dict, simulate
+    from routesim import config_from_dict
+    from routesim import simulate
 
     cfg = config_from_dict({
         "run": {"steps": 6, "seed": 1, "record_displacement": False},

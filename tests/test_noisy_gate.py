@@ -6,7 +6,7 @@ import pytest
 from scipy.special import softmax
 from scipy.stats import norm
 
-from routesim import noisy_gate
+from routesim.learning import noisy_gate
 from routesim.gates import softplus
 
 from _numerics import fd_grad, rel_err

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routesim import optim
+from routesim.learning import optim
 
 
 def adam_reference(w0, grads, lr, b1=0.9, b2=0.999, eps=1e-8):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.special import expit, logsumexp, softmax
 
-from routesim import penalties
+from routesim.learning import penalties
 
 from _numerics import fd_grad, rel_err
 

@@ -5,7 +5,8 @@ import tracemalloc
 
 import pytest
 
-from routesim import config_from_dict, resources, simulate
+from routesim import config_from_dict, resources
+from routesim import simulate
 from routesim.cli import main
 from routesim.config import RunConfig
 from routesim.exceptions import ConfigError, ResourceError

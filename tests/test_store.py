@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from routesim import ConfigError, config_from_dict, load, save, simulate
+from routesim import ConfigError, config_from_dict, load, save
+from routesim import simulate
 
 
 @pytest.fixture(scope="module")

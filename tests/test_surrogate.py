@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from routesim import ConfigError, controllers, simulate
+from routesim import ConfigError, controllers
+from routesim import simulate
 from routesim.config import config_from_dict
-from routesim.surrogate import (
+from routesim.engines.meanfield import (
     compare_engines,
     threshold_design_effect,
     make_meanfield_simulator,

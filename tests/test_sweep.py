@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from routesim import ConfigError, config_from_dict, load_config, simulate
+from routesim import ConfigError, config_from_dict, load_config
+from routesim import simulate
 from routesim.cli import main
 from routesim.store import load
 from routesim.sweep import plan_chunks, run_sweep

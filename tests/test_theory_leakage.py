@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from routesim import ConfigError
-from routesim.expert_choice import expert_choice_mask
+from routesim.routing.expert_choice import expert_choice_mask
 from routesim.theory import leakage_bound, leakage_exact, leakage_limit, leakage_split
 
 

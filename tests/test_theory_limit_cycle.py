@@ -23,7 +23,7 @@ from routesim.config import (
     TrafficConfig,
 )
 from routesim.controllers import sign_centred_update, sign_update
-from routesim.simulate import simulate
+from routesim.run import simulate
 from routesim.theory import (
     equilibrium,
     harmonic_balance,

@@ -13,7 +13,7 @@ import pytest
 from routesim import ConfigError
 from routesim.config import BatchConfig, Config, ControllerConfig, RouterConfig, RunConfig
 from routesim.config import SweepConfig, TrafficConfig
-from routesim.simulate import simulate
+from routesim.run import simulate
 from routesim.theory import (
     design_effect,
     expected_max_gaussian,

@@ -23,7 +23,7 @@ from routesim.config import (
     SweepConfig,
     TrafficConfig,
 )
-from routesim.simulate import simulate
+from routesim.run import simulate
 from routesim.theory import (
     closed_loop_poles,
     critical_rate,

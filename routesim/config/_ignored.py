@@ -220,7 +220,7 @@ def check_kernel(points: Sequence["Config"]) -> None:
     if run.backend != need:
         raise ConfigError(f"run.kernel = {want!r}: needs run.backend = {need!r} (the engine "
                           f"runs on {run.backend!r}); use 'auto' or 'generic'")
-    from .._kernels import unsupported_reason  # noqa: PLC0415 (imports the engine side)
+    from ..engines.kernels import unsupported_reason  # noqa: PLC0415 (imports the engine side)
 
     reason = unsupported_reason(points)
     if reason is not None:

@@ -173,7 +173,7 @@ class Config:
         check_numerics(self)
 
     def _check_learning(self) -> None:
-        """Rules of the learning router (routesim.learner)."""
+        """Rules of the learning router (routesim.engines.learner)."""
         pen, r = self.penalty, self.router
         if not pen.learn:
             if pen.active:

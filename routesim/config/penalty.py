@@ -16,14 +16,14 @@ class PenaltyConfig:
 
     With ``learn = true`` the router weights ``W`` (and, for the noisy gate,
     ``W_noise``) take one optimizer step per global batch on the task-loss
-    proxy (:mod:`routesim.task_proxy`) plus the penalties
-    (:mod:`routesim.penalties`, :mod:`routesim.noisy_gate`); a bias
+    proxy (:mod:`routesim.learning.task_proxy`) plus the penalties
+    (:mod:`routesim.learning.penalties`, :mod:`routesim.learning.noisy_gate`); a bias
     controller may run beside them. See ``docs/penalties.md``.
 
     Attributes
     ----------
     learn : bool
-        Train the router weights (runs :mod:`routesim.learner`).
+        Train the router weights (runs :mod:`routesim.engines.learner`).
     type : {"none", "switch", "sequence", "global_batch"}
         Auxiliary balance loss ``alpha * N * sum_i f_i P_i`` per micro-batch,
         per sequence, or with ``f`` accumulated over the global batch.

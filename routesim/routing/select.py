@@ -30,7 +30,7 @@ import math
 from types import ModuleType
 from typing import Any
 
-from ._backend import bincount, is_numpy, one_hot, topk_indices
+from .._backend import bincount, is_numpy, one_hot, topk_indices
 
 __all__ = [
     "selection_scores",

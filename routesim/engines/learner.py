@@ -1,7 +1,7 @@
 """The learning engine: a router whose weights take gradient steps, beside the bias.
 
 ``make_learner_simulator(config)`` returns a pure ``(init, step)`` pair like
-:func:`routesim.engine.make_simulator`; :func:`simulate` dispatches here when
+:func:`routesim.engines.exact.make_simulator`; :func:`simulate` dispatches here when
 ``penalty.learn`` is true. One step is one global batch and one optimizer
 step:
 
@@ -10,8 +10,8 @@ step:
 2. scores, then biased top-K selection per micro-batch; the bias controller
    (:func:`routesim.controllers.update_bias`) closes its window after a
    micro-batch, the global batch or n steps, exactly as in the exact engine;
-3. the task-loss proxy (:mod:`routesim.task_proxy`) and the penalties
-   (:mod:`routesim.penalties`, :mod:`routesim.noisy_gate`), each with its
+3. the task-loss proxy (:mod:`routesim.learning.task_proxy`) and the penalties
+   (:mod:`routesim.learning.penalties`, :mod:`routesim.learning.noisy_gate`), each with its
    analytic gradient on the logits, turned into gradients on ``W``;
 4. interference: cosine between the task and penalty gradients on ``W`` and
    the share of the task gradient the penalty cancels;
@@ -29,7 +29,7 @@ initial router, tokens and gate noise, so that a sweep over penalties and
 controllers is a paired comparison of the treatments alone.
 
 Penalty weights and the learning rate follow their schedules
-(:mod:`routesim.optim`) and are reported per step. Everything is computed
+(:mod:`routesim.learning.optim`) and are reported per step. Everything is computed
 for all points and replicas at once; points may differ in penalty type,
 weights, learning rate, rich-get-richer strength and controller.
 
@@ -46,11 +46,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import controllers, noisy_gate, optim, penalties, rng, routing, task_proxy, traffic
-from ._backend import get_namespace, one_hot
-from .config import Config
-from .exceptions import ConfigError
-from .gates import gate
+from ..learning import noisy_gate, optim, penalties, task_proxy
+from .. import controllers, rng, routing, traffic
+from .._backend import get_namespace, one_hot
+from ..config import Config
+from ..exceptions import ConfigError
+from ..gates import gate
 
 __all__ = ["LearnerState", "LearnerOutput", "make_learner_simulator", "simulate_learner",
            "NOISE_STREAM"]
@@ -439,9 +440,9 @@ def simulate_learner(config: Config, *, point_indices: Sequence[int] | None = No
         ``run.global_window`` steps of ``eval_load``),
         ``maxvio_global_eval_run`` and ``load_ratio_eval``.
     """
-    from . import faults, metrics, resources
-    from ._backend import to_numpy
-    from .simulate import _progress, _quiet, build_dataset
+    from .. import faults, metrics, resources
+    from .._backend import to_numpy
+    from ..run import _progress, _quiet, build_dataset
 
     progress = resources.check(config, point_indices, progress)
     init, step = make_learner_simulator(config, point_indices)

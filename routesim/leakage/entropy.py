@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.stats
 
-from .exceptions import ConfigError
+from ..exceptions import ConfigError
 
 __all__ = [
     "ESTIMATORS",

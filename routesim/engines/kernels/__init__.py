@@ -1,16 +1,16 @@
 """Compiled routing kernels: which one runs, and the glue to the engine.
 
-The engine's array code (:func:`routesim.engine.make_simulator`, "generic")
+The engine's array code (:func:`routesim.engines.exact.make_simulator`, "generic")
 runs everything on any namespace. For the common case, popularity traffic
 with normal noise, token-choice routing without capacity, two compiled
 kernels compute the same routed counts without materialising the
 (P, R, T, E) arrays:
 
 ``numba``
-    CPU, NumPy backend (:mod:`routesim._kernel_numba`; needs the ``fast``
+    CPU, NumPy backend (:mod:`routesim.engines.kernels.numba`; needs the ``fast``
     extra). Thresholded exact top-K over both cores.
 ``cuda``
-    GPU, CuPy backend (:mod:`routesim._kernel_cuda`): one thread per token.
+    GPU, CuPy backend (:mod:`routesim.engines.kernels.cuda`): one thread per token.
 
 Both draw the same counter-based random numbers as :mod:`routesim.rng` and
 break exact ties of the selection score as the generic path does (the lower
@@ -31,10 +31,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import rng, traffic
-from ._backend import is_numpy
-from .config import Config
-from .exceptions import ConfigError
+from ... import rng, traffic
+from ..._backend import is_numpy
+from ...config import Config
+from ...exceptions import ConfigError
 
 __all__ = ["KERNELS", "numba_available", "unsupported_reason", "choose_kernel", "make_router"]
 
@@ -171,7 +171,7 @@ def make_router(points: Sequence[Config], xp: ModuleType, keys_PR: Any,
         return rng.noise(xp, "normal", keys_PR, step, rng.Stream.SEQUENCE, rows, n, xp.float32)
 
     if kind == "numba":
-        from ._kernel_numba import route_counts
+        from .numba import route_counts
 
         def route(tstate, bias_PRE, step, token_start, n_seqs):
             bases = rng.stream_base(np, keys_PR, step, rng.Stream.NOISE).reshape(-1)
@@ -187,7 +187,7 @@ def make_router(points: Sequence[Config], xp: ModuleType, keys_PR: Any,
             return counts.reshape(p, r, n_seqs, n), disp_PR
 
         return route
-    from ._kernel_cuda import make_cuda_router
+    from .cuda import make_cuda_router
 
     return make_cuda_router(xp, keys_PR, L, n, k, router.score_function, mult,
                             run.record_displacement, scale_Q, rho_Q if use_rho else None,

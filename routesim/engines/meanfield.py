@@ -42,7 +42,7 @@ inside the fluctuation (``sqrt(n p)``) where the surrogate is trusted.
 The controllers (:func:`routesim.controllers.update_bias`), their windows
 (micro-batch, global batch, every n steps), capacity (``kept = min(c, cap)``
 per micro-batch, which is what dropping does to counts under either
-policy), popularity drift and the metrics of :func:`routesim.simulate.build_dataset`
+policy), popularity drift and the metrics of :func:`routesim.run.build_dataset`
 are those of the exact engine. Random numbers come from
 :mod:`routesim.rng` (stream ``MEANFIELD``, row = global block index), so a
 point's results do not depend on which points ran beside it.
@@ -65,12 +65,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import special
 
-from . import controllers, rng, traffic
-from ._backend import get_namespace, to_numpy
-from .config import Config
-from .engine import StepOutput
-from .exceptions import ConfigError
-from .routing import capacity
+from .. import controllers, rng, traffic
+from .._backend import get_namespace, to_numpy
+from ..config import Config
+from .exact import StepOutput
+from ..exceptions import ConfigError
+from ..routing import capacity
 
 __all__ = [
     "COVARIANCE_TOLERANCE",
@@ -94,7 +94,7 @@ COVARIANCE_TOLERANCE = 0.25
 
 def _theory() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
     """Load map, selection covariance and Jacobian (imported late: optional engine)."""
-    from .theory.expected_load import jacobian, load_map, selection_covariance  # noqa: PLC0415
+    from ..theory.expected_load import jacobian, load_map, selection_covariance  # noqa: PLC0415
 
     return load_map, selection_covariance, jacobian
 
@@ -189,7 +189,7 @@ class MeanFieldState:
     step : int
         Index of the next step.
     bias_PRE, memory_PRE : arrays (P, R, E)
-        Bias and controller memory, as in :class:`routesim.engine.SimState`.
+        Bias and controller memory, as in :class:`routesim.engines.exact.SimState`.
     window_load_PRE : int array (P, R, E)
         Loads counted so far in the controller window.
     window_batches, windows_done : int
@@ -278,7 +278,7 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
     Returns
     -------
     init : callable () -> MeanFieldState
-    step : callable (MeanFieldState) -> (MeanFieldState, routesim.engine.StepOutput)
+    step : callable (MeanFieldState) -> (MeanFieldState, routesim.engines.exact.StepOutput)
     """
     all_points = config.points()
     point_indices = list(range(len(all_points)) if point_indices is None else point_indices)
@@ -475,8 +475,8 @@ def simulate_meanfield(config: Config, *, point_indices: Sequence[int] | None = 
         add ``meanfield_evaluations`` (exact row evaluations of the load map)
         and the two tolerances.
     """
-    from . import faults, resources  # noqa: PLC0415 (avoid a cycle)
-    from .simulate import build_dataset, run_steps  # noqa: PLC0415 (avoid a cycle)
+    from .. import faults, resources  # noqa: PLC0415 (avoid a cycle)
+    from ..run import build_dataset, run_steps  # noqa: PLC0415 (avoid a cycle)
 
     progress = resources.check(config, point_indices, progress)
     init, step = make_meanfield_simulator(config, point_indices, tolerance=tolerance,

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import is_numpy
-from .gates import softplus
+from .._backend import is_numpy
+from ..gates import softplus
 from .penalties import _sigmoid, cv_squared, group_tokens
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Compiled CPU kernel (Numba) for token-choice routing of popularity traffic.
 
-It computes the same numbers as the array code of :mod:`routesim.engine`
+It computes the same numbers as the array code of :mod:`routesim.engines.exact`
 (logits from :func:`routesim.rng.standard_normal`, gate, biased top-K,
 counts per sequence) without materialising the (P, R, T, E) arrays, and it
 evaluates the gate exactly only where the selection needs it.
@@ -28,7 +28,7 @@ Ties: among equal selection scores the lower expert index wins, as in
 -expert)``; the insertion sort is strict and visits experts in index order).
 Displacement uses the same rule for the unbiased top-K.
 
-The float32 functions of :mod:`routesim._numba_math` (Cephes-style ``log``,
+The float32 functions of :mod:`routesim.engines.kernels.numba_math` (Cephes-style ``log``,
 ``exp``, ``sin``/``cos``) agree with NumPy's to about one unit in the last
 place; where they round alike, selections equal the array path's, exact ties
 included.
@@ -44,7 +44,7 @@ import os
 
 import numpy as np
 
-from ._numba_math import (FASTMATH, ONE, ZERO, bm_pairs, expf, gate1, hash_pairs, njit,
+from .numba_math import (FASTMATH, ONE, ZERO, bm_pairs, expf, gate1, hash_pairs, njit,
                           order_key)
 
 try:  # Numba is optional (the ``fast`` extra): without it this module imports, unusable.

@@ -48,7 +48,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from ._backend import one_hot, topk_indices
+from .._backend import one_hot, topk_indices
 
 __all__ = [
     "PENALTY_TYPES",

@@ -22,8 +22,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from .exceptions import ConfigError
-from .routing import kth_largest
+from ..exceptions import ConfigError
+from . import kth_largest
 
 __all__ = [
     "expert_choice_capacity",

@@ -27,7 +27,7 @@ Routers (:func:`leakage_setup`, from the config and ``timing``):
 ``expert_choice``      each expert takes its top ``K * T / N`` tokens
 =====================  ===================================================
 
-Entropy is estimated from the outcome counts (:mod:`routesim.entropy`:
+Entropy is estimated from the outcome counts (:mod:`routesim.leakage.entropy`:
 Miller-Madow by default, Chao-Shen or plug-in) with a bootstrap interval over
 draws. ``method="per_expert"`` sums the entropies of each expert's column of
 the early routing: exact when the columns are independent given the context
@@ -37,7 +37,7 @@ upper bound otherwise (subadditivity); it needs far fewer draws than
 below 0.9 (:attr:`LeakageResult.undersampled`) is a lower bound.
 
 What an encoder that controls the late scores can send is in
-:mod:`routesim.leakage_channel`.
+:mod:`routesim.leakage.channel`.
 
 Traffic: ``traffic.kind = "popularity"`` with independent tokens
 (``seq_correlation = 0``), at the step-0 popularity. Shape legend: D draws,
@@ -51,14 +51,14 @@ from typing import Any
 
 import numpy as np
 
-from . import controllers, rng, routing
-from ._backend import one_hot
-from .config import Config
+from .. import controllers, rng, routing
+from .._backend import one_hot
+from ..config import Config
 from .entropy import ESTIMATORS, coverage, draws_needed, entropy_ci
-from .exceptions import ConfigError
-from .expert_choice import expert_choice_mask
-from .gates import gate
-from .traffic import popularity
+from ..exceptions import ConfigError
+from ..routing.expert_choice import expert_choice_mask
+from ..gates import gate
+from ..traffic import popularity
 
 __all__ = [
     "LeakageSetup",
@@ -373,7 +373,7 @@ class LeakageResult:
     bits_plugin : float
         Plug-in estimate (biased low).
     ci : (float, float)
-        Bootstrap interval of ``bits`` (:func:`routesim.entropy.entropy_ci`).
+        Bootstrap interval of ``bits`` (:func:`routesim.leakage.entropy.entropy_ci`).
     distinct : int
         Most distinct outcomes seen in one group of one context.
     coverage : float

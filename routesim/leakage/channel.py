@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config
-from .exceptions import ConfigError
-from .leakage import (
+from ..config import Config
+from ..exceptions import ConfigError
+from .measure import (
     CHUNK_ELEMENTS,
     CONTEXT_STREAM,
     LeakageSetup,
@@ -43,7 +43,7 @@ from .leakage import (
     outcome_labels,
     route_block,
 )
-from .theory.leakage import leakage_split
+from ..theory.leakage import leakage_split
 
 __all__ = [
     "ChannelResult",
@@ -195,7 +195,7 @@ def decode_expert_choice(setup: LeakageSetup, mask_MTE: Any) -> Any:
 
     >>> import numpy as np
     >>> from routesim.config import Config, BatchConfig, RouterConfig
-    >>> from routesim.leakage import route_block
+    >>> from routesim.leakage.measure import route_block
     >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
     ...              router=RouterConfig(num_experts=4, topk=2, router_type="expert_choice"))
     >>> setup = leakage_setup(cfg, 6)

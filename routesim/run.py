@@ -1,6 +1,6 @@
 """``simulate(config)``: run every step for every point and replica, return a Dataset.
 
-The loop over steps is the caller's loop of :func:`routesim.engine.make_simulator`
+The loop over steps is the caller's loop of :func:`routesim.engines.exact.make_simulator`
 with a progress bar; per-step metrics are then computed in one vectorised
 pass over the recorded loads and biases (:mod:`routesim.metrics`).
 """
@@ -69,15 +69,15 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
     True
     """
     if config.run.engine == "meanfield":
-        from .surrogate import simulate_meanfield  # noqa: PLC0415 (optional engine)
+        from .engines.meanfield import simulate_meanfield  # noqa: PLC0415 (optional engine)
 
         return simulate_meanfield(config, point_indices=point_indices, progress=progress)
     if config.penalty.learn:
-        from .learner import simulate_learner  # noqa: PLC0415 (learning engine)
+        from .engines.learner import simulate_learner  # noqa: PLC0415 (learning engine)
 
         return simulate_learner(config, point_indices=point_indices, progress=progress)
     from ._backend import get_namespace
-    from .engine import make_simulator
+    from .engines.exact import make_simulator
 
     progress = resources.check(config, point_indices, progress)
     init, step = make_simulator(config, point_indices)

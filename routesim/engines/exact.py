@@ -26,12 +26,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import _kernels, controllers, expert_choice, routing, traffic
-from ._backend import get_namespace, one_hot
-from .config import Config
-from .exceptions import ConfigError
-from .gates import gate
-from .rng import point_keys
+from ..routing import expert_choice
+from .. import controllers, routing, traffic
+from . import kernels as _kernels
+from .._backend import get_namespace, one_hot
+from ..config import Config
+from ..exceptions import ConfigError
+from ..gates import gate
+from ..rng import point_keys
 
 __all__ = ["SimState", "StepOutput", "Simulator", "make_simulator", "ENGINE_CHUNK_ELEMENTS"]
 

@@ -64,7 +64,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from . import rng
+from .. import rng
 from .noisy_gate import topk_softmax, topk_softmax_vjp
 from .penalties import _sigmoid, _softmax
 
@@ -149,7 +149,7 @@ def mixing_weights_vjp(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk:
     without: as ``noisy`` (softmax over the chosen logits); ``sigmoid`` with
     ``K > 1``: ``m_j c s_j (1 - s_j) (u_j - sum_i m_i u_i s_i / S) / S`` with
     ``S`` the chosen scores' sum; ``K = 1``: ``m_j c s_j (1 - s_j) u_j``;
-    ``noisy``: :func:`routesim.noisy_gate.topk_softmax_vjp`.
+    ``noisy``: :func:`routesim.learning.noisy_gate.topk_softmax_vjp`.
     """
     return _weights_and_vjp(xp, gate, z_TE, mask_TE, topk, scaling, upstream_TE,
                             pre_softmax)[1]

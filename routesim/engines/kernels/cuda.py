@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import rng
-from ._backend import to_numpy
+from ... import rng
+from ..._backend import to_numpy
 
 __all__ = ["make_cuda_router", "CUDA_SOURCE"]
 
