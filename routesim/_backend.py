@@ -24,6 +24,8 @@ __all__ = [
     "topk_indices",
     "bincount",
     "one_hot",
+    "is_cupy",
+    "special_ndtr",
     "BACKENDS",
 ]
 
@@ -93,8 +95,39 @@ def is_numpy(xp: ModuleType) -> bool:
     return xp is np
 
 
-def _is_cupy(xp: ModuleType) -> bool:
+def is_cupy(xp: ModuleType) -> bool:
+    """True for the CuPy namespace (or its array API wrapper); imports nothing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> is_cupy(np)
+    False
+    """
     return getattr(xp, "__name__", "").split(".")[-1] == "cupy"
+
+
+def special_ndtr(xp: ModuleType, u: Any) -> Any:
+    """SciPy's ``ndtr`` (standard normal CDF) on ``u``, in ``u``'s namespace.
+
+    CuPy arrays use ``cupyx.scipy.special.ndtr`` on the device; other
+    namespaces without it go through NumPy on the host.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> special_ndtr(np, np.array([0.0])).tolist()
+    [0.5]
+    """
+    from scipy.special import ndtr
+
+    if is_numpy(xp):
+        return ndtr(u)
+    if is_cupy(xp):  # pragma: no cover - GPU only
+        from cupyx.scipy.special import ndtr as cupy_ndtr
+
+        return cupy_ndtr(u)
+    return xp.asarray(ndtr(np.asarray(u)), dtype=u.dtype)
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -124,7 +157,7 @@ def topk_indices(xp: ModuleType, x: Any, k: int) -> Any:
     n = x.shape[-1]
     if k >= n:
         return xp.broadcast_to(xp.arange(n), x.shape)
-    if is_numpy(xp) or _is_cupy(xp):
+    if is_numpy(xp) or is_cupy(xp):
         idx = xp.argpartition(-x, k - 1, axis=-1)[..., :k]
         kth = xp.min(xp.take_along_axis(x, idx, axis=-1), axis=-1, keepdims=True)
         straddle = xp.sum(x >= kth, axis=-1) > k  # tied entries left out or let in by chance
@@ -139,7 +172,7 @@ def bincount(xp: ModuleType, ids: Any, length: int) -> Any:
 
     Returns an int64 array of shape ``(length,)``.
     """
-    if is_numpy(xp) or _is_cupy(xp):
+    if is_numpy(xp) or is_cupy(xp):
         return xp.bincount(xp.reshape(ids, (-1,)), minlength=length)
     flat = xp.reshape(ids, (-1,))
     # Chunked one-hot sum keeps memory bounded on namespaces without bincount.

@@ -3,6 +3,7 @@
 ``softmax`` (over experts), ``sigmoid`` and ``sqrtsoftplus``
 (``sqrt(log(1 + exp(z)))``, DeepSeek-V4 / Megatron). The last two are
 monotone per expert, which the theory of :mod:`routesim.theory` relies on.
+The functions themselves are those of :mod:`routesim._math`.
 """
 
 from __future__ import annotations
@@ -10,23 +11,11 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-__all__ = ["gate", "GATES", "softplus"]
+from ._math import sigmoid, softmax, softplus
+
+__all__ = ["gate", "GATES"]
 
 GATES = ("softmax", "sigmoid", "sqrtsoftplus")
-
-
-def softplus(xp: ModuleType, z: Any) -> Any:
-    """``log(1 + exp(z))`` without overflow.
-
-    Examples
-    --------
-    ``log 2`` at 0; the identity far right, 0 far left (no overflow at 1000):
-
-    >>> import numpy as np
-    >>> softplus(np, np.array([0.0, 1000.0, -1000.0])).tolist()
-    [0.6931471805599453, 1000.0, 0.0]
-    """
-    return xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z)))
 
 
 def gate(xp: ModuleType, name: str, z: Any) -> Any:
@@ -49,10 +38,9 @@ def gate(xp: ModuleType, name: str, z: Any) -> Any:
     array([0.5])
     """
     if name == "sigmoid":
-        return 1.0 / (1.0 + xp.exp(-z))
+        return sigmoid(xp, z)
     if name == "softmax":
-        e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
-        return e / xp.sum(e, axis=-1, keepdims=True)
+        return softmax(xp, z)
     if name == "sqrtsoftplus":
         return xp.sqrt(softplus(xp, z))
     raise ValueError(f"score_function = {name!r}: must be one of {', '.join(GATES)}")

@@ -36,12 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import is_numpy
-from ..gates import softplus
-from .penalties import _sigmoid, cv_squared, group_tokens
+from .._math import normal_cdf, sigmoid, softplus
+from .penalties import cv_squared, group_tokens
 
 __all__ = [
-    "normal_cdf",
     "noisy_logits",
     "topk_softmax",
     "topk_softmax_vjp",
@@ -51,28 +49,6 @@ __all__ = [
 ]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-def normal_cdf(xp: ModuleType, u: Any) -> Any:
-    """Standard normal CDF ``Phi(u)`` (SciPy's ``ndtr``; CuPy's on a GPU).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> float(normal_cdf(np, np.array(0.0)))
-    0.5
-    """
-    if is_numpy(xp):
-        from scipy.special import ndtr
-
-        return ndtr(u)
-    if getattr(xp, "__name__", "") == "cupy":
-        from cupyx.scipy.special import ndtr  # pragma: no cover - GPU only
-
-        return ndtr(u)  # pragma: no cover
-    from scipy.special import ndtr
-
-    return xp.asarray(ndtr(np.asarray(u)), dtype=u.dtype)
 
 
 def noisy_logits(xp: ModuleType, clean_TE: Any, raw_TE: Any, eps_TE: Any | None
@@ -256,4 +232,4 @@ def load_loss(xp: ModuleType, clean_TE: Any, raw_TE: Any, eps_TE: Any, topk: int
     d_h = xp.where(at_k, from_out, 0.0) + xp.where(at_k1, from_in, 0.0)
     d_clean = d_clean + d_h
     d_sigma = d_sigma + d_h * eps_TE
-    return xp.mean(value, axis=-1), d_clean, d_sigma * _sigmoid(xp, raw_TE)
+    return xp.mean(value, axis=-1), d_clean, d_sigma * sigmoid(xp, raw_TE)

@@ -49,6 +49,7 @@ from types import ModuleType
 from typing import Any
 
 from .._backend import one_hot, topk_indices
+from .._math import sigmoid, softmax
 
 __all__ = [
     "PENALTY_TYPES",
@@ -69,15 +70,8 @@ PENALTY_TYPES = ("none", "switch", "sequence", "global_batch")
 #: Gates whose balance-loss and z-loss gradients are written out.
 PENALTY_GATES = ("softmax", "sigmoid")
 
-
-def _softmax(xp: ModuleType, z: Any) -> Any:
-    e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
-    return e / xp.sum(e, axis=-1, keepdims=True)
-
-
-def _sigmoid(xp: ModuleType, z: Any) -> Any:
-    # clipped so that exp never overflows (sigmoid(-500) < 1e-217 anyway)
-    return 1.0 / (1.0 + xp.exp(-xp.clip(z, -500.0, 500.0)))
+# Old private name, still read by routesim.engines.learner; the function is routesim._math.sigmoid.
+_sigmoid = sigmoid
 
 
 def aux_probabilities(xp: ModuleType, score_function: str, z_TE: Any) -> tuple[Any, Any]:
@@ -105,10 +99,10 @@ def aux_probabilities(xp: ModuleType, score_function: str, z_TE: Any) -> tuple[A
     ([[0.25, 0.25, 0.25, 0.25]], [[0.125, 0.125, 0.125, 0.125]])
     """
     if score_function == "softmax":
-        p = _softmax(xp, z_TE)
+        p = softmax(xp, z_TE)
         return p, p
     if score_function == "sigmoid":
-        s = _sigmoid(xp, z_TE)
+        s = sigmoid(xp, z_TE)
         total = xp.sum(s, axis=-1, keepdims=True)
         return s / total, s * (1.0 - s) / total
     raise ValueError(f"score_function = {score_function!r}: the balance loss supports "

@@ -65,8 +65,8 @@ from types import ModuleType
 from typing import Any
 
 from .. import rng
+from .._math import sigmoid, softmax
 from .noisy_gate import topk_softmax, topk_softmax_vjp
-from .penalties import _sigmoid, _softmax
 
 __all__ = [
     "draw_affinity",
@@ -165,14 +165,14 @@ def _weights_and_vjp(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk: i
         dz = None if upstream_TE is None else c * topk_softmax_vjp(xp, g, mask_TE, upstream_TE)
         return c * g, dz
     if gate == "softmax":
-        p = _softmax(xp, z_TE)
+        p = softmax(xp, z_TE)
         g = xp.where(mask_TE, c * p, 0.0)
         if upstream_TE is None:
             return g, None
         um = xp.where(mask_TE, upstream_TE, 0.0)
         return g, c * p * (um - xp.sum(um * p, axis=-1, keepdims=True))
     if gate == "sigmoid":
-        s = _sigmoid(xp, z_TE)
+        s = sigmoid(xp, z_TE)
         s_sel = xp.where(mask_TE, s, 0.0)
         total = xp.sum(s_sel, axis=-1, keepdims=True) + 1e-20 if topk > 1 else 1.0
         g = c * s_sel / total

@@ -31,6 +31,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import special
 
+from .._math import normal_cdf, sigmoid, softplus
+
 __all__: list[str] = []
 
 NOISE_LAWS = ("normal", "logistic", "gumbel")
@@ -46,9 +48,9 @@ _XG, _WG = np.polynomial.legendre.leggauss(ORDER)
 # ----------------------------------------------------------------------------
 def _sf(law: str, x: np.ndarray) -> np.ndarray:
     if law == "normal":
-        return special.ndtr(-x)
+        return normal_cdf(np, -x)
     if law == "logistic":
-        return special.expit(-x)
+        return sigmoid(np, -x)
     return -np.expm1(-np.exp(-(x + EULER)))
 
 
@@ -57,7 +59,7 @@ def _pdf(law: str, x: np.ndarray) -> np.ndarray:
         if law == "normal":
             return np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
         if law == "logistic":
-            return special.expit(x) * special.expit(-x)
+            return sigmoid(np, x) * sigmoid(np, -x)
         e = np.exp(-(x + EULER))
         return np.where(np.isfinite(e), e * np.exp(-e), 0.0)
 
@@ -113,7 +115,7 @@ def levels_of(tr: Transform, z: np.ndarray, bias: np.ndarray) -> np.ndarray:
         return z + bias
     if tr.kind == "logit_logb":
         return z + np.log(bias)
-    s = special.expit(z) if tr.gate == "sigmoid" else np.sqrt(np.logaddexp(0.0, z))
+    s = sigmoid(np, z) if tr.gate == "sigmoid" else np.sqrt(softplus(np, z))
     return s + bias if tr.kind == "score_add" else s * bias
 
 

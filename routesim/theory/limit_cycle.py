@@ -50,6 +50,7 @@ from typing import Any, Callable
 import numpy as np
 from scipy import special
 
+from .._math import normal_cdf
 from ..exceptions import ConfigError
 
 __all__ = [
@@ -336,7 +337,7 @@ def relay_stationary(lam_E: Any, sigma_E: Any, rate: float, *, offsets: int = 16
     cdf = np.zeros((n, grid.size))
     for j in range(offsets):  # offsets one at a time keeps memory at (E, Y, G)
         z = (grid - dev[:, j, :, None]) / sd
-        cdf += np.einsum("ey,eyg->eg", pi[:, j], special.ndtr(z)) / offsets
+        cdf += np.einsum("ey,eyg->eg", pi[:, j], normal_cdf(np, z)) / offsets
     tail = 1.0 - np.exp(np.sum(np.log(np.clip(cdf, 1e-300, 1.0)), axis=0))
     return {"bias_rms": float(np.sqrt(np.mean(var_y))),
             "error_rms": float(np.sqrt(np.mean(drift2) + np.mean(sigma ** 2))),
