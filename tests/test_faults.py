@@ -98,7 +98,7 @@ def _inject_inf_at_window(monkeypatch, bad_window):
                            out)
         return out
 
-    monkeypatch.setattr(controllers, "sign_update", faulty)
+    monkeypatch.setattr(controllers.laws, "sign_update", faulty)
 
 
 @pytest.mark.parametrize("data", [BASE, _cfg(BASE, run__kernel="auto"), MEANFIELD, LEARN],

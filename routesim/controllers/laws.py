@@ -1,9 +1,10 @@
-"""Bias controllers: pure update laws ``(bias, loads, memory) -> (bias, memory)``.
+"""The built-in bias laws, registered through :func:`routesim.controllers.register`.
 
-Counting is separate from updating: the engine accumulates the loads ``c``
-of one window (micro-batch, global batch or n steps) and calls the law once
-at the window's end; the new bias routes the *next* window (the one-window
-lag of every real implementation, which keeps routing causal).
+Each law is written twice: a plain function with its own arguments (the
+formula, documented and tested on its own, e.g. :func:`sign_update`), and a
+short adapter with the common signature
+``law(xp, bias_PRE, load_PRE, memory_PRE, params) -> (bias_PRE, memory_PRE)``
+that reads its parameters by name and is what the registry holds.
 
 With ``c_bar = mean_i c_i`` and load fractions ``F_i = c_i / sum_j c_j``:
 
@@ -30,13 +31,10 @@ Shape legend: P points, R replicas, E experts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any, Mapping
 
-import numpy as np
-
-from .config import CONTROLLER_TYPES, Config
+from .registry import register
 
 __all__ = [
     "sign_update",
@@ -46,9 +44,6 @@ __all__ = [
     "rms_update",
     "momentum_tanh_update",
     "quantile_update",
-    "ControllerParams",
-    "make_controller_params",
-    "update_bias",
 ]
 
 
@@ -213,123 +208,56 @@ def quantile_update(xp: ModuleType, bias: Any, estimate: Any, ema: Any) -> Any:
     return new - _mean(xp, new)
 
 
-@dataclass(frozen=True)
-class ControllerParams:
-    """Per-point controller settings as host arrays of shape (P,).
-
-    Examples
-    --------
-    >>> from routesim import Config
-    >>> params = make_controller_params([Config()])
-    >>> params.types, params.rate_P.tolist(), params.any_quantile
-    (('sign',), [0.001], False)
-    """
-
-    types: tuple[str, ...]
-    rate_P: np.ndarray
-    momentum_P: np.ndarray
-    cap_P: np.ndarray
-    warmup_P: np.ndarray
-    tanh_scale_P: np.ndarray
-    quantile_ema_P: np.ndarray
-
-    @property
-    def any_quantile(self) -> bool:
-        """True if some point uses quantile balancing (bias on logits)."""
-        return "quantile" in self.types
+# ----------------------------------------------------------------------------
+# The common signature: law(xp, bias, load, memory, params) -> (bias, memory)
+# ----------------------------------------------------------------------------
+# The plain functions are looked up at call time (module globals), so that a
+# test may swap one of them.
+def _sign(xp: ModuleType, bias: Any, load: Any, memory: Any,
+          params: Mapping[str, Any]) -> tuple[Any, Any]:
+    return sign_update(xp, bias, load, params["bias_update_rate"]), memory
 
 
-def make_controller_params(points: Sequence[Config]) -> ControllerParams:
-    """Collect per-point controller settings (set-up, not the hot path).
-
-    Examples
-    --------
-    >>> from routesim import Config
-    >>> cfg = Config().replace(**{"controller.type": "ema", "controller.momentum": 0.5})
-    >>> params = make_controller_params([Config(), cfg])
-    >>> params.types, params.momentum_P.tolist()
-    (('sign', 'ema'), [0.9, 0.5])
-    """
-
-    def col(name: str) -> np.ndarray:
-        return np.array([getattr(p.controller, name) for p in points], dtype=np.float64)
-
-    return ControllerParams(
-        types=tuple(p.controller.type for p in points), rate_P=col("bias_update_rate"),
-        momentum_P=col("momentum"), cap_P=col("bias_cap"), warmup_P=col("warmup_steps"),
-        tanh_scale_P=col("tanh_scale"), quantile_ema_P=col("quantile_ema"))
+def _sign_centred(xp: ModuleType, bias: Any, load: Any, memory: Any,
+                  params: Mapping[str, Any]) -> tuple[Any, Any]:
+    return sign_centred_update(xp, bias, load, params["bias_update_rate"]), memory
 
 
-def update_bias(xp: ModuleType, params: ControllerParams, bias_PRE: Any, memory_PRE: Any,
-                load_PRE: Any, estimate_PRE: Any, windows_done: int) -> tuple[Any, Any]:
-    """Apply each point's law to its window loads; returns ``(bias, memory)``.
+def _proportional(xp: ModuleType, bias: Any, load: Any, memory: Any,
+                  params: Mapping[str, Any]) -> tuple[Any, Any]:
+    return proportional_update(xp, bias, load, params["bias_update_rate"]), memory
 
-    Points are grouped by law: each law present runs once on the whole
-    (P, R, E) array and ``where`` keeps it for its own points, so the cost
-    does not grow with the number of points.
 
-    Parameters
-    ----------
-    xp : namespace
-    params : ControllerParams
-        Per-point laws and settings.
-    bias_PRE, memory_PRE : arrays (P, R, E)
-    load_PRE : int array (P, R, E)
-        Loads counted over the window that just ended.
-    estimate_PRE : array (P, R, E) or None
-        Quantile-balancing dual estimate of the window (as a bias).
-    windows_done : int
-        Windows completed before this one (for warm-up).
+def _rms(xp: ModuleType, bias: Any, load: Any, memory: Any,
+         params: Mapping[str, Any]) -> tuple[Any, Any]:
+    return rms_update(xp, bias, load, params["bias_update_rate"]), memory
 
-    Examples
-    --------
-    Two points, the sign law at ``u = 1e-3`` and the proportional law at
-    ``u = 0.1``, on the same window loads:
 
-    >>> import numpy as np
-    >>> from routesim import Config
-    >>> prop = Config().replace(**{"controller.type": "proportional",
-    ...                            "controller.bias_update_rate": 0.1})
-    >>> params = make_controller_params([Config(), prop])
-    >>> load = np.broadcast_to(np.array([40, 30, 20, 10]), (2, 1, 4))
-    >>> bias, _ = update_bias(np, params, np.zeros((2, 1, 4)), np.zeros((2, 1, 4)), load,
-    ...                       None, 0)
-    >>> np.round(bias[:, 0], 12).tolist()
-    [[-0.001, -0.001, 0.001, 0.001], [-0.06, -0.02, 0.02, 0.06]]
-    """
-    dtype = bias_PRE.dtype
+def _ema(xp: ModuleType, bias: Any, load: Any, memory: Any,
+         params: Mapping[str, Any]) -> tuple[Any, Any]:
+    return ema_update(xp, bias, load, memory, params["bias_update_rate"], params["momentum"],
+                      params["bias_cap"])
 
-    def per_point(v: np.ndarray) -> Any:
-        return xp.reshape(xp.asarray(v, dtype=dtype), (-1, 1, 1))
 
-    rate = per_point(params.rate_P)
-    new_bias, new_memory = bias_PRE, memory_PRE
-    types = np.asarray(params.types)
-    for law in CONTROLLER_TYPES:
-        chosen_P = types == law
-        if law == "none" or not chosen_P.any():
-            continue
-        if law == "sign":
-            b, m = sign_update(xp, bias_PRE, load_PRE, rate), memory_PRE
-        elif law == "sign_centred":
-            b, m = sign_centred_update(xp, bias_PRE, load_PRE, rate), memory_PRE
-        elif law == "proportional":
-            b, m = proportional_update(xp, bias_PRE, load_PRE, rate), memory_PRE
-        elif law == "rms":
-            b, m = rms_update(xp, bias_PRE, load_PRE, rate), memory_PRE
-        elif law == "ema":
-            b, m = ema_update(xp, bias_PRE, load_PRE, memory_PRE, rate,
-                              per_point(params.momentum_P), per_point(params.cap_P))
-        elif law == "momentum_tanh":
-            b, m = momentum_tanh_update(xp, bias_PRE, load_PRE, memory_PRE, rate,
-                                        per_point(params.momentum_P),
-                                        per_point(params.tanh_scale_P))
-        else:  # quantile
-            b, m = quantile_update(xp, bias_PRE, estimate_PRE,
-                                   per_point(params.quantile_ema_P)), memory_PRE
-        if law in ("ema", "momentum_tanh"):
-            chosen_P = chosen_P & (windows_done >= params.warmup_P)
-        mask = xp.reshape(xp.asarray(chosen_P), (-1, 1, 1))
-        new_bias = xp.where(mask, xp.astype(b, dtype), new_bias)
-        new_memory = xp.where(mask, xp.astype(m, dtype), new_memory)
-    return new_bias, new_memory
+def _momentum_tanh(xp: ModuleType, bias: Any, load: Any, memory: Any,
+                   params: Mapping[str, Any]) -> tuple[Any, Any]:
+    return momentum_tanh_update(xp, bias, load, memory, params["bias_update_rate"],
+                                params["momentum"], params["tanh_scale"])
+
+
+def _quantile(xp: ModuleType, bias: Any, load: Any, memory: Any,
+              params: Mapping[str, Any]) -> tuple[Any, Any]:
+    return quantile_update(xp, bias, params["dual_estimate"], params["quantile_ema"]), memory
+
+
+_RATE = ("bias_update_rate",)
+register("none", None, _builtin=True)
+register("sign", _sign, fields=_RATE, _builtin=True)
+register("sign_centred", _sign_centred, fields=_RATE, _builtin=True)
+register("proportional", _proportional, fields=_RATE, _builtin=True)
+register("ema", _ema, fields=_RATE + ("momentum", "bias_cap"), warmup=True, _builtin=True)
+register("rms", _rms, fields=_RATE, _builtin=True)
+register("momentum_tanh", _momentum_tanh, fields=_RATE + ("momentum", "tanh_scale"),
+         warmup=True, _builtin=True)
+register("quantile", _quantile, fields=("quantile_ema",), bias_on_logits=True,
+         inputs=("dual_estimate",), _builtin=True)

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg
 
+from .. import metrics
 from ..exceptions import ConfigError
 
 __all__ = [
@@ -307,8 +308,9 @@ def deterministic_trajectory(mu_E: Any, *, law: str, steps: int, topk: int,
     The loads of a window are their expectations ``T p(b)`` (the limit of
     many tokens per window); the law sees them one window late, as in the
     engine. Give exactly one of ``rate`` (one rate) or ``rates`` (P,)
-    (several rates at once, vectorised). Any law of :data:`routesim.config.CONTROLLER_TYPES` except
-    ``quantile`` and ``none``.
+    (several rates at once, vectorised). Any registered law
+    (:func:`routesim.controllers.registered`) except ``none`` and those that
+    read the dual estimate (``quantile``).
 
     Returns
     -------
@@ -337,15 +339,17 @@ def deterministic_trajectory(mu_E: Any, *, law: str, steps: int, topk: int,
     mu = np.asarray(mu_E, dtype=np.float64)
     rate_P = np.atleast_1d(np.asarray(rate if rates is None else rates, dtype=np.float64))
     p_cnt, n = rate_P.size, mu.shape[-1]
-    if law in ("quantile", "none"):
+    if law not in controllers.registered():
+        raise ConfigError(f"law = {law!r}: not a registered controller; registered: "
+                          + ", ".join(controllers.registered()))
+    if law == "none" or controllers.get_law(law).needs_dual_estimate:
         raise ConfigError(f"law = {law!r}: not a feedback law on loads")
     init = 1.0 if bias_mode == "multiplicative" else 0.0
     bias = np.full((p_cnt, 1, n), init)
     memory = np.zeros((p_cnt, 1, n))
-    params = controllers.ControllerParams(
-        types=(law,) * p_cnt, rate_P=rate_P, momentum_P=np.full(p_cnt, momentum),
-        cap_P=np.zeros(p_cnt), warmup_P=np.zeros(p_cnt), tanh_scale_P=np.full(p_cnt, tanh_scale),
-        quantile_ema_P=np.zeros(p_cnt))
+    params = controllers.ControllerParams.from_columns(
+        (law,) * p_cnt, {"bias_update_rate": rate_P, "momentum": momentum,
+                         "tanh_scale": tanh_scale})
     out_b, out_p = np.empty((steps, p_cnt, n)), np.empty((steps, p_cnt, n))
     out_m = np.empty((steps, p_cnt, n))
     active = np.ones(p_cnt, dtype=bool)
@@ -376,5 +380,4 @@ def deterministic_trajectory(mu_E: Any, *, law: str, steps: int, topk: int,
                     & (np.max(np.abs(out_b[t - 1] - out_b[t - 3]), axis=-1) <= tol)
                     & (np.max(np.abs(out_m[t] - out_m[t - 2]), axis=-1) <= tol))
             active &= ~same
-    maxvio = out_p.max(-1) * n / out_p.sum(-1) - 1.0
-    return {"bias_SPE": out_b, "p_SPE": out_p, "maxvio_SP": maxvio}
+    return {"bias_SPE": out_b, "p_SPE": out_p, "maxvio_SP": metrics.maxvio(out_p)}
