@@ -23,6 +23,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..exceptions import ConfigError
+from .kernel import check_kernel  # noqa: F401 (core refuses kernels and ignored fields together)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Config
@@ -204,24 +205,3 @@ def check_ignored(cfg: "Config", points: Sequence["Config"], set_fields: Iterabl
         where = " at any point of the sweep" if len(points) > 1 else ""
         raise ConfigError(f"{path} = {value!r}: has no effect{where}, {first}; "
                           "remove it")
-
-
-def check_kernel(points: Sequence["Config"]) -> None:
-    """Refuse a named compiled kernel (``run.kernel``) that cannot run this config.
-
-    Whether Numba is installed is a property of the machine, not the config:
-    the engine checks it when it starts.
-    """
-    run = points[0].run
-    want = run.kernel
-    if want not in ("numba", "cuda"):
-        return
-    need = "numpy" if want == "numba" else "cupy"
-    if run.backend != need:
-        raise ConfigError(f"run.kernel = {want!r}: needs run.backend = {need!r} (the engine "
-                          f"runs on {run.backend!r}); use 'auto' or 'generic'")
-    from ..engines.kernels import unsupported_reason  # noqa: PLC0415 (imports the engine side)
-
-    reason = unsupported_reason(points)
-    if reason is not None:
-        raise ConfigError(f"run.kernel = {want!r}: cannot run {reason}; use 'auto' or 'generic'")

@@ -34,11 +34,10 @@ import numpy as np
 from ... import rng, traffic
 from ..._backend import is_numpy
 from ...config import Config
+from ...config.kernel import KERNELS, unsupported_reason
 from ...exceptions import ConfigError
 
 __all__ = ["KERNELS", "numba_available", "unsupported_reason", "choose_kernel", "make_router"]
-
-KERNELS = ("auto", "generic", "numba", "cuda")
 
 #: A compiled router: (traffic state, bias (P, R, E), step, first token, sequences)
 #: -> (routed counts (P, R, B, E), displaced selections (P, R) or None).
@@ -53,43 +52,6 @@ def numba_available() -> tuple[bool, str]:
     except ImportError as err:
         return False, f"Numba is not installed ({err}); pip install routesim[fast]"
     return True, "ok"
-
-
-def unsupported_reason(points: Sequence[Config]) -> str | None:
-    """Why the compiled kernels cannot route these points (None if they can).
-
-    Parameters
-    ----------
-    points : sequence of Config
-        The points of one run (sweep applied).
-
-    Returns
-    -------
-    str or None
-        The first unsupported setting, named by its field.
-
-    Examples
-    --------
-    >>> from routesim import Config
-    >>> unsupported_reason([Config()]) is None
-    True
-    """
-    cfg = points[0]
-    t, r = cfg.traffic, cfg.router
-    checks = [
-        (r.router_type == "token_choice", f"router.router_type = {r.router_type!r}"),
-        (t.kind == "popularity", f"traffic.kind = {t.kind!r}"),
-        (t.noise == "normal", f"traffic.noise = {t.noise!r}"),
-        (r.dropless, f"router.capacity_factor = {r.capacity_factor!r}"),
-        (r.num_groups is None or r.num_groups == 1, f"router.num_groups = {r.num_groups!r}"),
-        (all(p.controller.type != "quantile" for p in points), "controller.type = 'quantile'"),
-    ]
-    for ok, what in checks:
-        if not ok:
-            return what + " (the compiled kernels cover token-choice routing of popularity " \
-                          "traffic with normal noise, dropless, without groups or quantile " \
-                          "balancing)"
-    return None
 
 
 def choose_kernel(points: Sequence[Config], xp: ModuleType) -> str:
