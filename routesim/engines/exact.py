@@ -191,33 +191,13 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
         if fast_router is not None:
             routed, displaced = fast_router(tstate, bias_PRE, step, token_start, n_seqs)
             return routed, routed, displaced, None
-        n_tok = n_seqs * L
-        z = traffic.logits(xp, tparams, tstate, keys_PR, step, token_start, n_tok)
-        s = gate(xp, router.score_function, z)
-        sel = routing.selection_scores(xp, s, xp.astype(bias_PRE, s.dtype), router.bias_mode)
-        if cparams.any_quantile:
-            on_logits = z + xp.astype(bias_PRE, z.dtype)[:, :, None, :]
-            sel = xp.where(xp.reshape(xp.asarray(quantile_P), (-1, 1, 1, 1)), on_logits, sel)
-        idx = routing.select_topk(xp, sel, k, router.num_groups, router.group_topk)
-        routed = routing.counts_per_sequence(xp, idx, n_seqs, L, n)
-        kept = routed
-        if cap < n_tok:
-            mask = one_hot(xp, idx, n)
-            w = routing.gate_weights(xp, s, idx, router.score_function, k,
-                                     router.topk_scaling_factor, router.pre_softmax)
-            w_full = xp.sum(xp.where(idx[..., None] == xp.arange(n), w[..., None], 0.0),
-                            axis=-2)
-            keep = routing.drop_to_capacity(xp, mask, w_full, cap, router.token_drop_policy,
-                                            n_seqs, L)
-            kept = routing.mask_counts_per_sequence(xp, keep, n_seqs, L)
-        displaced = None
-        if run.record_displacement:
-            plain = routing.select_topk(xp, s, k, router.num_groups, router.group_topk)
-            displaced = routing.displaced_share(xp, idx, plain) * (n_tok * k)
-        estimate = None
-        if cparams.any_quantile:
-            estimate = routing.quantile_dual_estimate(xp, z, xp.astype(bias_PRE, z.dtype), k)
-        return routed, kept, displaced, estimate
+        z = traffic.logits(xp, tparams, tstate, keys_PR, step, token_start, n_seqs * L)
+        out = routing.route_block(xp, z, bias_PRE, router, num_sequences=n_seqs, seq_length=L,
+                                  capacity=cap,
+                                  logit_bias_P=quantile_P if cparams.any_quantile else None,
+                                  displaced=run.record_displacement,
+                                  quantile_estimate=cparams.any_quantile)
+        return out.routed_PRBE, out.kept_PRBE, out.displaced_PR, out.estimate_PRE
 
     def route_expert_choice(tstate: traffic.TrafficState, step: int, token_start: int,
                             n_seqs: int) -> tuple[Any, Any]:

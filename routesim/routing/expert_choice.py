@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from ..exceptions import ConfigError
-from . import kth_largest
+from .select import kth_largest
 
 __all__ = [
     "expert_choice_capacity",

@@ -1,4 +1,4 @@
-"""Token-choice routing: biased top-K selection, gate weights, capacity, counting.
+"""Token-choice selection: biased scores, group-limited top-K, gate weights.
 
 The router reads in one direction, as in Megatron-LM and torchtitan:
 
@@ -16,9 +16,9 @@ The router reads in one direction, as in Megatron-LM and torchtitan:
    ``K > 1``; softmax over the K chosen logits (``router.pre_softmax =
    false``, Megatron's default) or the full-softmax probabilities
    (``pre_softmax = true``); times ``topk_scaling_factor``;
-6. optional capacity ``ceil((T * K / N) * C)`` per micro-batch (Megatron's
-   floating-point order), dropping by gate weight (``probs``) or by
-   Megatron's [sequence position, batch] order (``position``).
+6. optional capacity dropping (:mod:`routesim.routing.capacity`) and
+   counting (:mod:`routesim.routing.count`); :func:`routesim.routing.block.route_block`
+   runs the whole pipeline on a block of tokens.
 
 Shape legend: P points, R replicas, B sequences, L positions, T tokens
 (``T = B * L``, sequence-major), E experts, K top-k, G groups.
@@ -30,18 +30,13 @@ import math
 from types import ModuleType
 from typing import Any
 
-from .._backend import bincount, is_numpy, one_hot, topk_indices
+from .._backend import is_numpy, one_hot, topk_indices
 
 __all__ = [
     "selection_scores",
     "group_limit",
     "select_topk",
     "gate_weights",
-    "capacity",
-    "drop_to_capacity",
-    "counts_per_sequence",
-    "mask_counts_per_sequence",
-    "displaced_share",
     "kth_largest",
     "quantile_dual_estimate",
 ]
@@ -145,94 +140,6 @@ def gate_weights(xp: ModuleType, s: Any, idx: Any, score_function: str, topk: in
     if scaling_factor is not None:
         w = w * scaling_factor
     return w
-
-
-def capacity(num_tokens: int, topk: int, num_experts: int, capacity_factor: float | None) -> int:
-    """Tokens an expert may take: ``ceil((T * K / N) * C)``, or T when dropless.
-
-    Evaluated in Megatron's floating-point order (``get_capacity`` with
-    ``num_tokens = T * K``); another order can round to a neighbouring
-    integer (``T, K, N, C = 120, 6, 8, 1.1``: ``(720 / 8) * 1.1`` is
-    ``99.00000000000001``, so 100, while ``1.1 * 120 * 6 / 8`` is exactly 99).
-
-    Examples
-    --------
-    >>> capacity(4096, 8, 64, 1.25)
-    640
-    >>> capacity(120, 6, 8, 1.1)
-    100
-    """
-    if capacity_factor is None or math.isinf(capacity_factor):
-        return num_tokens
-    return min(num_tokens, math.ceil((num_tokens * topk / num_experts) * capacity_factor))
-
-
-def drop_to_capacity(xp: ModuleType, mask_PRTE: Any, weight_PRTE: Any, cap: int, policy: str,
-                     num_sequences: int, seq_length: int) -> Any:
-    """Keep at most ``cap`` tokens per expert (and per point, replica).
-
-    Parameters
-    ----------
-    mask_PRTE : bool array (P, R, T, E)
-        Routed assignments of one micro-batch, tokens sequence-major.
-    weight_PRTE : array (P, R, T, E)
-        Gate weight of each assignment (ignored where ``mask`` is false).
-    cap : int
-        Capacity per expert.
-    policy : {"probs", "position"}
-        ``probs`` keeps the largest weights; ``position`` the first tokens in
-        Megatron's [sequence position, batch] order.
-    num_sequences, seq_length : int
-        Micro-batch layout ``T = B * L``.
-
-    Returns
-    -------
-    bool array (P, R, T, E)
-        The kept assignments.
-    """
-    p, r, t, e = mask_PRTE.shape
-    if cap >= t:
-        return mask_PRTE
-    if policy == "position":
-        m = xp.reshape(mask_PRTE, (p, r, num_sequences, seq_length, e))
-        m = xp.permute_dims(m, (0, 1, 3, 2, 4))  # [position, batch] order
-        m = xp.reshape(m, (p, r, t, e))
-        cum = xp.cumulative_sum(xp.astype(m, xp.int32), axis=2)
-        kept = m & (cum <= cap)
-        kept = xp.reshape(kept, (p, r, seq_length, num_sequences, e))
-        return xp.reshape(xp.permute_dims(kept, (0, 1, 3, 2, 4)), (p, r, t, e))
-    if policy != "probs":
-        raise ValueError(f"token_drop_policy = {policy!r}: must be 'probs' or 'position'")
-    key = xp.where(mask_PRTE, weight_PRTE, -1.0)
-    order = xp.argsort(-key, axis=2, stable=True)
-    rank = xp.argsort(order, axis=2, stable=True)
-    return mask_PRTE & (rank < cap)
-
-
-def counts_per_sequence(xp: ModuleType, idx_PRTK: Any, num_sequences: int, seq_length: int,
-                        num_experts: int) -> Any:
-    """Tokens per (sequence, expert) from top-K indices: int array (P, R, B, E)."""
-    p, r, t, k = idx_PRTK.shape
-    pr = xp.reshape(xp.arange(p * r, dtype=xp.int64), (p, r, 1, 1))
-    seq = xp.reshape(xp.arange(t, dtype=xp.int64) // seq_length, (1, 1, t, 1))
-    ids = (pr * num_sequences + seq) * num_experts + xp.astype(idx_PRTK, xp.int64)
-    flat = bincount(xp, ids, p * r * num_sequences * num_experts)
-    return xp.reshape(flat, (p, r, num_sequences, num_experts))
-
-
-def mask_counts_per_sequence(xp: ModuleType, mask_PRTE: Any, num_sequences: int,
-                             seq_length: int) -> Any:
-    """Tokens per (sequence, expert) from an assignment mask: (P, R, B, E)."""
-    p, r, t, e = mask_PRTE.shape
-    m = xp.reshape(xp.astype(mask_PRTE, xp.int64), (p, r, num_sequences, seq_length, e))
-    return xp.sum(m, axis=3)
-
-
-def displaced_share(xp: ModuleType, idx_PRTK: Any, unbiased_idx_PRTK: Any) -> Any:
-    """Share of the selections not in the unbiased top-K, per (P, R)."""
-    same = xp.any(idx_PRTK[..., :, None] == unbiased_idx_PRTK[..., None, :], axis=-1)
-    k = idx_PRTK.shape[-1] * idx_PRTK.shape[-2]
-    return 1.0 - xp.sum(xp.astype(same, xp.float64), axis=(-2, -1)) / k
 
 
 def kth_largest(xp: ModuleType, x: Any, k: int, axis: int = -1) -> Any:
