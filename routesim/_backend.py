@@ -26,6 +26,7 @@ __all__ = [
     "one_hot",
     "is_cupy",
     "special_ndtr",
+    "cuda_kernel",
     "BACKENDS",
 ]
 
@@ -193,3 +194,24 @@ def one_hot(xp: ModuleType, idx: Any, length: int) -> Any:
     grid = xp.arange(length)
     hits = idx[..., :, None] == grid
     return xp.any(hits, axis=-2)
+
+
+def cuda_kernel(source: str, name: str, options: tuple[str, ...] = ()) -> Any:
+    """Compile CUDA C++ ``source`` with CuPy and return its kernel ``name``.
+
+    Parameters
+    ----------
+    source : str
+        CUDA C++ code (``extern "C"`` kernels).
+    name : str
+        The kernel to return.
+    options : tuple of str
+        NVRTC options.
+
+    Returns
+    -------
+    cupy.RawKernel
+    """
+    import cupy  # pragma: no cover - GPU only
+
+    return cupy.RawModule(code=source, options=options).get_function(name)  # pragma: no cover

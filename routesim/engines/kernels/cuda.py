@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ... import rng
-from ..._backend import to_numpy
+from ..._backend import cuda_kernel, to_numpy
 
 __all__ = ["make_cuda_router", "CUDA_SOURCE"]
 
@@ -148,12 +148,9 @@ _GATES = {"sigmoid": 0, "softmax": 1, "sqrtsoftplus": 2}
 
 @functools.cache
 def _compiled(n: int, k: int, gate: int, mult: bool, disp: bool) -> Any:
-    import cupy
-
     defs = f"#define N_ {n}\n#define K_ {k}\n#define GATE_ {gate}\n#define MULT_ {int(mult)}\n" \
            f"#define DISP_ {int(disp)}\n"
-    module = cupy.RawModule(code=defs + CUDA_SOURCE, options=("--std=c++14", "--fmad=false"))
-    return module.get_function("route_tokens")
+    return cuda_kernel(defs + CUDA_SOURCE, "route_tokens", ("--std=c++14", "--fmad=false"))
 
 
 def make_cuda_router(xp: Any, keys_PR: Any, seq_length: int, num_experts: int, topk: int,
