@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/routesim run examples/quickstart.toml --out results/quickstart
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest routesim tests
 
 bench: $(STAMP)
