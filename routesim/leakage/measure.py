@@ -52,7 +52,6 @@ from typing import Any
 import numpy as np
 
 from .. import controllers, rng, routing
-from .._backend import one_hot
 from ..config import Config
 from .entropy import ESTIMATORS, coverage, draws_needed, entropy_ci
 from ..exceptions import ConfigError
@@ -231,28 +230,31 @@ def block_logits(setup: LeakageSetup, seed: int, step: int, stream: int, rows: A
     return setup.mu_E + t.noise_scale * eps
 
 
-def _topk(setup: LeakageSetup, s: Any, z: Any, bias_DE: Any) -> tuple[Any, Any]:
-    """Top-K indices (D, T, K) and mask (D, T, E) under a per-draw bias."""
-    r = setup.config.router
-    if setup.router == "quantile":
-        sel = z + bias_DE[:, None, :]
-    else:
-        sel = routing.selection_scores(np, s[None], bias_DE[None], r.bias_mode)[0]
-    idx = routing.select_topk(np, sel, r.topk, r.num_groups, r.group_topk)
-    return idx, one_hot(np, idx, r.num_experts)
+def _route(setup: LeakageSetup, z_DTE: Any, bias_DE: Any, dropping: bool) -> routing.RoutedBlock:
+    """The block router (:func:`routesim.routing.route_block`) on ``D`` versions of the block.
+
+    The draws are the replica axis of one point: logits (1, D, T, E), bias
+    (1, D, E). Quantile balancing puts the bias on the logits.
+    """
+    cap = setup.capacity if dropping and setup.router == "capacity" else None
+    return routing.route_block(np, z_DTE[None], bias_DE[None], setup.config.router,
+                               num_sequences=setup.segments,
+                               seq_length=setup.segment_length, capacity=cap,
+                               logit_bias_P=np.array([setup.router == "quantile"]),
+                               quantile_estimate=setup.router == "quantile" and not dropping)
 
 
-def _controller_step(setup: LeakageSetup, bias_DE: Any, s: Any, z: Any) -> Any:
-    """Bias after one controller window on the block ``(s, z)`` routed with ``bias_DE``."""
+def _controller_step(setup: LeakageSetup, bias_DE: Any, z_DTE: Any) -> Any:
+    """Bias after one controller window on the blocks ``z_DTE`` routed with ``bias_DE``."""
     cfg = setup.config
+    out = _route(setup, z_DTE, bias_DE, dropping=False)
     if setup.router == "quantile":
-        est = routing.quantile_dual_estimate(np, z[None], bias_DE[None], cfg.router.topk)[0]
-        return controllers.quantile_update(np, bias_DE, est, cfg.controller.quantile_ema)
-    _, mask = _topk(setup, s, z, bias_DE)
-    load = mask.sum(axis=1)
+        return controllers.quantile_update(np, bias_DE, out.estimate_PRE[0],
+                                           cfg.controller.quantile_ema)
+    load = np.sum(out.routed_PRBE, axis=2)  # (1, D, E): loads before dropping
     params = controllers.make_controller_params([cfg])
     new, _ = controllers.update_bias(np, params, bias_DE[None], np.zeros_like(bias_DE)[None],
-                                     load[None], None, windows_done=1 << 30)
+                                     load, None, windows_done=1 << 30)
     return new[0]
 
 
@@ -279,7 +281,7 @@ def lagged_bias(setup: LeakageSetup, seed: int, context: int) -> np.ndarray:
     if setup.router == "expert_choice":
         return bias[0]
     z = block_logits(setup, seed, context, PREVIOUS_STREAM, np.arange(setup.block))[None]
-    return _controller_step(setup, bias, gate(np, r.score_function, z), z)[0]
+    return _controller_step(setup, bias, z)[0]
 
 
 def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any) -> Any:
@@ -301,23 +303,13 @@ def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any) -> Any:
         Assignments after selection and, for ``capacity``, dropping.
     """
     r = setup.config.router
-    s = gate(np, r.score_function, z_DTE)
     if setup.router == "expert_choice":
-        return expert_choice_mask(np, s, r.topk, setup.block)
+        return expert_choice_mask(np, gate(np, r.score_function, z_DTE), r.topk, setup.block)
     bias = np.broadcast_to(np.asarray(bias_E, dtype=np.float64),
                            (z_DTE.shape[0], r.num_experts))
     if setup.timing == "current":
-        bias = _controller_step(setup, bias, s, z_DTE)
-    idx, mask = _topk(setup, s, z_DTE, bias)
-    if setup.router == "capacity" and setup.capacity < setup.block:
-        w = routing.gate_weights(np, s, idx, r.score_function, r.topk, r.topk_scaling_factor,
-                                 r.pre_softmax)
-        w_full = np.zeros(mask.shape)
-        np.put_along_axis(w_full, idx, w, axis=-1)
-        mask = routing.drop_to_capacity(np, mask[None], w_full[None], setup.capacity,
-                                        r.token_drop_policy, setup.segments,
-                                        setup.segment_length)[0]
-    return mask
+        bias = _controller_step(setup, bias, z_DTE)
+    return _route(setup, z_DTE, bias, dropping=True).assignments(np, r.num_experts)[0]
 
 
 def outcome_labels(packed: list[np.ndarray]) -> np.ndarray:
