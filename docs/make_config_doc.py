@@ -69,7 +69,9 @@ def render() -> str:
             lines.append(f"| `{f.name}` | `{default!r}` | {text} |")
         lines.append("")
     lines += ["## Sweepable fields", "",
-              ", ".join(f"`{k}`" for k in sorted(C.SWEEPABLE)), ""]
+              ", ".join(f"`{k}`" for k in sorted(C.SWEEPABLE)), "",
+              "and every parameter of a registered law, `controller.params.NAME` "
+              "(see [controllers.md](controllers.md)).", ""]
     return "\n".join(lines)
 
 

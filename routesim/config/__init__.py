@@ -25,7 +25,6 @@ field checks).
 from .core import _SECTIONS, SWEEPABLE, Config, SweepConfig, config_from_dict, load_config  # noqa: F401
 from .penalty import PenaltyConfig
 from .sections import (
-    CONTROLLER_TYPES,
     BatchConfig,
     ControllerConfig,
     RouterConfig,
@@ -43,7 +42,6 @@ __all__ = [
     "SweepConfig",
     "Config",
     "SWEEPABLE",
-    "CONTROLLER_TYPES",
     "load_config",
     "config_from_dict",
 ]

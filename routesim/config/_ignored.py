@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from ..controllers.registry import get_law, registered
 from ..exceptions import ConfigError
 from .kernel import check_kernel  # noqa: F401 (core refuses kernels and ignored fields together)
 
@@ -37,11 +38,24 @@ def _only(cond: Callable[[Any], bool], why: str) -> _Why:
     return lambda p: None if cond(p) else why(p) if callable(why) else why
 
 
-def _controller(*laws: str) -> _Why:
-    names = ", ".join(repr(x) for x in laws) + (" do" if len(laws) > 1 else " does")
-    return _only(lambda p: p.controller.type in laws,
-                 lambda p: f"controller.type = {p.controller.type!r} does not use it (only "
-                           f"{names})")
+def _only_laws(users: Sequence[str]) -> str:
+    return ", ".join(repr(x) for x in users) + (" do" if len(users) > 1 else " does")
+
+
+def _controller(name: str) -> _Why:
+    """A controller field (or ``params.NAME``): used by the laws whose registration reads it."""
+    def why(p: Any) -> str | None:
+        law = get_law(p.controller.type)
+        if name in law.uses:
+            return None
+        users = [n for n in registered() if name in get_law(n).uses]
+        if users:
+            return (f"controller.type = {law.name!r} does not use it (only "
+                    f"{_only_laws(users)})")
+        takes = ", ".join(law.params) or "none"
+        return (f"controller.type = {law.name!r} does not use it and no registered law does "
+                f"(its parameters: {takes})")
+    return why
 
 
 def _traffic(kind: str, extra: Callable[[Any], bool] = lambda p: True,
@@ -70,8 +84,6 @@ def _schedules_used(p: Any) -> list[str]:
         used.append(pen.z_loss_schedule)
     return used
 
-
-_BIASED = ("sign", "sign_centred", "proportional", "ema", "rms", "momentum_tanh", "quantile")
 
 #: Field -> why a point ignores it (None when the point uses it).
 RULES: dict[str, _Why] = {
@@ -124,17 +136,18 @@ RULES: dict[str, _Why] = {
         lambda p: f"router.score_function = {p.router.score_function!r} does not use it "
                   "(only 'softmax' does)"),
     # controller
-    "controller.bias_update_rate": _controller(*_BIASED[:-1]),
-    "controller.window": _controller(*_BIASED),
+    # (who uses what comes from the registry: routesim.controllers.register)
+    "controller.bias_update_rate": _controller("bias_update_rate"),
+    "controller.window": _controller("window"),
     "controller.update_every": lambda p: (
-        _controller(*_BIASED)(p) or (None if p.controller.window == "steps" else
-                                     f"controller.window = {p.controller.window!r} does not "
-                                     "use it (only 'steps' does)")),
-    "controller.momentum": _controller("ema", "momentum_tanh"),
-    "controller.bias_cap": _controller("ema"),
-    "controller.warmup_steps": _controller("ema", "momentum_tanh"),
-    "controller.tanh_scale": _controller("momentum_tanh"),
-    "controller.quantile_ema": _controller("quantile"),
+        _controller("update_every")(p) or (None if p.controller.window == "steps" else
+                                           f"controller.window = {p.controller.window!r} "
+                                           "does not use it (only 'steps' does)")),
+    "controller.momentum": _controller("momentum"),
+    "controller.bias_cap": _controller("bias_cap"),
+    "controller.warmup_steps": _controller("warmup_steps"),
+    "controller.tanh_scale": _controller("tanh_scale"),
+    "controller.quantile_ema": _controller("quantile_ema"),
     # penalty
     **{f"penalty.{n}": _learning()
        for n in ("optimizer", "learning_rate", "lr_schedule", "affinity_scale",
@@ -181,6 +194,7 @@ def set_fields_by_value(cfg: "Config") -> set[str]:
         for f in dataclasses.fields(section):
             if f.default is not dataclasses.MISSING and getattr(section, f.name) != f.default:
                 out.add(f"{name}.{f.name}")
+    out.update(f"controller.params.{k}" for k in cfg.controller.params)  # present = set
     return out
 
 
@@ -193,14 +207,18 @@ def check_ignored(cfg: "Config", points: Sequence["Config"], set_fields: Iterabl
         Naming the first such field (in rule order), its value and why.
     """
     set_fields = set(set_fields)
-    for path, why in RULES.items():
+    law_params = {f: _controller(f.removeprefix("controller."))
+                  for f in sorted(set_fields) if f.startswith("controller.params.")}
+    for path, why in {**RULES, **law_params}.items():
         if path not in set_fields:
             continue
         first = why(points[0])
         if first is None or any(why(p) is None for p in points[1:]):
             continue
         section, name = path.split(".", 1)
-        value = cfg.sweep.parameters.get(path, getattr(getattr(cfg, section), name, None))
+        value = (cfg.controller.params.get(name.removeprefix("params."))
+                 if name.startswith("params.") else getattr(getattr(cfg, section), name, None))
+        value = cfg.sweep.parameters.get(path, value)
         value = list(value) if isinstance(value, tuple) else value
         where = " at any point of the sweep" if len(points) > 1 else ""
         raise ConfigError(f"{path} = {value!r}: has no effect{where}, {first}; "

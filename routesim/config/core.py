@@ -11,16 +11,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from ..controllers.registry import get_law
 from ..exceptions import ConfigError
 from ._checks import _DATACLASS, _check_types, _require
 from ._numerics import MAX_POINTS, check_numerics
 from ._ignored import check_ignored, check_kernel, set_fields_by_value
 from ._trace import check_trace
 from .penalty import PenaltyConfig
-from .sections import (BatchConfig, ControllerConfig, RouterConfig, RunConfig,
+from .sections import (BatchConfig, ControllerConfig, LawParameters, RouterConfig, RunConfig,
                        TrafficConfig)
 
-__all__ = ["SweepConfig", "Config", "SWEEPABLE", "load_config", "config_from_dict"]
+__all__ = ["SweepConfig", "Config", "SWEEPABLE", "is_sweepable", "load_config", "config_from_dict"]
 
 
 @dataclass(**_DATACLASS)
@@ -46,8 +47,9 @@ class SweepConfig:
         _check_types(self, "sweep")
         params = {}
         for key, values in self.parameters.items():
-            _require(key in SWEEPABLE, f"sweep.{key}", values,
-                     "cannot be swept; sweepable fields: " + ", ".join(sorted(SWEEPABLE)))
+            _require(is_sweepable(key), f"sweep.{key}", values,
+                     "cannot be swept; sweepable fields: " + ", ".join(sorted(SWEEPABLE))
+                     + ", controller.params.NAME")
             _require(isinstance(values, (list, tuple)) and len(values) >= 1, f"sweep.{key}",
                      values, "must be a non-empty list of values")
             params[key] = tuple(values)
@@ -101,6 +103,31 @@ SWEEPABLE = frozenset(
                                 "load_loss", "affinity_scale", "quality_strength")]
 )
 
+#: Dotted prefix of a law's parameters, sweepable by name (``controller.params.ki``).
+LAW_PARAMS = "controller.params."
+
+
+def is_sweepable(key: str) -> bool:
+    """True for a field of :data:`SWEEPABLE` or a law parameter ``controller.params.NAME``.
+
+    Examples
+    --------
+    >>> is_sweepable("controller.params.ki"), is_sweepable("router.topk")
+    (True, False)
+    """
+    return key in SWEEPABLE or (key.startswith(LAW_PARAMS)
+                                and key[len(LAW_PARAMS):].isidentifier())
+
+
+def _replace_section(section: Any, changes: dict[str, Any]) -> Any:
+    """``dataclasses.replace`` that also takes ``params.NAME`` (a law parameter)."""
+    plain = {k: v for k, v in changes.items() if not k.startswith("params.")}
+    nested = {k.split(".", 1)[1]: v for k, v in changes.items() if k.startswith("params.")}
+    if nested:
+        plain["params"] = {**plain.get("params", section.params), **nested}
+    return dataclasses.replace(section, **plain)
+
+
 _SECTIONS = {
     "run": RunConfig,
     "batch": BatchConfig,
@@ -145,7 +172,9 @@ class Config:
     def _check_cross(self) -> None:
         r, b, c = self.router, self.batch, self.controller
         tokens_mb = b.sequences_per_micro_batch * b.seq_length
-        if c.type == "quantile":
+        law = get_law(c.type)
+        dual = law.needs_dual_estimate or law.bias_on_logits  # quantile balancing and kin
+        if dual:
             _require(tokens_mb * r.topk % r.num_experts == 0, "controller.type", c.type,
                      f"quantile balancing needs tokens per micro-batch x topk "
                      f"({tokens_mb} x {r.topk}) divisible by router.num_experts "
@@ -163,8 +192,7 @@ class Config:
                      f"K*T/N = {r.topk}*{block}/{r.num_experts} must be an integer")
             _require(r.dropless, "router.capacity_factor", r.capacity_factor,
                      "Expert Choice fills every expert exactly; omit the capacity factor")
-            _require(c.type in ("none", "sign", "sign_centred", "proportional", "ema", "rms",
-                                "momentum_tanh"), "controller.type", c.type,
+            _require(not dual, "controller.type", c.type,
                      "Expert Choice takes no quantile dual; use another controller or none")
         if self.penalty.learn or self.penalty.type != "none" or self.penalty.z_loss > 0:
             _require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
@@ -206,7 +234,9 @@ class Config:
                  "the learning router routes dropless: omit it (or use inf)")
         _require(r.router_type == "token_choice", "router.router_type", r.router_type,
                  "the learning router is token choice")
-        _require(self.controller.type != "quantile", "controller.type", self.controller.type,
+        law = get_law(self.controller.type)
+        _require(not (law.needs_dual_estimate or law.bias_on_logits), "controller.type",
+                 self.controller.type,
                  "quantile balancing is not supported with a learning router")
 
     # -- points --------------------------------------------------------------
@@ -221,7 +251,7 @@ class Config:
                 by_section.setdefault(section, {})[name] = value
             for section, changes in by_section.items():
                 try:
-                    sections[section] = dataclasses.replace(sections[section], **changes)
+                    sections[section] = _replace_section(sections[section], changes)
                 except ConfigError as err:
                     raise ConfigError(f"sweep point {i}: {err}") from None
             out.append(_build_plain(sections))
@@ -252,8 +282,10 @@ class Config:
             d = {}
             for f in fields(section):
                 v = getattr(section, f.name)
-                if v is None:
+                if v is None or (isinstance(v, LawParameters) and not v):
                     continue
+                if isinstance(v, LawParameters):
+                    v = dict(v)
                 if isinstance(v, tuple):
                     v = list(v)
                 if isinstance(v, dict):
@@ -286,10 +318,10 @@ class Config:
         for section, ch in by_section.items():
             known = {f.name for f in fields(_SECTIONS[section])}
             for name in ch:
-                if name not in known:
+                if name not in known and not is_sweepable(f"{section}.{name}"):
                     raise ConfigError(f"{section}.{name}: unknown field; allowed: "
                                       + ", ".join(sorted(known)))
-            sections[section] = dataclasses.replace(sections[section], **ch)
+            sections[section] = _replace_section(sections[section], ch)
         return Config(**sections)
 
 

@@ -251,13 +251,13 @@ def _quantile(xp: ModuleType, bias: Any, load: Any, memory: Any,
 
 
 _RATE = ("bias_update_rate",)
-register("none", None, _builtin=True)
-register("sign", _sign, fields=_RATE, _builtin=True)
-register("sign_centred", _sign_centred, fields=_RATE, _builtin=True)
-register("proportional", _proportional, fields=_RATE, _builtin=True)
-register("ema", _ema, fields=_RATE + ("momentum", "bias_cap"), warmup=True, _builtin=True)
-register("rms", _rms, fields=_RATE, _builtin=True)
+register("none", None, builtin=True)
+register("sign", _sign, fields=_RATE, builtin=True)
+register("sign_centred", _sign_centred, fields=_RATE, builtin=True)
+register("proportional", _proportional, fields=_RATE, builtin=True)
+register("ema", _ema, fields=_RATE + ("momentum", "bias_cap"), warmup=True, builtin=True)
+register("rms", _rms, fields=_RATE, builtin=True)
 register("momentum_tanh", _momentum_tanh, fields=_RATE + ("momentum", "tanh_scale"),
-         warmup=True, _builtin=True)
+         warmup=True, builtin=True)
 register("quantile", _quantile, fields=("quantile_ema",), bias_on_logits=True,
-         inputs=("dual_estimate",), _builtin=True)
+         inputs=("dual_estimate",), builtin=True)

@@ -99,6 +99,12 @@ class ControllerLaw:
         Extra inputs (see :data:`INPUTS`).
     builtin : bool
         Shipped with routesim (cannot be replaced or removed).
+
+    Examples
+    --------
+    >>> law = get_law("ema")
+    >>> law.fields, law.warmup, sorted(law.uses)
+    (('bias_update_rate', 'momentum', 'bias_cap'), True, ['bias_cap', 'bias_update_rate', 'momentum', 'update_every', 'warmup_steps', 'window'])
     """
 
     name: str
@@ -139,7 +145,7 @@ def _same_law(a: Law | None, b: Law | None) -> bool:
 def register(name: str, law: Law | None, *, params: Mapping[str, float | Param] | None = None,
              fields: tuple[str, ...] = (), warmup: bool = False, bias_on_logits: bool = False,
              inputs: tuple[str, ...] = (), replace: bool = False,
-             _builtin: bool = False) -> ControllerLaw:
+             builtin: bool = False) -> ControllerLaw:
     """Register a controller law under ``name`` (the ``controller.type`` that selects it).
 
     Parameters
@@ -167,6 +173,9 @@ def register(name: str, law: Law | None, *, params: Mapping[str, float | Param] 
     replace : bool
         Replace a different law registered under the same name (registering
         the same function again always does).
+    builtin : bool
+        Protect the name from replacement and removal (the package's own
+        laws are registered so).
 
     Returns
     -------
@@ -212,7 +221,7 @@ def register(name: str, law: Law | None, *, params: Mapping[str, float | Param] 
         raise ValueError(f"controller {name!r}: parameter {sorted(clash)[0]!r} shadows a "
                          "controller field or input")
     old = _REGISTRY.get(name)
-    if old is not None and not _builtin:
+    if old is not None:
         if old.builtin:
             raise ValueError(f"controller {name!r}: a built-in law cannot be replaced; "
                              "choose another name")
@@ -221,7 +230,7 @@ def register(name: str, law: Law | None, *, params: Mapping[str, float | Param] 
                              "unregister it first or pass replace=True")
     entry = ControllerLaw(name=name, law=law, params=MappingProxyType(specs),
                           fields=tuple(fields), warmup=warmup, bias_on_logits=bias_on_logits,
-                          inputs=tuple(inputs), builtin=_builtin)
+                          inputs=tuple(inputs), builtin=builtin)
     _REGISTRY[name] = entry
     return entry
 
