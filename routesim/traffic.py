@@ -83,7 +83,20 @@ def popularity(skew: str, num_experts: int, *, linear_spread: float = 1.0,
 
 @dataclass(frozen=True)
 class TrafficParams:
-    """Per-point traffic parameters as host arrays plus the static settings."""
+    """Per-point traffic parameters as host arrays plus the static settings.
+
+    Built by :func:`make_traffic_params`; the ``_P`` and ``_PE`` fields have
+    one row per point, the others are common to all points.
+
+    Examples
+    --------
+    >>> from routesim import Config
+    >>> cfg = Config().replace(**{"router.num_experts": 4, "router.topk": 2,
+    ...                           "traffic.skew": "linear"})
+    >>> params = make_traffic_params(cfg.points())
+    >>> params.kind, params.num_experts, params.mu0_PE.round(3).tolist()
+    ('popularity', 4, [[1.0, 0.333, -0.333, -1.0]])
+    """
 
     kind: str
     noise: str
@@ -123,6 +136,15 @@ class TrafficState:
         Topic centres (``features``).
     weight_PRED : array (P, R, E, D) or None
         Router weights (``features``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import Config, rng
+    >>> cfg = Config().replace(**{"router.num_experts": 4, "router.topk": 2})
+    >>> state = init_traffic(np, make_traffic_params(cfg.points()), rng.point_keys(0, [0], 2))
+    >>> state.mu_PRE.shape, state.regime_perm_GPRE.shape, state.weight_PRED is None
+    ((1, 2, 4), (1, 1, 2, 4), True)
     """
 
     mu_PRE: Any
@@ -156,7 +178,28 @@ def load_trace(trace: str) -> np.ndarray:
 
 
 def make_traffic_params(points: Sequence[Config]) -> TrafficParams:
-    """Collect per-point traffic settings into arrays (set-up, not the hot path)."""
+    """Collect per-point traffic settings into arrays (set-up, not the hot path).
+
+    Parameters
+    ----------
+    points : sequence of Config
+        The points of one run (sweep applied).
+
+    Returns
+    -------
+    TrafficParams
+
+    Examples
+    --------
+    A sweep over the noise scale gives one entry per point:
+
+    >>> from routesim import Config
+    >>> cfg = Config().replace(**{"router.num_experts": 4, "router.topk": 2,
+    ...                           "sweep.parameters": {"traffic.noise_scale": [0.5, 2.0]}})
+    >>> params = make_traffic_params(cfg.points())
+    >>> params.noise_scale_P.tolist(), params.mu0_PE.shape
+    ([0.5, 2.0], (2, 4))
+    """
     first = points[0]
     t, r, b = first.traffic, first.router, first.batch
     n = r.num_experts
@@ -194,7 +237,32 @@ def _per_point(xp: ModuleType, values_P: np.ndarray, ndim: int, dtype: Any) -> A
 
 def init_traffic(xp: ModuleType, params: TrafficParams, keys_PR: Any,
                  dtype: Any = None) -> TrafficState:
-    """Initial traffic state (regime permutations, topic centres, router weights)."""
+    """Initial traffic state (regime permutations, topic centres, router weights).
+
+    Parameters
+    ----------
+    params : TrafficParams
+    keys_PR : uint64 array (P, R)
+        The run's random keys (:func:`routesim.rng.point_keys`).
+    dtype : dtype, optional
+        Of the logits (default ``xp.float32``).
+
+    Returns
+    -------
+    TrafficState
+
+    Examples
+    --------
+    Every replica starts from its point's popularity vector:
+
+    >>> import numpy as np
+    >>> from routesim import Config, rng
+    >>> cfg = Config().replace(**{"router.num_experts": 4, "router.topk": 2,
+    ...                           "traffic.skew": "linear"})
+    >>> state = init_traffic(np, make_traffic_params(cfg.points()), rng.point_keys(0, [0], 3))
+    >>> state.mu_PRE.shape, state.mu_PRE[0, 2].astype(float).round(3).tolist()
+    ((1, 3, 4), [1.0, 0.333, -0.333, -1.0])
+    """
     dtype = dtype or xp.float32
     n = params.num_experts
     shape = tuple(keys_PR.shape)
@@ -220,7 +288,35 @@ def init_traffic(xp: ModuleType, params: TrafficParams, keys_PR: Any,
 
 def advance_traffic(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: Any,
                     step: int) -> TrafficState:
-    """The traffic state in force at ``step`` (drift applied), a new object."""
+    """The traffic state in force at ``step`` (drift applied), a new object.
+
+    Parameters
+    ----------
+    params : TrafficParams
+    state : TrafficState
+        The previous step's state (or the initial one).
+    keys_PR : uint64 array (P, R)
+    step : int
+
+    Returns
+    -------
+    TrafficState
+
+    Examples
+    --------
+    A sinusoid of amplitude 1 and period 4 adds ``sin(2 pi step / 4 + 2 pi i / E)``
+    to expert ``i``; at step 1 that is ``cos(2 pi i / 4)``:
+
+    >>> import numpy as np
+    >>> from routesim import Config, rng
+    >>> cfg = Config().replace(**{"router.num_experts": 4, "router.topk": 2,
+    ...                           "traffic.drift": "sinusoid", "traffic.drift_amplitude": 1.0,
+    ...                           "traffic.drift_period": 4.0})
+    >>> params, keys = make_traffic_params(cfg.points()), rng.point_keys(0, [0], 1)
+    >>> state = advance_traffic(np, params, init_traffic(np, params, keys), keys, step=1)
+    >>> (state.mu_PRE[0, 0].astype(float).round(3) + 0.0).tolist()  # + 0.0: no -0.0
+    [1.0, 0.0, -1.0, 0.0]
+    """
     if params.kind != "popularity" or params.drift == "none":
         return state
     n = params.num_experts
@@ -248,10 +344,32 @@ def token_features(xp: ModuleType, params: TrafficParams, state: TrafficState, k
                    step: int, token_start: int, n_tokens: int) -> tuple[Any, Any]:
     """Features and topics of tokens ``[token_start, token_start + n_tokens)``.
 
+    Parameters
+    ----------
+    params : TrafficParams
+        Of ``features`` traffic.
+    state : TrafficState
+    keys_PR : uint64 array (P, R)
+    step : int
+    token_start, n_tokens : int
+        The chunk, in global token indices of the step.
+
     Returns
     -------
     x_PRTD : array (P, R, T, D)
     topic_PRT : int array (P, R, T)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import Config, rng
+    >>> cfg = Config().replace(**{"router.num_experts": 4, "router.topk": 2,
+    ...                           "traffic.kind": "features", "traffic.feature_dim": 8,
+    ...                           "traffic.num_topics": 3})
+    >>> params, keys = make_traffic_params(cfg.points()), rng.point_keys(0, [0], 1)
+    >>> x, topic = token_features(np, params, init_traffic(np, params, keys), keys, 0, 0, 6)
+    >>> x.shape, topic.shape, bool(np.all((topic >= 0) & (topic < 3)))
+    ((1, 1, 6, 8), (1, 1, 6), True)
     """
     dtype = state.centres_PRMD.dtype
     rows = xp.arange(token_start, token_start + n_tokens, dtype=xp.uint64)
@@ -286,6 +404,26 @@ def logits(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: 
     step : int
     token_start, n_tokens : int
         The chunk, in global token indices of the step (sequence-major).
+
+    Returns
+    -------
+    array (P, R, T, E)
+
+    Examples
+    --------
+    Tokens are drawn by their global index, so a chunk equals the same tokens
+    drawn with the whole step:
+
+    >>> import numpy as np
+    >>> from routesim import Config, rng
+    >>> cfg = Config().replace(**{"router.num_experts": 4, "router.topk": 2})
+    >>> params, keys = make_traffic_params(cfg.points()), rng.point_keys(0, [0], 2)
+    >>> state = init_traffic(np, params, keys)
+    >>> z = logits(np, params, state, keys, step=0, token_start=0, n_tokens=5)
+    >>> z.shape, z.dtype
+    ((1, 2, 5, 4), dtype('float32'))
+    >>> np.array_equal(z[:, :, 3:], logits(np, params, state, keys, 0, 3, 2))
+    True
     """
     n = params.num_experts
     if params.kind == "trace":
