@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .config._numerics import format_bytes
+from . import controllers
 from .exceptions import ResourceError
 
 __all__ = ["Estimate", "estimate", "available_memory", "check", "LONG_RUN_OPERATIONS",
@@ -88,6 +89,13 @@ class Estimate:
         Bytes of each term and the fields whose product gives it.
     operation_fields : str
         The fields whose product gives :attr:`operations`.
+
+    Examples
+    --------
+    >>> est = Estimate(bytes=40, operations=7, terms={"a": (10, "x"), "b": (30, "y")},
+    ...                operation_fields="x")
+    >>> est.largest
+    'b'
     """
 
     bytes: int
@@ -107,7 +115,9 @@ def _chunk_tokens(config: Any, points: int) -> int:
 
     b, r = config.batch, config.router
     per_mb = b.sequences_per_micro_batch
-    if not r.dropless or config.controller.type == "quantile" or r.router_type != "token_choice":
+    law = controllers.get_law(config.controller.type)
+    whole = law.needs_dual_estimate or law.bias_on_logits  # the dual needs the whole batch
+    if not r.dropless or whole or r.router_type != "token_choice":
         return per_mb * b.seq_length
     fit = ENGINE_CHUNK_ELEMENTS // (points * config.run.replicas * b.seq_length
                                     * r.num_experts)
@@ -128,6 +138,18 @@ def estimate(config: Any, point_indices: Sequence[int] | None = None) -> Estimat
     Estimate
         Nothing is allocated: the estimate takes microseconds even for a
         config that would need petabytes.
+
+    Examples
+    --------
+    The mean-field engine's Jacobians take ``P * R * E * E * 80`` bytes and its
+    records ``S * P * R * E * 144``; here ``P = R = 1``, ``E = 64``, ``S = 200``:
+
+    >>> from routesim.config import Config
+    >>> est = estimate(Config().replace(**{"run.engine": "meanfield"}))
+    >>> est.terms["Jacobians"][0] == 64 * 64 * 80, est.terms["recorded outputs"][0]
+    (True, 1843200)
+    >>> est.largest, est.bytes == 1843200 + 64 * 64 * 80 + 48 * 10**6
+    ('load-map tables', True)
     """
     run, b, r, t = config.run, config.batch, config.router, config.traffic
     P = config.num_points if point_indices is None else len(point_indices)
@@ -172,6 +194,12 @@ def available_memory() -> int | None:
 
     ``MemAvailable`` of ``/proc/meminfo`` (Linux), else free physical pages
     from ``os.sysconf``.
+
+    Examples
+    --------
+    >>> free = available_memory()
+    >>> free is None or free > 0
+    True
     """
     try:
         with open("/proc/meminfo") as fh:
@@ -213,6 +241,19 @@ def check(config: Any, point_indices: Sequence[int] | None = None,
         When ``copies`` times the estimated memory exceeds ``run.max_memory``
         (when set) or the available memory, or the work exceeds
         :data:`MAX_OPERATIONS`. The message names the largest term's fields.
+
+    Examples
+    --------
+    The default config fits and is short, so ``progress`` comes back unchanged;
+    a 1 MB budget is refused, naming the fields of the largest term:
+
+    >>> from routesim.config import Config
+    >>> check(Config(), progress=None) is None
+    True
+    >>> check(Config().replace(**{"run.max_memory": "1 MB"}))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ResourceError: points (1) x run.replicas (1) x tokens routed at once ...
     """
     est = estimate(config, point_indices)
     need = est.bytes * copies
