@@ -45,12 +45,13 @@ from .config import (
     load_config,
 )
 from .engines.exact import make_simulator
-from .exceptions import BackendError, ConfigError, NumericalFault, ResourceError
+from .exceptions import (BackendError, ConfigError, NumericalFault, ResourceError,
+                         ResultsFileError, SolverError, UnstableLoopError)
 from .leakage.measure import measure_leakage
-from .engines.learner import make_learner_simulator, simulate_learner
-from .run import simulate
+from .engines.learner import make_learner_simulator
+from .run import simulate, simulate_learner, simulate_meanfield
 from .store import load, save
-from .engines.meanfield import make_meanfield_simulator, simulate_meanfield
+from .engines.meanfield import make_meanfield_simulator
 from .sweep import run_sweep
 from . import theory  # noqa: E402  (``routesim.theory.X`` after ``import routesim``)
 
@@ -73,6 +74,9 @@ __all__ = [
     "load_config",
     "NumericalFault",
     "ResourceError",
+    "ResultsFileError",
+    "SolverError",
+    "UnstableLoopError",
     "make_learner_simulator",
     "make_meanfield_simulator",
     "make_simulator",

@@ -1,7 +1,7 @@
 """Numerical faults: a cheap finite check of an engine's state after every step.
 
 A NaN or an Inf in the bias, the controller memory, the popularity, the
-learning router's weights or its logits would otherwise be written into the
+learning router's weights or the router logits would otherwise be written into the
 results as ordinary numbers (a NaN bias still routes, and the loads stay
 finite integers, so MaxVio looks plausible). :func:`make_step_check` returns
 a function that each engine's loop calls after every step; on the first
@@ -11,6 +11,10 @@ one line naming the step, the point, the variable and the likely cause.
 The check costs one sum per checked array (NaN and Inf propagate through a
 sum); only when a sum is not finite are the values themselves inspected, to
 tell a fault from a sum that merely overflowed and to find the point.
+
+The exact engine reports the sum of each step's logits (``logit_sum_PR``)
+on its generic path; a compiled kernel (``run.kernel``) keeps its logits to
+itself and relies on the load-time bound on the logits below.
 
 What can be decided from the config alone (a bias step that
 ``run.bias_dtype`` cannot represent, a capacity that overflows, a
@@ -87,10 +91,13 @@ def checked_arrays(state: Any, out: Any) -> Iterator[tuple[str, Any]]:
     reference = getattr(state, "reference", None)
     if reference is not None:
         yield "mean-field load map", reference.p_PRE
-    extra = getattr(out, "extra", None) or {}
-    for key in ("max_logit", "logit_spread"):
-        if key in extra:
-            yield "logits", extra[key]
+    # the exact engine's per-step sum of its logits; the learning router's statistics
+    if getattr(out, "logit_sum_PR", None) is not None:
+        yield "logits", out.logit_sum_PR
+    extra = getattr(out, "extra", None)
+    for attr in ("max_logit_PR", "logit_spread_PR"):
+        if getattr(extra, attr, None) is not None:
+            yield "logits", getattr(extra, attr)
 
 
 def _bad_points(xp: ModuleType, array: Any) -> tuple[np.ndarray, str] | None:

@@ -1,26 +1,74 @@
 """``simulate(config)``: run every step for every point and replica, return a Dataset.
 
-The loop over steps is the caller's loop of :func:`routesim.engines.exact.make_simulator`
-with a progress bar; per-step metrics are then computed in one vectorised
-pass over the recorded loads and biases (:mod:`routesim.metrics`).
+One loop, :func:`run_steps`, drives every engine's pure ``(init, step)`` pair
+with the per-step finite check of :mod:`routesim.faults` and a progress bar;
+the engine is looked up in :data:`ENGINES` and the recorded outputs become a
+Dataset in :mod:`routesim.results` (per-step metrics in one vectorised pass).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from . import faults, metrics, resources
-from ._backend import to_numpy
+from . import faults, resources
+from ._backend import get_namespace, to_numpy
 from .config import Config
-from .rng import entropy_of
+from .engines import exact, learner, meanfield
+from .engines._common import StepOutput
+from .results import build_dataset, engine_variables
 
-__all__ = ["simulate", "build_dataset", "run_steps"]
+__all__ = ["simulate", "simulate_meanfield", "simulate_learner", "build_dataset", "run_steps",
+           "run_engine", "Engine", "ENGINES", "engine_of"]
+
+#: The fields of :class:`StepOutput` every engine records.
+_FIELDS = ("bias_PRE", "load_PRE", "kept_PRE", "displaced_PR", "maxvio_compute_PRC",
+           "unrouted_PR")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An engine as the loop sees it.
+
+    Attributes
+    ----------
+    make_simulator : callable (config, point_indices, **options) -> (init, step)
+    desc : str
+        Label of the progress bar.
+    attrs : callable (**options) -> dict
+        Dataset attributes the engine adds (its settings).
+    """
+
+    make_simulator: Callable[..., Any]
+    desc: str
+    attrs: Callable[..., dict] = lambda **options: {}
+
+
+def _meanfield_attrs(tolerance: float = meanfield.DEFAULT_TOLERANCE,
+                     covariance_tolerance: float = meanfield.COVARIANCE_TOLERANCE) -> dict:
+    return {"meanfield_tolerance": float(tolerance),
+            "meanfield_covariance_tolerance": float(covariance_tolerance)}
+
+
+#: Engine name -> :class:`Engine` (``learner`` runs when ``penalty.learn`` is true).
+ENGINES = {
+    "exact": Engine(exact.make_simulator, "routesim"),
+    "meanfield": Engine(meanfield.make_meanfield_simulator, "routesim meanfield",
+                        _meanfield_attrs),
+    "learner": Engine(learner.make_learner_simulator, "routesim (learning)"),
+}
+
+
+def engine_of(config: Config) -> str:
+    """The :data:`ENGINES` key that runs ``config``."""
+    return "learner" if config.penalty.learn else config.run.engine
 
 
 def _progress(progress: bool | None, total: int, desc: str) -> tqdm:
@@ -55,6 +103,8 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
         ``drop_rate``, ``displacement``, ``flip_fraction``, ``bias_spread``,
         ``unrouted_share`` (tokens with no expert) and, for Expert Choice,
         ``experts_per_token`` (tokens with 0..E experts, dim ``num_assigned``).
+        The mean-field and learning engines add their own variables
+        (:func:`simulate_meanfield`, :func:`simulate_learner`).
         Attributes hold the config (JSON), the package version, the seed and
         its SeedSequence entropy.
 
@@ -68,49 +118,107 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
     >>> int(ds["load"].isel(step=0).sum()) == 2 * 32 * 2
     True
     """
-    if config.run.engine == "meanfield":
-        from .engines.meanfield import simulate_meanfield  # noqa: PLC0415 (optional engine)
+    return run_engine(config, engine_of(config), point_indices=point_indices, progress=progress)
 
-        return simulate_meanfield(config, point_indices=point_indices, progress=progress)
-    if config.penalty.learn:
-        from .engines.learner import simulate_learner  # noqa: PLC0415 (learning engine)
 
-        return simulate_learner(config, point_indices=point_indices, progress=progress)
-    from ._backend import get_namespace
-    from .engines.exact import make_simulator
+def run_engine(config: Config, name: str, *, point_indices: Sequence[int] | None = None,
+               progress: bool | None = None, **options: Any) -> xr.Dataset:
+    """Run engine ``name`` of :data:`ENGINES` over every step and return the Dataset.
 
+    ``options`` go to the engine's ``make_simulator`` (e.g. the mean-field
+    tolerances) and into its Dataset attributes.
+    """
+    engine = ENGINES[name]
     progress = resources.check(config, point_indices, progress)
-    init, step = make_simulator(config, point_indices)
-    fields = ("bias_PRE", "load_PRE", "kept_PRE", "displaced_PR", "maxvio_compute_PRC",
-              "unrouted_PR", "experts_per_token_PRJ")
+    init, step = engine.make_simulator(config, point_indices, **options)
     check = faults.make_step_check(config, point_indices, get_namespace(config.run.backend))
-    _, rec = run_steps(step, init(), config.run.steps, fields, progress, "routesim", check)
-    extra = {"unrouted_share": (("step", "point", "replica"), rec["unrouted_PR"])}
-    if rec["experts_per_token_PRJ"] is not None:
-        extra["experts_per_token"] = (("step", "point", "replica", "num_assigned"),
-                                      rec["experts_per_token_PRJ"].astype(np.int32))
-    return build_dataset(config, point_indices, bias_SPRE=rec["bias_PRE"],
-                         load_SPRE=rec["load_PRE"], kept_SPRE=rec["kept_PRE"],
-                         displaced_SPR=rec["displaced_PR"],
-                         maxvio_compute_SPRC=rec["maxvio_compute_PRC"], extra=extra)
+    _, rec = run_steps(step, init(), config.run.steps, progress, engine.desc, check)
+    ds = build_dataset(config, point_indices, bias_SPRE=rec["bias_PRE"],
+                       load_SPRE=rec["load_PRE"], kept_SPRE=rec["kept_PRE"],
+                       displaced_SPR=rec["displaced_PR"],
+                       maxvio_compute_SPRC=rec["maxvio_compute_PRC"],
+                       extra=engine_variables(config, rec))
+    ds.attrs.update(engine.attrs(**options))
+    return ds
 
 
-def run_steps(step: Any, state: Any, steps: int, fields: Sequence[str], progress: bool | None,
-              desc: str, check: Callable[[Any, Any], None] | None = None
-              ) -> tuple[Any, dict[str, np.ndarray | None]]:
-    """Run ``steps`` steps and stack the named fields of each step's output on the host.
+def simulate_meanfield(config: Config, *, point_indices: Sequence[int] | None = None,
+                       progress: bool | None = None,
+                       tolerance: float = meanfield.DEFAULT_TOLERANCE,
+                       covariance_tolerance: float = meanfield.COVARIANCE_TOLERANCE
+                       ) -> xr.Dataset:
+    """Run the mean-field surrogate; the same Dataset as :func:`simulate`.
 
     Parameters
     ----------
-    step : callable (state) -> (state, output)
+    config : Config
+        The run (``run.engine`` is not consulted here).
+    point_indices : sequence of int, optional
+        Run only these points of the sweep (global indices).
+    progress : bool or None
+        Progress bar on stderr; None shows it only when stderr is a terminal.
+    tolerance, covariance_tolerance : float > 0
+        Re-evaluation thresholds (see
+        :func:`routesim.engines.meanfield.make_meanfield_simulator`).
+
+    Returns
+    -------
+    xarray.Dataset
+        As :func:`simulate`; ``displacement`` is NaN, the variable
+        ``meanfield_evaluations`` (point, replica) counts the exact
+        evaluations of each row's load map, and the attrs add the two
+        tolerances.
+    """
+    return run_engine(config, "meanfield", point_indices=point_indices, progress=progress,
+                      tolerance=tolerance, covariance_tolerance=covariance_tolerance)
+
+
+def simulate_learner(config: Config, *, point_indices: Sequence[int] | None = None,
+                     progress: bool | None = None) -> xr.Dataset:
+    """Run the learning engine over all steps and return the result Dataset.
+
+    Parameters
+    ----------
+    config : Config
+        With ``penalty.learn = true``.
+    point_indices : sequence of int, optional
+        Run only these points of the sweep.
+    progress : bool or None
+        Progress bar on stderr; None shows it only on a terminal.
+
+    Returns
+    -------
+    xarray.Dataset
+        The exact engine's variables (:func:`simulate`) plus, per
+        step, point and replica, ``task_proxy``, ``task_affinity``,
+        ``penalty``, ``balance_loss``, ``z_loss_value``, ``interference``,
+        ``cancelled_share``, ``max_logit``, ``logit_spread``; per step and
+        point ``alpha_t``, ``z_loss_t``, ``lr_t``; ``expert_quality`` per
+        expert; ``load_ratio`` (max/min total load over the run) and
+        ``maxvio_global_final`` (MaxVio of the loads of the last
+        ``run.global_window`` steps) per point and replica. With the noisy
+        gate also ``importance_cv2``, ``load_cv2``, ``gate_noise``,
+        ``eval_load``, ``maxvio_global_eval`` (trailing
+        ``run.global_window`` steps of ``eval_load``),
+        ``maxvio_global_eval_run`` and ``load_ratio_eval``.
+    """
+    return run_engine(config, "learner", point_indices=point_indices, progress=progress)
+
+
+def run_steps(step: Callable[[Any], tuple[Any, StepOutput]], state: Any, steps: int,
+              progress: bool | None, desc: str,
+              check: Callable[[Any, Any], None] | None = None
+              ) -> tuple[Any, dict[str, Any]]:
+    """Run ``steps`` steps and stack each step's output on the host.
+
+    Parameters
+    ----------
+    step : callable (state) -> (state, StepOutput)
         A pure step function (any engine).
     state : object
         The initial state.
     steps : int
         Steps to run.
-    fields : sequence of str
-        Attributes of the step output to record; one that is None is
-        recorded as None.
     progress : bool or None
         Progress bar on stderr (None: only when stderr is a terminal).
     desc : str
@@ -126,89 +234,43 @@ def run_steps(step: Any, state: Any, steps: int, fields: Sequence[str], progress
     -------
     state : object
         The final state.
-    records : dict of str to ndarray or None
-        Each field stacked along a new leading step axis.
+    records : dict
+        The common :class:`StepOutput` fields, each stacked along a new
+        leading step axis (None where the engine reports None), and
+        ``"extra"``: the engine's extension with its fields stacked the same
+        way (None without one).
     """
-    rows: dict[str, list] = {f: [] for f in fields}
+    rows: dict[str, list] = {f: [] for f in _FIELDS}
+    extras: list = []
     with _progress(progress, steps, desc) as bar:
         for _ in range(steps):
             with _quiet(check):
                 state, out = step(state)
             if check is not None:
                 check(state, out)
-            for f in fields:
+            for f in _FIELDS:
                 value = getattr(out, f)
                 rows[f].append(None if value is None else to_numpy(value))
+            extras.append(out.extra)
             bar.update(1)
-    records = {f: (None if not v or v[0] is None else np.stack(v)) for f, v in rows.items()}
+    records: dict[str, Any] = {
+        f: (None if not v or v[0] is None else np.stack(v)) for f, v in rows.items()}
+    records["extra"] = _stack_extras(extras)
     return state, records
+
+
+def _stack_extras(extras: list) -> Any:
+    """The step extensions as one of their kind, each field stacked along steps."""
+    if not extras or extras[0] is None:
+        return None
+    stacked = {}
+    for f in dataclasses.fields(extras[0]):
+        first = getattr(extras[0], f.name)
+        stacked[f.name] = (None if first is None
+                           else np.stack([to_numpy(getattr(e, f.name)) for e in extras]))
+    return type(extras[0])(**stacked)
 
 
 def _quiet(check: Any) -> Any:
     """Silence NumPy's overflow/invalid warnings when a fault check will report them."""
     return np.errstate(over="ignore", invalid="ignore") if check is not None else nullcontext()
-
-
-def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
-                  bias_SPRE: np.ndarray, load_SPRE: np.ndarray, kept_SPRE: np.ndarray,
-                  displaced_SPR: np.ndarray, maxvio_compute_SPRC: np.ndarray,
-                  extra: dict[str, Any] | None = None) -> xr.Dataset:
-    """Assemble the result Dataset from recorded host arrays (any engine)."""
-    from . import __version__
-
-    labels_all = config.point_labels()
-    if point_indices is None:
-        point_indices = range(len(labels_all))
-    point_indices = list(point_indices)
-    dims3 = ("step", "point", "replica")
-    dims4 = dims3 + ("expert",)
-    steps = load_SPRE.shape[0]
-    window = config.run.global_window
-    load = load_SPRE.astype(np.int64)
-    kept = kept_SPRE.astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        drop = 1.0 - kept.sum(-1) / np.maximum(load.sum(-1), 1)
-    data = {
-        "load": (dims4, load.astype(np.int32)),
-        "kept_load": (dims4, kept.astype(np.int32)),
-        "bias": (dims4, bias_SPRE),
-        "maxvio_batch": (dims3, metrics.maxvio(load)),
-        "maxvio_global": (dims3, metrics.maxvio(metrics.trailing_sum(load, window))),
-        "maxvio_global_run": (("point", "replica"), metrics.maxvio(load.sum(axis=0))),
-        "cv": (dims3, metrics.cv(load)),
-        "min_load": (dims3, load.min(-1).astype(np.int32)),
-        "max_load": (dims3, load.max(-1).astype(np.int32)),
-        "dead_experts": (dims3, metrics.dead_experts(load).astype(np.int32)),
-        "load_entropy": (dims3, metrics.load_entropy(load)),
-        "drop_rate": (dims3, drop),
-        "displacement": (dims3, displaced_SPR.astype(np.float64)),
-        "flip_fraction": (dims3, metrics.flip_fraction(bias_SPRE)),
-        "bias_spread": (dims3, metrics.bias_spread(bias_SPRE)),
-    }
-    coords: dict[str, Any] = {
-        "step": np.arange(steps),
-        "point": np.asarray(point_indices),
-        "replica": np.arange(config.run.replicas),
-        "expert": np.arange(load.shape[-1]),
-        "label": ("point", np.asarray([labels_all[i] for i in point_indices], dtype=str)),
-    }
-    if config.batch.computation_batch_sizes:
-        data["maxvio_compute"] = (dims3 + ("compute_batch",), maxvio_compute_SPRC)
-        coords["compute_batch"] = np.asarray(config.batch.computation_batch_sizes)
-    for key in config.sweep.parameters:
-        values = [config.sweep.assignments()[i][key] for i in point_indices]
-        coords[key] = ("point", np.asarray(values))
-    if extra:
-        data.update(extra)
-    attrs = {
-        "title": "routesim simulation",
-        "routesim_version": __version__,
-        "config": config.to_json(),
-        "seed": int(config.run.seed),
-        "seed_entropy": str(entropy_of(config.run.seed)),
-        "engine": config.run.engine,
-        "tokens_per_step": int(config.batch.tokens_per_step),
-        "num_experts": int(config.router.num_experts),
-        "topk": int(config.router.topk),
-    }
-    return xr.Dataset(data, coords=coords, attrs=attrs)

@@ -13,8 +13,16 @@ controller's window is a micro-batch), each with logits for every point and
 replica at once. Loads are counted per (sequence, expert), from which step,
 micro-batch and computation-batch loads follow by summation.
 
+Everything fixed for the run sits in a frozen :class:`ExactPlan`, built once;
+the step is a chain of module-level functions of the plan and the state.
+
+The generic path reports the sum of each step's logits (``logit_sum_PR``) for
+the per-step finite check of :mod:`routesim.faults`. A compiled kernel
+(``run.kernel``) does not expose its logits; it relies on the load-time bound
+on the logits (:mod:`routesim.config._numerics`).
+
 Shape legend: P points, R replicas, B sequences, T tokens, E experts, K top-k,
-C computation-batch sizes.
+C computation-batch sizes, J assignment counts 0..E.
 """
 
 from __future__ import annotations
@@ -29,13 +37,15 @@ import numpy as np
 from ..routing import expert_choice
 from .. import controllers, routing, traffic
 from . import kernels as _kernels
-from .._backend import get_namespace, one_hot
+from .._backend import one_hot
 from ..config import Config
-from ..exceptions import ConfigError
 from ..gates import gate
-from ..rng import point_keys
+from ._common import (ExpertChoiceExtra, PointPlan, StepOutput, closes_after_micro_batch,
+                      closes_after_step, initial_bias, make_plan, maxvio_compute,
+                      update_controller)
 
-__all__ = ["SimState", "StepOutput", "Simulator", "make_simulator", "ENGINE_CHUNK_ELEMENTS"]
+__all__ = ["SimState", "StepOutput", "ExactPlan", "Simulator", "make_simulator", "make_plan_exact",
+           "init_state", "step_state", "ENGINE_CHUNK_ELEMENTS"]
 
 #: Upper bound on P * R * tokens * experts per routed chunk (memory control).
 ENGINE_CHUNK_ELEMENTS = 1 << 22
@@ -74,33 +84,42 @@ class SimState:
     traffic: traffic.TrafficState
 
 
+Simulator = tuple[Callable[[], SimState], Callable[[SimState], tuple[SimState, StepOutput]]]
+
+
 @dataclass(frozen=True)
-class StepOutput:
-    """What one step reports (arrays in the engine's namespace).
+class ExactPlan:
+    """What the exact engine fixes once per run (see :func:`make_plan_exact`).
 
     Attributes
     ----------
-    bias_PRE : bias that routed the step's first micro-batch.
-    load_PRE : routed loads of the step (before dropping).
-    kept_PRE : loads after capacity dropping.
-    displaced_PR : share of selections outside the unbiased top-K (NaN if off).
-    maxvio_compute_PRC : mean MaxVio over the computation batches of each size.
-    unrouted_PR : share of tokens with no expert (0 for dropless token choice,
-        NaN for token choice with capacity dropping, measured for Expert Choice).
-    experts_per_token_PRJ : Expert Choice only (else None): tokens of the step
-        with 0, 1, ..., E experts.
+    points : PointPlan
+    tparams, cparams : traffic and controller parameters of the points.
+    quantile_P : bool array (P,)
+        Points whose controller is quantile balancing.
+    fast_router : callable or None
+        A compiled kernel's router (None: the generic array path).
+    chunk_seqs : int
+        Sequences per routed chunk of a micro-batch.
+    cap : int
+        Expert capacity per micro-batch.
+    ec_block : int or None
+        Expert Choice block in tokens (None for token choice).
     """
 
-    bias_PRE: Any
-    load_PRE: Any
-    kept_PRE: Any
-    displaced_PR: Any
-    maxvio_compute_PRC: Any
-    unrouted_PR: Any = None
-    experts_per_token_PRJ: Any = None
+    points: PointPlan
+    tparams: Any
+    cparams: Any
+    quantile_P: np.ndarray
+    fast_router: Any
+    chunk_seqs: int
+    cap: int
+    ec_block: int | None
 
-
-Simulator = tuple[Callable[[], SimState], Callable[[SimState], tuple[SimState, StepOutput]]]
+    @property
+    def cfg(self) -> Config:
+        """The first point's config (fields that cannot be swept)."""
+        return self.points.first
 
 
 def _chunk_sequences(cfg: Config, num_points: int, any_quantile: bool) -> int:
@@ -122,6 +141,199 @@ def _chunk_sequences(cfg: Config, num_points: int, any_quantile: bool) -> int:
     return fit
 
 
+def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
+                    xp: ModuleType | None = None) -> ExactPlan:
+    """Check the points and fix everything the exact engine needs for the run."""
+    pp = make_plan(config, point_indices, xp)
+    cfg, xp = pp.first, pp.xp
+    batch, router = cfg.batch, cfg.router
+    tparams = traffic.make_traffic_params(pp.points)
+    cparams = controllers.make_controller_params(pp.points)
+    seqs_mb = batch.sequences_per_micro_batch
+    # A compiled kernel (run.kernel) streams over tokens itself: one call per micro-batch.
+    # It is chosen for the whole sweep, so a subset of points routes as in the whole run.
+    fast_router = (_kernels.make_router(pp.points, xp, pp.keys_PR, tparams)
+                   if _kernels.choose_kernel(pp.all_points, xp) != "generic" else None)
+    chunk_seqs = (seqs_mb if fast_router is not None
+                  else _chunk_sequences(cfg, len(pp.points), cparams.any_quantile))
+    # Expert Choice: block size (None for token choice); see route_expert_choice.
+    ec_block = ((router.expert_choice_block or seqs_mb * batch.seq_length)
+                if router.router_type == "expert_choice" else None)
+    return ExactPlan(points=pp, tparams=tparams, cparams=cparams,
+                     quantile_P=cparams.on_logits_P,
+                     fast_router=fast_router, chunk_seqs=chunk_seqs,
+                     cap=routing.capacity(seqs_mb * batch.seq_length, router.topk,
+                                          router.num_experts, router.capacity_factor),
+                     ec_block=ec_block)
+
+
+def init_state(plan: ExactPlan) -> SimState:
+    """The state before the first step."""
+    pp = plan.points
+    xp = pp.xp
+    zeros = xp.zeros(pp.shape_PRE, dtype=pp.dtype)
+    return SimState(step=0, bias_PRE=initial_bias(pp), memory_PRE=zeros,
+                    window_load_PRE=xp.zeros(pp.shape_PRE, dtype=xp.int64),
+                    window_estimate_PRE=zeros, window_batches=0, windows_done=0,
+                    traffic=traffic.init_traffic(xp, plan.tparams, pp.keys_PR))
+
+
+def route_chunk(plan: ExactPlan, tstate: traffic.TrafficState, bias_PRE: Any, step: int,
+                token_start: int, n_seqs: int) -> tuple[Any, Any, Any, Any, Any]:
+    """Route one chunk; returns routed and kept counts per sequence, displaced
+    selections, the quantile estimate (or None) and the sum of the logits (P, R)
+    (None from a compiled kernel)."""
+    xp, keys_PR, tparams, cparams = plan.points.xp, plan.points.keys_PR, plan.tparams, plan.cparams
+    run, router, L = plan.cfg.run, plan.cfg.router, plan.cfg.batch.seq_length
+    cap, quantile_P = plan.cap, plan.quantile_P
+    if plan.fast_router is not None:
+        routed, displaced = plan.fast_router(tstate, bias_PRE, step, token_start, n_seqs)
+        return routed, routed, displaced, None, None
+    z = traffic.logits(xp, tparams, tstate, keys_PR, step, token_start, n_seqs * L)
+    out = routing.route_block(xp, z, bias_PRE, router, num_sequences=n_seqs, seq_length=L,
+                              capacity=cap,
+                              logit_bias_P=quantile_P if cparams.any_quantile else None,
+                              displaced=run.record_displacement,
+                              quantile_estimate=cparams.any_quantile)
+    return out.routed_PRBE, out.kept_PRBE, out.displaced_PR, out.estimate_PRE, _logit_sum(xp, z)
+
+
+def _logit_sum(xp: ModuleType, z_PRTE: Any) -> Any:
+    """Sum of the logits per point and replica: NaN or Inf survive it (the fault check)."""
+    return xp.sum(z_PRTE, axis=(-2, -1), dtype=xp.float64)
+
+
+def route_expert_choice(plan: ExactPlan, tstate: traffic.TrafficState, step: int,
+                        token_start: int, n_seqs: int) -> tuple[Any, Any, Any]:
+    """Expert Choice on one micro-batch: counts per sequence (P, R, B, E), tokens
+    with 0..E experts (P, R, E + 1) and the sum of the logits (P, R). The bias is
+    not used: a per-expert constant does not change which tokens an expert ranks
+    first."""
+    xp, cfg = plan.points.xp, plan.cfg
+    L = cfg.batch.seq_length
+    z = traffic.logits(xp, plan.tparams, tstate, plan.points.keys_PR, step, token_start,
+                       n_seqs * L)
+    mask = expert_choice.expert_choice_mask(xp, gate(xp, cfg.router.score_function, z),
+                                            cfg.router.topk, plan.ec_block)
+    return (routing.mask_counts_per_sequence(xp, mask, n_seqs, L),
+            expert_choice.experts_per_token_histogram(xp, mask), _logit_sum(xp, z))
+
+
+def close_window(plan: ExactPlan, state: SimState) -> SimState:
+    """Apply the controller to the window's loads and open a new window."""
+    xp = plan.points.xp
+    est = None
+    if plan.cparams.any_quantile:
+        est = state.window_estimate_PRE / max(state.window_batches, 1)
+    bias, memory = update_controller(xp, plan.cparams, state.bias_PRE, state.memory_PRE,
+                                     state.window_load_PRE, est, state.windows_done)
+    return dataclasses.replace(
+        state, bias_PRE=bias, memory_PRE=memory,
+        window_load_PRE=xp.zeros_like(state.window_load_PRE),
+        window_estimate_PRE=xp.zeros_like(state.window_estimate_PRE),
+        window_batches=0, windows_done=state.windows_done + 1)
+
+
+@dataclass(frozen=True)
+class _MicroBatch:
+    """One micro-batch's counts per sequence and what its chunks reported."""
+
+    routed_PRBE: Any
+    kept_PRBE: Any
+    displaced_parts: list    # per chunk: selections outside the unbiased top-K
+    estimate_PRE: Any        # the quantile estimate (None without quantile points)
+    hist_parts: list         # per chunk: Expert Choice histogram
+    logit_sum_PR: Any        # None from a compiled kernel
+
+
+def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
+    """Route micro-batch ``mb`` of the step ``state.step`` chunk by chunk."""
+    xp, cfg = plan.points.xp, plan.cfg
+    seqs_mb, L, t = cfg.batch.sequences_per_micro_batch, cfg.batch.seq_length, state.step
+    routed_parts, kept_parts, displaced, hists, estimate = [], [], [], [], None
+    logit_sum = 0.0
+    for c0 in range(0, seqs_mb, plan.chunk_seqs):
+        start = (mb * seqs_mb + c0) * L
+        if plan.ec_block is not None:  # Expert Choice (chunk = whole micro-batch)
+            routed, hist, zsum = route_expert_choice(plan, state.traffic, t, start,
+                                                     plan.chunk_seqs)
+            kept, disp, est = routed, None, None
+            hists.append(hist)
+        else:
+            routed, kept, disp, est, zsum = route_chunk(plan, state.traffic, state.bias_PRE, t,
+                                                        start, plan.chunk_seqs)
+        routed_parts.append(routed)
+        kept_parts.append(kept)
+        if disp is not None:
+            displaced.append(disp)
+        estimate = est
+        logit_sum = None if zsum is None else logit_sum + zsum
+    return _MicroBatch(xp.concat(routed_parts, axis=2), xp.concat(kept_parts, axis=2),
+                       displaced, estimate, hists, logit_sum)
+
+
+def count_micro_batch(plan: ExactPlan, state: SimState, part: _MicroBatch) -> SimState:
+    """Add a micro-batch to the controller window (closing it after each micro-batch)."""
+    xp = plan.points.xp
+    window_est = state.window_estimate_PRE
+    if part.estimate_PRE is not None:
+        window_est = window_est + xp.astype(part.estimate_PRE, plan.points.dtype)
+    state = dataclasses.replace(
+        state, window_load_PRE=state.window_load_PRE + xp.sum(part.kept_PRBE, axis=2),
+        window_estimate_PRE=window_est, window_batches=state.window_batches + 1)
+    if closes_after_micro_batch(plan.cfg.controller):
+        state = close_window(plan, state)
+    return state
+
+
+def step_state(plan: ExactPlan, state: SimState) -> tuple[SimState, StepOutput]:
+    """One global batch: every micro-batch routed in order, then the step's report."""
+    xp, t = plan.points.xp, state.step
+    tstate = traffic.advance_traffic(xp, plan.tparams, state.traffic, plan.points.keys_PR, t)
+    state = dataclasses.replace(state, traffic=tstate)
+    first_bias = state.bias_PRE
+    parts = []
+    for mb in range(plan.cfg.batch.num_micro_batches):
+        part = route_micro_batch(plan, state, mb)
+        state = count_micro_batch(plan, state, part)
+        parts.append(part)
+    if closes_after_step(plan.cfg.controller, t):
+        state = close_window(plan, state)
+    out = step_output(plan, first_bias, parts)
+    return dataclasses.replace(state, step=t + 1), out
+
+
+def step_output(plan: ExactPlan, first_bias: Any, parts: list[_MicroBatch]) -> StepOutput:
+    """The step's report from its micro-batches."""
+    xp, cfg, shape_PR = plan.points.xp, plan.cfg, plan.points.shape_PRE[:2]
+    batch, router = cfg.batch, cfg.router
+    routed_seq = xp.concat([p.routed_PRBE for p in parts], axis=2)  # (P, R, B, E)
+    kept = xp.sum(xp.concat([p.kept_PRBE for p in parts], axis=2), axis=2)
+    displaced = xp.zeros(shape_PR, dtype=xp.float64)
+    per_token = xp.zeros(shape_PR + (router.num_experts + 1,), dtype=xp.int64)
+    for p in parts:  # in routing order, as the sums were always taken
+        for disp in p.displaced_parts:
+            displaced = displaced + disp
+        for hist in p.hist_parts:
+            per_token = per_token + hist
+    logit_sum = None if parts[0].logit_sum_PR is None else sum(p.logit_sum_PR for p in parts)
+    if cfg.run.record_displacement and plan.ec_block is None:
+        disp_share = displaced / (batch.tokens_per_step * router.topk)
+    else:
+        disp_share = xp.full(shape_PR, float("nan"), dtype=xp.float64)
+    extra = None
+    if plan.ec_block is not None:
+        extra = ExpertChoiceExtra(experts_per_token_PRJ=per_token)
+        unrouted = xp.astype(per_token[..., 0], xp.float64) / batch.tokens_per_step
+    else:
+        unrouted = xp.full(shape_PR, 0.0 if router.dropless else float("nan"), dtype=xp.float64)
+    return StepOutput(bias_PRE=first_bias, load_PRE=xp.sum(routed_seq, axis=2), kept_PRE=kept,
+                      displaced_PR=disp_share,
+                      maxvio_compute_PRC=maxvio_compute(xp, routed_seq,
+                                                        batch.computation_batch_sizes),
+                      unrouted_PR=unrouted, logit_sum_PR=logit_sum, extra=extra)
+
+
 def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
                    xp: ModuleType | None = None) -> Simulator:
     """Build the pure ``(init, step)`` pair of the exact engine.
@@ -141,151 +353,5 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
     init : callable () -> SimState
     step : callable (SimState) -> (SimState, StepOutput)
     """
-    all_points = config.points()
-    if point_indices is None:
-        point_indices = range(len(all_points))
-    point_indices = list(point_indices)
-    for i in point_indices:
-        if not 0 <= i < len(all_points):
-            raise ConfigError(f"point_indices: {i} is not a point index in [0, {len(all_points)})")
-    if not point_indices:
-        raise ConfigError("point_indices: empty; give at least one point")
-    points = [all_points[i] for i in point_indices]
-    cfg = points[0]
-    xp = xp or get_namespace(cfg.run.backend)
-    run, batch, router, ctrl = cfg.run, cfg.batch, cfg.router, cfg.controller
-    dtype = xp.float32 if run.bias_dtype == "float32" else xp.float64
-    n, k = router.num_experts, router.topk
-    key_points = [0] * len(points) if run.common_random_numbers else point_indices
-    keys_PR = xp.asarray(point_keys(run.seed, key_points, run.replicas))
-    tparams = traffic.make_traffic_params(points)
-    cparams = controllers.make_controller_params(points)
-    quantile_P = np.array([t == "quantile" for t in cparams.types])
-    L = batch.seq_length
-    seqs_mb = batch.sequences_per_micro_batch
-    # A compiled kernel (run.kernel) streams over tokens itself: one call per micro-batch.
-    # It is chosen for the whole sweep, so a subset of points routes as in the whole run.
-    fast_router = (_kernels.make_router(points, xp, keys_PR, tparams)
-                   if _kernels.choose_kernel(all_points, xp) != "generic" else None)
-    chunk_seqs = (seqs_mb if fast_router is not None
-                  else _chunk_sequences(cfg, len(points), cparams.any_quantile))
-    cap = routing.capacity(seqs_mb * L, k, n, router.capacity_factor)
-    cb_sizes = batch.computation_batch_sizes
-    # Expert Choice: block size (None for token choice); see route_expert_choice.
-    ec_block = ((router.expert_choice_block or seqs_mb * L)
-                if router.router_type == "expert_choice" else None)
-    init_bias = 1.0 if router.bias_mode == "multiplicative" else 0.0
-    shape_PRE = (len(points), run.replicas, n)
-
-    def init() -> SimState:
-        zeros = xp.zeros(shape_PRE, dtype=dtype)
-        return SimState(step=0, bias_PRE=zeros + init_bias, memory_PRE=zeros,
-                        window_load_PRE=xp.zeros(shape_PRE, dtype=xp.int64),
-                        window_estimate_PRE=zeros, window_batches=0, windows_done=0,
-                        traffic=traffic.init_traffic(xp, tparams, keys_PR))
-
-    def route_chunk(tstate: traffic.TrafficState, bias_PRE: Any, step: int, token_start: int,
-                    n_seqs: int) -> tuple[Any, Any, Any, Any]:
-        """Route one chunk; returns routed and kept counts per sequence, displaced
-        selections and the quantile estimate (or None)."""
-        if fast_router is not None:
-            routed, displaced = fast_router(tstate, bias_PRE, step, token_start, n_seqs)
-            return routed, routed, displaced, None
-        z = traffic.logits(xp, tparams, tstate, keys_PR, step, token_start, n_seqs * L)
-        out = routing.route_block(xp, z, bias_PRE, router, num_sequences=n_seqs, seq_length=L,
-                                  capacity=cap,
-                                  logit_bias_P=quantile_P if cparams.any_quantile else None,
-                                  displaced=run.record_displacement,
-                                  quantile_estimate=cparams.any_quantile)
-        return out.routed_PRBE, out.kept_PRBE, out.displaced_PR, out.estimate_PRE
-
-    def route_expert_choice(tstate: traffic.TrafficState, step: int, token_start: int,
-                            n_seqs: int) -> tuple[Any, Any]:
-        """Expert Choice on one micro-batch: counts per sequence (P, R, B, E) and
-        tokens with 0..E experts (P, R, E + 1). The bias is not used: a per-expert
-        constant does not change which tokens an expert ranks first."""
-        z = traffic.logits(xp, tparams, tstate, keys_PR, step, token_start, n_seqs * L)
-        mask = expert_choice.expert_choice_mask(xp, gate(xp, router.score_function, z), k,
-                                                ec_block)
-        return (routing.mask_counts_per_sequence(xp, mask, n_seqs, L),
-                expert_choice.experts_per_token_histogram(xp, mask))
-
-    def close_window(state: SimState) -> SimState:
-        est = None
-        if cparams.any_quantile:
-            est = state.window_estimate_PRE / max(state.window_batches, 1)
-        bias, memory = controllers.update_bias(xp, cparams, state.bias_PRE, state.memory_PRE,
-                                               state.window_load_PRE, est, state.windows_done)
-        return dataclasses.replace(
-            state, bias_PRE=bias, memory_PRE=memory,
-            window_load_PRE=xp.zeros_like(state.window_load_PRE),
-            window_estimate_PRE=xp.zeros_like(state.window_estimate_PRE),
-            window_batches=0, windows_done=state.windows_done + 1)
-
-    def step(state: SimState) -> tuple[SimState, StepOutput]:
-        t = state.step
-        tstate = traffic.advance_traffic(xp, tparams, state.traffic, keys_PR, t)
-        state = dataclasses.replace(state, traffic=tstate)
-        first_bias = state.bias_PRE
-        routed_parts, kept_parts = [], []
-        displaced = xp.zeros(shape_PRE[:2], dtype=xp.float64)
-        per_token = xp.zeros(shape_PRE[:2] + (n + 1,), dtype=xp.int64)
-        for mb in range(batch.num_micro_batches):
-            mb_routed, mb_kept = [], []
-            mb_estimate = None
-            for c0 in range(0, seqs_mb, chunk_seqs):
-                start = (mb * seqs_mb + c0) * L
-                if ec_block is not None:  # Expert Choice (chunk = whole micro-batch)
-                    routed, hist = route_expert_choice(tstate, t, start, chunk_seqs)
-                    kept, disp, est, per_token = routed, None, None, per_token + hist
-                else:
-                    routed, kept, disp, est = route_chunk(tstate, state.bias_PRE, t, start,
-                                                          chunk_seqs)
-                mb_routed.append(routed)
-                mb_kept.append(kept)
-                if disp is not None:
-                    displaced = displaced + disp
-                mb_estimate = est
-            kept_mb = xp.concat(mb_kept, axis=2)
-            routed_parts.append(xp.concat(mb_routed, axis=2))
-            kept_parts.append(kept_mb)
-            window_est = state.window_estimate_PRE
-            if mb_estimate is not None:
-                window_est = window_est + xp.astype(mb_estimate, dtype)
-            state = dataclasses.replace(
-                state, window_load_PRE=state.window_load_PRE + xp.sum(kept_mb, axis=2),
-                window_estimate_PRE=window_est, window_batches=state.window_batches + 1)
-            if ctrl.window == "micro_batch":
-                state = close_window(state)
-        if ctrl.window == "global_batch" or (
-                ctrl.window == "steps" and (t + 1) % ctrl.update_every == 0):
-            state = close_window(state)
-        routed_seq = xp.concat(routed_parts, axis=2)  # (P, R, B, E)
-        load = xp.sum(routed_seq, axis=2)
-        kept = xp.sum(xp.concat(kept_parts, axis=2), axis=2)
-        mv_cb = []
-        for size in cb_sizes:
-            p, r, b, e = routed_seq.shape
-            groups = xp.sum(xp.reshape(routed_seq, (p, r, b // size, size, e)), axis=3)
-            g = xp.astype(groups, xp.float64)
-            mean = xp.mean(g, axis=-1)
-            mv = (xp.max(g, axis=-1) - mean) / mean
-            mv_cb.append(xp.mean(mv, axis=-1))
-        mv_cb_PRC = (xp.stack(mv_cb, axis=-1) if mv_cb
-                     else xp.zeros(shape_PRE[:2] + (0,), dtype=xp.float64))
-        total = batch.tokens_per_step * k
-        disp_share = (displaced / total if run.record_displacement and ec_block is None
-                      else xp.full(shape_PRE[:2], float("nan"), dtype=xp.float64))
-        if ec_block is not None:
-            ept = per_token
-            unrouted = xp.astype(per_token[..., 0], xp.float64) / batch.tokens_per_step
-        else:
-            unrouted = xp.full(shape_PRE[:2], 0.0 if router.dropless else float("nan"),
-                               dtype=xp.float64)
-            ept = None
-        out = StepOutput(bias_PRE=first_bias, load_PRE=load, kept_PRE=kept,
-                         displaced_PR=disp_share, maxvio_compute_PRC=mv_cb_PRC,
-                         unrouted_PR=unrouted, experts_per_token_PRJ=ept)
-        return dataclasses.replace(state, step=t + 1), out
-
-    return init, step
+    plan = make_plan_exact(config, point_indices, xp)
+    return (lambda: init_state(plan)), (lambda state: step_state(plan, state))

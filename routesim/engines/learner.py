@@ -1,8 +1,8 @@
 """The learning engine: a router whose weights take gradient steps, beside the bias.
 
 ``make_learner_simulator(config)`` returns a pure ``(init, step)`` pair like
-:func:`routesim.engines.exact.make_simulator`; :func:`simulate` dispatches here when
-``penalty.learn`` is true. One step is one global batch and one optimizer
+:func:`routesim.engines.exact.make_simulator`; :func:`routesim.simulate` runs it
+when ``penalty.learn`` is true. One step is one global batch and one optimizer
 step:
 
 1. tokens ``x`` and their topics (:func:`routesim.traffic.token_features`);
@@ -48,16 +48,22 @@ import numpy as np
 
 from ..learning import noisy_gate, optim, penalties, task_proxy
 from .. import controllers, rng, routing, traffic
-from .._backend import get_namespace, one_hot
+from .._backend import one_hot
 from ..config import Config
 from ..exceptions import ConfigError
 from ..gates import gate
+from ._common import (LearnerExtra, PointPlan, StepOutput, closes_after_micro_batch,
+                      closes_after_step, initial_bias, make_plan, maxvio_compute,
+                      update_controller)
 
-__all__ = ["LearnerState", "LearnerOutput", "make_learner_simulator", "simulate_learner",
-           "NOISE_STREAM"]
+__all__ = ["LearnerState", "LearnerOutput", "LearnerPlan", "make_learner_simulator",
+           "make_plan_learner", "init_state", "step_state", "NOISE_STREAM"]
 
 #: Stream id of the noisy gate's draws (``rng.Stream.EXTRA`` upwards is free).
 NOISE_STREAM = rng.Stream.EXTRA + 20
+
+#: What a step of the learning engine reports (its extension is a ``LearnerExtra``).
+LearnerOutput = StepOutput
 
 
 @dataclass(frozen=True)
@@ -100,40 +106,338 @@ class LearnerState:
     traffic: traffic.TrafficState
 
 
-@dataclass(frozen=True)
-class LearnerOutput:
-    """What one step reports: the exact engine's fields plus ``extra``.
+LearnerSimulator = tuple[Callable[[], LearnerState],
+                         Callable[[LearnerState], tuple[LearnerState, StepOutput]]]
 
-    ``extra`` maps a variable name to an array of shape (P, R), (P,) or
-    (P, R, E): ``task_proxy``, ``task_affinity``, ``penalty``,
-    ``balance_loss``, ``z_loss_value``, ``interference``,
-    ``cancelled_share``, ``max_logit``, ``logit_spread``, ``alpha_t``,
-    ``z_loss_t``, ``lr_t``, ``expert_quality`` and, with the noisy gate,
-    ``importance_cv2``, ``load_cv2``, ``eval_load``, ``gate_noise`` (mean
-    noise scale ``softplus(x @ W_noise.T)``).
+
+@dataclass(frozen=True)
+class LearnerPlan:
+    """What the learning engine fixes once per run (see :func:`make_plan_learner`).
+
+    Attributes
+    ----------
+    points : PointPlan
+    tparams, cparams : traffic and controller parameters of the points.
+    types_P : str array (P,)
+        Balance-loss type of each point.
+    alpha_P, zcoef_P, lr_P, imp_P, loadw_P, gamma_P, affinity_P : float arrays (P,)
+        Per-point penalty weights, learning rate, rich-get-richer strength and
+        affinity scale.
     """
 
-    bias_PRE: Any
-    load_PRE: Any
-    kept_PRE: Any
-    displaced_PR: Any
-    maxvio_compute_PRC: Any
-    extra: dict
+    points: PointPlan
+    tparams: Any
+    cparams: Any
+    types_P: np.ndarray
+    alpha_P: np.ndarray
+    zcoef_P: np.ndarray
+    lr_P: np.ndarray
+    imp_P: np.ndarray
+    loadw_P: np.ndarray
+    gamma_P: np.ndarray
+    affinity_P: np.ndarray
+
+    @property
+    def cfg(self) -> Config:
+        """The first point's config (fields that cannot be swept)."""
+        return self.points.first
+
+    @property
+    def aux_gate(self) -> str:
+        """The gate of the auxiliary probabilities (softmax under the noisy gate)."""
+        return "softmax" if self.cfg.penalty.noisy_gate else self.cfg.router.score_function
 
 
-LearnerSimulator = tuple[Callable[[], LearnerState],
-                         Callable[[LearnerState], tuple[LearnerState, LearnerOutput]]]
+def make_plan_learner(config: Config, point_indices: Sequence[int] | None = None,
+                      xp: ModuleType | None = None) -> LearnerPlan:
+    """Check the points and fix everything the learning engine needs for the run."""
+    # common random numbers: every point draws replica r's numbers (point 0's keys)
+    pp = make_plan(config, point_indices, xp,
+                   common_random_numbers=config.penalty.common_random_numbers)
+    if not pp.first.penalty.learn:
+        raise ConfigError("penalty.learn = False: the learning engine needs penalty.learn = true")
+
+    def col(name: str) -> np.ndarray:
+        return np.array([getattr(p.penalty, name) for p in pp.points], dtype=np.float64)
+
+    return LearnerPlan(points=pp, tparams=traffic.make_traffic_params(pp.points),
+                       cparams=controllers.make_controller_params(pp.points),
+                       types_P=np.array([p.penalty.type for p in pp.points]),
+                       alpha_P=col("alpha"), zcoef_P=col("z_loss"), lr_P=col("learning_rate"),
+                       imp_P=col("importance_loss"), loadw_P=col("load_loss"),
+                       gamma_P=col("quality_strength"), affinity_P=col("affinity_scale"))
 
 
-def _select_points(config: Config, point_indices: Sequence[int] | None) -> tuple[list, list]:
-    all_points = config.points()
-    idx = list(range(len(all_points)) if point_indices is None else point_indices)
-    if not idx:
-        raise ConfigError("point_indices: empty; give at least one point")
-    for i in idx:
-        if not 0 <= i < len(all_points):
-            raise ConfigError(f"point_indices: {i} is not a point index in [0, {len(all_points)})")
-    return idx, [all_points[i] for i in idx]
+def _per_point(plan: LearnerPlan, values_P: np.ndarray, ndim: int) -> Any:
+    xp = plan.points.xp
+    return xp.reshape(xp.asarray(values_P, dtype=xp.float64), (-1,) + (1,) * (ndim - 1))
+
+
+def _coef(plan: LearnerPlan, kind: str, t: int) -> float:
+    pen = plan.cfg.penalty
+    return optim.weight_at(kind, t, 1.0, steps=pen.schedule_steps or plan.cfg.run.steps,
+                           final_fraction=pen.schedule_final_fraction,
+                           delay=pen.schedule_delay, width=pen.schedule_width)
+
+
+def _lr_factor(plan: LearnerPlan, t: int) -> float:
+    pen = plan.cfg.penalty
+    return optim.lr_at(pen.lr_schedule, t, 1.0, total=plan.cfg.run.steps,
+                       final_fraction=pen.lr_final_fraction)
+
+
+def init_state(plan: LearnerPlan) -> LearnerState:
+    """The state before the first step."""
+    pp, cfg = plan.points, plan.cfg
+    xp, f64, pen, n = pp.xp, pp.xp.float64, cfg.penalty, cfg.router.num_experts
+    tstate = traffic.init_traffic(xp, plan.tparams, pp.keys_PR)
+    w = xp.astype(tstate.weight_PRED, f64)
+    wn = None
+    if pen.noisy_gate:
+        wn = pen.noise_init_scale * rng.standard_normal(
+            xp, pp.keys_PR, -1, NOISE_STREAM, xp.arange(n, dtype=xp.uint64),
+            cfg.traffic.feature_dim, f64)
+    moments: tuple = ()
+    if pen.optimizer == "adam":
+        params = (w,) if wn is None else (w, wn)
+        moments = tuple(xp.zeros_like(a) for a in params for _ in (0, 1))
+    affinity = task_proxy.draw_affinity(xp, pp.keys_PR, cfg.traffic.num_topics, n,
+                                        plan.affinity_P, f64)
+    return LearnerState(step=0, weight_PRED=w, noise_weight_PRED=wn, moments=moments,
+                        bias_PRE=initial_bias(pp),
+                        memory_PRE=xp.zeros(pp.shape_PRE, dtype=pp.dtype),
+                        window_load_PRE=xp.zeros(pp.shape_PRE, dtype=xp.int64),
+                        windows_done=0, usage_PRE=xp.ones(pp.shape_PRE, dtype=f64),
+                        affinity_PRME=affinity, traffic=tstate)
+
+
+def close_window(plan: LearnerPlan, state: LearnerState) -> LearnerState:
+    """Apply the controller to the window's loads and open a new window."""
+    bias, memory = update_controller(plan.points.xp, plan.cparams, state.bias_PRE,
+                                     state.memory_PRE, state.window_load_PRE, None,
+                                     state.windows_done)
+    return dataclasses.replace(state, bias_PRE=bias, memory_PRE=memory,
+                               window_load_PRE=plan.points.xp.zeros_like(state.window_load_PRE),
+                               windows_done=state.windows_done + 1)
+
+
+def route(plan: LearnerPlan, state: LearnerState, s: Any, plain_idx: Any, t: int
+          ) -> tuple[LearnerState, Any, Any, Any]:
+    """Biased top-K per micro-batch with the controller in the loop."""
+    xp, cfg, shape_PR = plan.points.xp, plan.cfg, plan.points.shape_PRE[:2]
+    batch, router, record = cfg.batch, cfg.router, cfg.run.record_displacement
+    n_mb, k, n = batch.num_micro_batches, router.topk, router.num_experts
+    t_mb = batch.sequences_per_micro_batch * batch.seq_length
+    masks, counts, displaced = [], [], xp.zeros(shape_PR, dtype=xp.float64)
+    for mb in range(n_mb):
+        s_mb = s[:, :, mb * t_mb:(mb + 1) * t_mb, :]
+        sel = routing.selection_scores(xp, s_mb, xp.astype(state.bias_PRE, xp.float64),
+                                       router.bias_mode)
+        idx = routing.select_topk(xp, sel, k, router.num_groups, router.group_topk)
+        routed = routing.counts_per_sequence(xp, idx, batch.sequences_per_micro_batch,
+                                             batch.seq_length, n)
+        masks.append(one_hot(xp, idx, n))
+        counts.append(routed)
+        if record:
+            plain = plain_idx[:, :, mb * t_mb:(mb + 1) * t_mb, :]
+            displaced = displaced + routing.displaced_share(xp, idx, plain) / n_mb
+        state = dataclasses.replace(
+            state, window_load_PRE=state.window_load_PRE + xp.sum(routed, axis=2))
+        if closes_after_micro_batch(cfg.controller):
+            state = close_window(plan, state)
+    if closes_after_step(cfg.controller, t):
+        state = close_window(plan, state)
+    if not record:
+        displaced = xp.full(shape_PR, float("nan"), dtype=xp.float64)
+    return state, xp.concat(masks, axis=2), xp.concat(counts, axis=2), displaced
+
+
+def _balance_terms(plan: LearnerPlan, h: Any, fmap: Any, w_bal: float, acc: dict) -> None:
+    """Add the weighted balance losses of the points that have one (in place on ``acc``)."""
+    xp, cfg = plan.points.xp, plan.cfg
+    for typ, groups in (("switch", cfg.batch.num_micro_batches),
+                        ("sequence", cfg.batch.num_sequences), ("global_batch", 1)):
+        chosen = plan.types_P == typ
+        if not chosen.any():
+            continue
+        val, grad = penalties.balance_loss(xp, h, fmap, plan.aux_gate, cfg.router.topk, groups,
+                                           cfg.penalty.normalization)
+        c_P = np.where(chosen, plan.alpha_P * w_bal, 0.0)
+        acc["value"] = acc["value"] + _per_point(plan, c_P, 2) * val
+        acc["d_h"] = acc["d_h"] + _per_point(plan, c_P, 4) * grad
+        acc["balance_loss"] = xp.where(_per_point(plan, chosen, 2) > 0, val,
+                                       acc["balance_loss"])
+
+
+def penalty_terms(plan: LearnerPlan, t: int, h: Any, mask: Any, unbiased: Any, clean: Any,
+                  raw: Any, eps: Any) -> tuple[Any, Any, Any, dict]:
+    """Weighted penalty value, its gradients on h, on clean logits and on raw noise."""
+    xp, pen = plan.points.xp, plan.cfg.penalty
+    zero_PR = xp.zeros(plan.points.shape_PRE[:2], dtype=xp.float64)
+    acc = {"value": zero_PR, "d_h": xp.zeros_like(h), "balance_loss": zero_PR}
+    logs = {"z_loss_value": zero_PR}
+    d_clean = d_raw = None
+    w_bal, w_z = _coef(plan, pen.alpha_schedule, t), _coef(plan, pen.z_loss_schedule, t)
+    if np.any(plan.types_P != "none"):
+        fmap = unbiased if pen.f_map == "unbiased" else mask
+        _balance_terms(plan, h, fmap, w_bal, acc)
+    value, d_h = acc["value"], acc["d_h"]
+    zcoef_P = plan.zcoef_P
+    if np.any(zcoef_P > 0):
+        val, grad = penalties.z_loss(xp, h)
+        value = value + _per_point(plan, zcoef_P * w_z, 2) * val
+        d_h = d_h + _per_point(plan, zcoef_P * w_z, 4) * grad
+        # 0 where the point has no z-loss, as if it ran alone
+        logs["z_loss_value"] = xp.where(_per_point(plan, zcoef_P > 0, 2) > 0, val, zero_PR)
+    if pen.noisy_gate:
+        n_mb = plan.cfg.batch.num_micro_batches
+        val, grad = noisy_gate.importance_loss(xp, h, mask, n_mb)
+        value = value + _per_point(plan, plan.imp_P * w_bal, 2) * val
+        d_h = d_h + _per_point(plan, plan.imp_P * w_bal, 4) * grad
+        logs["importance_cv2"] = val
+        val, d_clean, d_raw = noisy_gate.load_loss(xp, clean, raw, eps, plan.cfg.router.topk,
+                                                   n_mb)
+        value = value + _per_point(plan, plan.loadw_P * w_bal, 2) * val
+        d_clean = _per_point(plan, plan.loadw_P * w_bal, 4) * d_clean
+        d_raw = _per_point(plan, plan.loadw_P * w_bal, 4) * d_raw
+        logs["load_cv2"] = val
+    logs["balance_loss"] = acc["balance_loss"]
+    logs["alpha_t"] = xp.asarray(plan.alpha_P * w_bal, dtype=xp.float64)
+    logs["z_loss_t"] = xp.asarray(zcoef_P * w_z, dtype=xp.float64)
+    return value, d_h, (d_clean, d_raw), logs
+
+
+def optimize(plan: LearnerPlan, state: LearnerState, t: int, grads: tuple) -> LearnerState:
+    """One SGD or Adam step on ``W`` (and ``W_noise``)."""
+    xp, pen = plan.points.xp, plan.cfg.penalty
+    lr = _per_point(plan, plan.lr_P * _lr_factor(plan, t), 4)
+    params = (state.weight_PRED,) if grads[1] is None else (state.weight_PRED,
+                                                             state.noise_weight_PRED)
+    new, moments = [], []
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if pen.optimizer == "adam":
+            p, m, v = optim.adam_step(xp, p, g, state.moments[2 * i], state.moments[2 * i + 1],
+                                      t + 1, lr=lr, beta1=pen.adam_beta1,
+                                      beta2=pen.adam_beta2, eps=pen.adam_eps)
+            moments += [m, v]
+        else:
+            p = optim.sgd_step(xp, p, g, lr)
+        new.append(p)
+    return dataclasses.replace(state, weight_PRED=new[0],
+                               noise_weight_PRED=new[1] if len(new) > 1 else None,
+                               moments=tuple(moments))
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """A step's tokens, logits and scores (training pass)."""
+
+    x: Any        # (P, R, T, D) features
+    topic: Any    # (P, R, T) topics
+    clean: Any    # (P, R, T, E) logits x @ W.T
+    raw: Any      # noise logits x @ W_noise.T (None without the noisy gate)
+    eps: Any      # gate noise draws (None without the noisy gate)
+    h: Any        # logits the gate sees
+    sigma: Any    # noise scale (None without the noisy gate)
+    s: Any        # scores
+
+
+def forward(plan: LearnerPlan, state: LearnerState, t: int) -> _Forward:
+    """Draw the step's tokens and compute logits and scores."""
+    pp, cfg = plan.points, plan.cfg
+    xp, f64, tokens = pp.xp, pp.xp.float64, cfg.batch.tokens_per_step
+    x32, topic = traffic.token_features(xp, plan.tparams, state.traffic, pp.keys_PR, t, 0,
+                                        tokens)
+    x = xp.astype(x32, f64)
+    clean = penalties.router_logits(xp, x, state.weight_PRED)
+    raw = eps = sigma = None
+    if cfg.penalty.noisy_gate:
+        raw = penalties.router_logits(xp, x, state.noise_weight_PRED)
+        eps = rng.standard_normal(xp, pp.keys_PR, t, NOISE_STREAM,
+                                  xp.arange(tokens, dtype=xp.uint64), cfg.router.num_experts,
+                                  f64)
+        h, sigma = noisy_gate.noisy_logits(xp, clean, raw, eps)
+        s = gate(xp, "softmax", h)
+    else:
+        h = clean
+        s = penalties.aux_probabilities(xp, plan.aux_gate, h)[0] \
+            if plan.aux_gate == "softmax" else penalties._sigmoid(xp, h)
+    return _Forward(x=x, topic=topic, clean=clean, raw=raw, eps=eps, h=h, sigma=sigma, s=s)
+
+
+def _gradients(plan: LearnerPlan, fw: _Forward, d_task: Any, d_pen: Any,
+               d_clean_load: Any, d_raw_load: Any) -> tuple[tuple, Any, Any]:
+    """Gradients on ``W`` (and ``W_noise``); cosine and cancelled share of task vs penalty."""
+    xp = plan.points.xp
+    g_task = penalties.weight_grad(xp, d_task, fw.x)
+    g_pen = penalties.weight_grad(
+        xp, d_pen if d_clean_load is None else d_pen + d_clean_load, fw.x)
+    grads: tuple = (g_task + g_pen, None)
+    if fw.raw is not None:
+        d_raw = (d_task + d_pen) * fw.eps * penalties._sigmoid(xp, fw.raw) + d_raw_load
+        grads = (g_task + g_pen, penalties.weight_grad(xp, d_raw, fw.x))
+    cos, cancelled = penalties.interference(xp, g_task, g_pen)
+    return grads, cos, cancelled
+
+
+def _eval_pass(plan: LearnerPlan, fw: _Forward, first_bias: Any) -> tuple[Any, Any]:
+    """Noisy gate: the step's tokens routed again with the noise off; loads and noise scale."""
+    xp, cfg = plan.points.xp, plan.cfg
+    router = cfg.router
+    s_eval = gate(xp, "softmax", fw.clean)
+    sel = routing.selection_scores(xp, s_eval, xp.astype(first_bias, xp.float64),
+                                   router.bias_mode)
+    idx = routing.select_topk(xp, sel, router.topk, router.num_groups, router.group_topk)
+    load = xp.sum(routing.counts_per_sequence(xp, idx, cfg.batch.num_sequences,
+                                              cfg.batch.seq_length, router.num_experts), axis=2)
+    return load, xp.mean(fw.sigma, axis=(-2, -1))
+
+
+def step_state(plan: LearnerPlan, state: LearnerState) -> tuple[LearnerState, StepOutput]:
+    """One global batch and one optimizer step."""
+    pp, cfg, t = plan.points, plan.cfg, state.step
+    xp, router = pp.xp, cfg.router
+    k, n = router.topk, router.num_experts
+    state = dataclasses.replace(state, traffic=traffic.advance_traffic(
+        xp, plan.tparams, state.traffic, pp.keys_PR, t))
+    fw = forward(plan, state, t)
+    first_bias = state.bias_PRE
+    # the unbiased top-K: displacement reference and (without groups) the map of f
+    plain_idx = routing.select_topk(xp, fw.s, k, router.num_groups, router.group_topk)
+    unbiased = (one_hot(xp, plain_idx, n) if router.num_groups is None
+                else penalties.topk_map(xp, fw.h, k))
+    state, mask, routed_seq, displaced = route(plan, state, fw.s, plain_idx, t)
+    load = xp.sum(routed_seq, axis=2)
+    quality = _per_point(plan, plan.gamma_P, 3) * (state.usage_PRE - 1.0)
+    values = task_proxy.token_values(xp, fw.topic, state.affinity_PRME, quality)
+    proxy, d_task, weights = task_proxy.task_loss(
+        xp, "noisy" if cfg.penalty.noisy_gate else router.score_function, fw.h, mask, values,
+        k, router.topk_scaling_factor, router.pre_softmax)
+    affinity_part = xp.mean(xp.sum(weights * (values - quality[:, :, None, :]), axis=-1),
+                            axis=-1)
+    pen_value, d_pen, (d_clean_load, d_raw_load), logs = penalty_terms(
+        plan, t, fw.h, mask, unbiased, fw.clean, fw.raw, fw.eps)
+    grads, cos, cancelled = _gradients(plan, fw, d_task, d_pen, d_clean_load, d_raw_load)
+    state = optimize(plan, state, t, grads)
+    usage = task_proxy.update_usage(xp, state.usage_PRE, load, cfg.penalty.quality_memory, k,
+                                    cfg.batch.tokens_per_step)
+    eval_load, noise = (_eval_pass(plan, fw, first_bias) if cfg.penalty.noisy_gate
+                        else (None, None))
+    extra = LearnerExtra(
+        task_proxy_PR=proxy, task_affinity_PR=affinity_part, penalty_PR=pen_value,
+        balance_loss_PR=logs["balance_loss"], z_loss_value_PR=logs["z_loss_value"],
+        interference_PR=cos, cancelled_share_PR=cancelled,
+        max_logit_PR=xp.max(fw.h, axis=(-2, -1)),
+        logit_spread_PR=xp.mean(xp.std(fw.h, axis=-1), axis=-1),
+        alpha_t_P=logs["alpha_t"], z_loss_t_P=logs["z_loss_t"],
+        lr_t_P=xp.asarray(plan.lr_P * _lr_factor(plan, t)), expert_quality_PRE=quality,
+        importance_cv2_PR=logs.get("importance_cv2"), load_cv2_PR=logs.get("load_cv2"),
+        gate_noise_PR=noise, eval_load_PRE=eval_load)
+    out = StepOutput(bias_PRE=first_bias, load_PRE=load, kept_PRE=load, displaced_PR=displaced,
+                     maxvio_compute_PRC=maxvio_compute(xp, routed_seq,
+                                                       cfg.batch.computation_batch_sizes),
+                     extra=extra)
+    return dataclasses.replace(state, step=t + 1, usage_PRE=usage), out
 
 
 def make_learner_simulator(config: Config, point_indices: Sequence[int] | None = None,
@@ -152,7 +456,8 @@ def make_learner_simulator(config: Config, point_indices: Sequence[int] | None =
     Returns
     -------
     init : callable () -> LearnerState
-    step : callable (LearnerState) -> (LearnerState, LearnerOutput)
+    step : callable (LearnerState) -> (LearnerState, StepOutput)
+        The output's ``extra`` is a :class:`~routesim.engines._common.LearnerExtra`.
 
     Examples
     --------
@@ -165,315 +470,5 @@ def make_learner_simulator(config: Config, point_indices: Sequence[int] | None =
     >>> int(out.load_PRE.sum()), state.step
     (64, 1)
     """
-    point_indices, points = _select_points(config, point_indices)
-    cfg = points[0]
-    if not cfg.penalty.learn:
-        raise ConfigError("penalty.learn = False: the learning engine needs penalty.learn = true")
-    xp = xp or get_namespace(cfg.run.backend)
-    run, batch, router, ctrl, pen = cfg.run, cfg.batch, cfg.router, cfg.controller, cfg.penalty
-    f64 = xp.float64
-    bias_dtype = xp.float32 if run.bias_dtype == "float32" else f64
-    n, k, d = router.num_experts, router.topk, cfg.traffic.feature_dim
-    L, seqs_mb, n_mb = batch.seq_length, batch.sequences_per_micro_batch, batch.num_micro_batches
-    tokens, t_mb = batch.tokens_per_step, batch.sequences_per_micro_batch * batch.seq_length
-    noisy = pen.noisy_gate
-    gate_name = "noisy" if noisy else router.score_function
-    aux_gate = "softmax" if noisy else router.score_function
-    # common random numbers: every point draws replica r's numbers (point 0's keys)
-    key_points = [0] * len(points) if pen.common_random_numbers else point_indices
-    keys_PR = xp.asarray(rng.point_keys(run.seed, key_points, run.replicas))
-    tparams = traffic.make_traffic_params(points)
-    cparams = controllers.make_controller_params(points)
-    shape_PRE = (len(points), run.replicas, n)
-    types_P = np.array([p.penalty.type for p in points])
-
-    def col(name: str) -> np.ndarray:
-        return np.array([getattr(p.penalty, name) for p in points], dtype=np.float64)
-
-    alpha_P, zcoef_P, lr_P = col("alpha"), col("z_loss"), col("learning_rate")
-    imp_P, loadw_P, gamma_P = col("importance_loss"), col("load_loss"), col("quality_strength")
-
-    def per_point(values_P: np.ndarray, ndim: int) -> Any:
-        return xp.reshape(xp.asarray(values_P, dtype=f64), (-1,) + (1,) * (ndim - 1))
-
-    sched_steps = pen.schedule_steps or run.steps
-
-    def coef(kind: str, t: int) -> float:
-        return optim.weight_at(kind, t, 1.0, steps=sched_steps,
-                               final_fraction=pen.schedule_final_fraction,
-                               delay=pen.schedule_delay, width=pen.schedule_width)
-
-    def init() -> LearnerState:
-        tstate = traffic.init_traffic(xp, tparams, keys_PR)
-        w = xp.astype(tstate.weight_PRED, f64)
-        wn = None
-        if noisy:
-            wn = pen.noise_init_scale * rng.standard_normal(
-                xp, keys_PR, -1, NOISE_STREAM, xp.arange(n, dtype=xp.uint64), d, f64)
-        moments: tuple = ()
-        if pen.optimizer == "adam":
-            params = (w,) if wn is None else (w, wn)
-            moments = tuple(xp.zeros_like(a) for a in params for _ in (0, 1))
-        zeros = xp.zeros(shape_PRE, dtype=bias_dtype)
-        init_bias = 1.0 if router.bias_mode == "multiplicative" else 0.0
-        affinity = task_proxy.draw_affinity(xp, keys_PR, cfg.traffic.num_topics, n,
-                                            col("affinity_scale"), f64)
-        return LearnerState(step=0, weight_PRED=w, noise_weight_PRED=wn, moments=moments,
-                            bias_PRE=zeros + init_bias, memory_PRE=zeros,
-                            window_load_PRE=xp.zeros(shape_PRE, dtype=xp.int64),
-                            windows_done=0, usage_PRE=xp.ones(shape_PRE, dtype=f64),
-                            affinity_PRME=affinity, traffic=tstate)
-
-    def route(state: LearnerState, s: Any, plain_idx: Any, t: int
-              ) -> tuple[LearnerState, Any, Any, Any]:
-        """Biased top-K per micro-batch with the controller in the loop."""
-        masks, counts, displaced = [], [], xp.zeros(shape_PRE[:2], dtype=f64)
-        for mb in range(n_mb):
-            s_mb = s[:, :, mb * t_mb:(mb + 1) * t_mb, :]
-            sel = routing.selection_scores(xp, s_mb, xp.astype(state.bias_PRE, f64),
-                                           router.bias_mode)
-            idx = routing.select_topk(xp, sel, k, router.num_groups, router.group_topk)
-            routed = routing.counts_per_sequence(xp, idx, seqs_mb, L, n)
-            masks.append(one_hot(xp, idx, n))
-            counts.append(routed)
-            if run.record_displacement:
-                plain = plain_idx[:, :, mb * t_mb:(mb + 1) * t_mb, :]
-                displaced = displaced + routing.displaced_share(xp, idx, plain) / n_mb
-            state = dataclasses.replace(
-                state, window_load_PRE=state.window_load_PRE + xp.sum(routed, axis=2))
-            if ctrl.window == "micro_batch":
-                state = close_window(state)
-        if ctrl.window == "global_batch" or (
-                ctrl.window == "steps" and (t + 1) % ctrl.update_every == 0):
-            state = close_window(state)
-        if not run.record_displacement:
-            displaced = xp.full(shape_PRE[:2], float("nan"), dtype=f64)
-        return state, xp.concat(masks, axis=2), xp.concat(counts, axis=2), displaced
-
-    def close_window(state: LearnerState) -> LearnerState:
-        bias, memory = controllers.update_bias(xp, cparams, state.bias_PRE, state.memory_PRE,
-                                               state.window_load_PRE, None, state.windows_done)
-        return dataclasses.replace(state, bias_PRE=bias, memory_PRE=memory,
-                                   window_load_PRE=xp.zeros_like(state.window_load_PRE),
-                                   windows_done=state.windows_done + 1)
-
-    def penalty_terms(t: int, h: Any, mask: Any, unbiased: Any, clean: Any, raw: Any,
-                      eps: Any) -> tuple[Any, Any, Any, dict]:
-        """Weighted penalty value, its gradients on h, on clean logits and on raw noise."""
-        zero_PR = xp.zeros(shape_PRE[:2], dtype=f64)
-        value, d_h, d_clean, d_raw = zero_PR, xp.zeros_like(h), None, None
-        logs = {"balance_loss": zero_PR, "z_loss_value": zero_PR}
-        w_bal, w_z = coef(pen.alpha_schedule, t), coef(pen.z_loss_schedule, t)
-        if np.any(types_P != "none"):
-            fmap = unbiased if pen.f_map == "unbiased" else mask
-            for typ, groups in (("switch", n_mb), ("sequence", batch.num_sequences),
-                                ("global_batch", 1)):
-                chosen = types_P == typ
-                if not chosen.any():
-                    continue
-                val, grad = penalties.balance_loss(xp, h, fmap, aux_gate, k, groups,
-                                                   pen.normalization)
-                c_P = np.where(chosen, alpha_P * w_bal, 0.0)
-                value = value + per_point(c_P, 2) * val
-                d_h = d_h + per_point(c_P, 4) * grad
-                logs["balance_loss"] = xp.where(per_point(chosen, 2) > 0, val,
-                                                logs["balance_loss"])
-        if np.any(zcoef_P > 0):
-            val, grad = penalties.z_loss(xp, h)
-            value = value + per_point(zcoef_P * w_z, 2) * val
-            d_h = d_h + per_point(zcoef_P * w_z, 4) * grad
-            # 0 where the point has no z-loss, as if it ran alone
-            logs["z_loss_value"] = xp.where(per_point(zcoef_P > 0, 2) > 0, val, zero_PR)
-        if noisy:
-            val, grad = noisy_gate.importance_loss(xp, h, mask, n_mb)
-            value = value + per_point(imp_P * w_bal, 2) * val
-            d_h = d_h + per_point(imp_P * w_bal, 4) * grad
-            logs["importance_cv2"] = val
-            val, d_clean, d_raw = noisy_gate.load_loss(xp, clean, raw, eps, k, n_mb)
-            value = value + per_point(loadw_P * w_bal, 2) * val
-            d_clean = per_point(loadw_P * w_bal, 4) * d_clean
-            d_raw = per_point(loadw_P * w_bal, 4) * d_raw
-            logs["load_cv2"] = val
-        logs["alpha_t"] = xp.asarray(alpha_P * w_bal, dtype=f64)
-        logs["z_loss_t"] = xp.asarray(zcoef_P * w_z, dtype=f64)
-        return value, d_h, (d_clean, d_raw), logs
-
-    def optimize(state: LearnerState, t: int, grads: tuple) -> LearnerState:
-        lr = per_point(lr_P * optim.lr_at(pen.lr_schedule, t, 1.0, total=run.steps,
-                                          final_fraction=pen.lr_final_fraction), 4)
-        params = (state.weight_PRED,) if grads[1] is None else (state.weight_PRED,
-                                                                 state.noise_weight_PRED)
-        new, moments = [], []
-        for i, (p, g) in enumerate(zip(params, grads)):
-            if pen.optimizer == "adam":
-                p, m, v = optim.adam_step(xp, p, g, state.moments[2 * i],
-                                          state.moments[2 * i + 1], t + 1, lr=lr,
-                                          beta1=pen.adam_beta1, beta2=pen.adam_beta2,
-                                          eps=pen.adam_eps)
-                moments += [m, v]
-            else:
-                p = optim.sgd_step(xp, p, g, lr)
-            new.append(p)
-        return dataclasses.replace(state, weight_PRED=new[0],
-                                   noise_weight_PRED=new[1] if len(new) > 1 else None,
-                                   moments=tuple(moments))
-
-    def step(state: LearnerState) -> tuple[LearnerState, LearnerOutput]:
-        t = state.step
-        tstate = traffic.advance_traffic(xp, tparams, state.traffic, keys_PR, t)
-        state = dataclasses.replace(state, traffic=tstate)
-        x32, topic = traffic.token_features(xp, tparams, tstate, keys_PR, t, 0, tokens)
-        x = xp.astype(x32, f64)
-        clean = penalties.router_logits(xp, x, state.weight_PRED)
-        raw = eps = None
-        if noisy:
-            raw = penalties.router_logits(xp, x, state.noise_weight_PRED)
-            eps = rng.standard_normal(xp, keys_PR, t, NOISE_STREAM,
-                                      xp.arange(tokens, dtype=xp.uint64), n, f64)
-            h, sigma = noisy_gate.noisy_logits(xp, clean, raw, eps)
-            s = gate(xp, "softmax", h)
-        else:
-            h = clean
-            s = penalties.aux_probabilities(xp, aux_gate, h)[0] if aux_gate == "softmax" \
-                else penalties._sigmoid(xp, h)
-        first_bias = state.bias_PRE
-        # the unbiased top-K: displacement reference and (without groups) the map of f
-        plain_idx = routing.select_topk(xp, s, k, router.num_groups, router.group_topk)
-        unbiased = (one_hot(xp, plain_idx, n) if router.num_groups is None
-                    else penalties.topk_map(xp, h, k))
-        state, mask, routed_seq, displaced = route(state, s, plain_idx, t)
-        load = xp.sum(routed_seq, axis=2)
-        quality = per_point(gamma_P, 3) * (state.usage_PRE - 1.0)
-        values = task_proxy.token_values(xp, topic, state.affinity_PRME, quality)
-        proxy, d_task, weights = task_proxy.task_loss(xp, gate_name, h, mask, values, k,
-                                                      router.topk_scaling_factor,
-                                                      router.pre_softmax)
-        affinity_part = xp.mean(xp.sum(weights * (values - quality[:, :, None, :]), axis=-1),
-                                axis=-1)
-        pen_value, d_pen, (d_clean_load, d_raw_load), logs = penalty_terms(
-            t, h, mask, unbiased, clean, raw, eps)
-        g_task = penalties.weight_grad(xp, d_task, x)
-        g_pen = penalties.weight_grad(
-            xp, d_pen if d_clean_load is None else d_pen + d_clean_load, x)
-        grads: tuple = (g_task + g_pen, None)
-        if noisy:
-            d_raw = (d_task + d_pen) * eps * penalties._sigmoid(xp, raw) + d_raw_load
-            grads = (g_task + g_pen, penalties.weight_grad(xp, d_raw, x))
-        cos, cancelled = penalties.interference(xp, g_task, g_pen)
-        state = optimize(state, t, grads)
-        usage = task_proxy.update_usage(xp, state.usage_PRE, load, pen.quality_memory, k, tokens)
-        extra = dict(logs, task_proxy=proxy, task_affinity=affinity_part, penalty=pen_value,
-                     interference=cos, cancelled_share=cancelled,
-                     max_logit=xp.max(h, axis=(-2, -1)),
-                     logit_spread=xp.mean(xp.std(h, axis=-1), axis=-1),
-                     lr_t=xp.asarray(lr_P * optim.lr_at(pen.lr_schedule, t, 1.0, total=run.steps,
-                                                        final_fraction=pen.lr_final_fraction)),
-                     expert_quality=quality)
-        if noisy:
-            s_eval = gate(xp, "softmax", clean)
-            sel = routing.selection_scores(xp, s_eval, xp.astype(first_bias, f64),
-                                           router.bias_mode)
-            idx = routing.select_topk(xp, sel, k, router.num_groups, router.group_topk)
-            extra["eval_load"] = xp.sum(routing.counts_per_sequence(
-                xp, idx, batch.num_sequences, L, n), axis=2)
-            extra["gate_noise"] = xp.mean(sigma, axis=(-2, -1))
-        out = LearnerOutput(bias_PRE=first_bias, load_PRE=load, kept_PRE=load,
-                            displaced_PR=displaced,
-                            maxvio_compute_PRC=_maxvio_compute(xp, routed_seq,
-                                                               batch.computation_batch_sizes),
-                            extra=extra)
-        return dataclasses.replace(state, step=t + 1, usage_PRE=usage), out
-
-    return init, step
-
-
-def _maxvio_compute(xp: ModuleType, routed_PRBE: Any, sizes: tuple[int, ...]) -> Any:
-    """Mean MaxVio over computation batches of each size: (P, R, C)."""
-    p, r, b, e = routed_PRBE.shape
-    out = []
-    for size in sizes:
-        g = xp.astype(xp.sum(xp.reshape(routed_PRBE, (p, r, b // size, size, e)), axis=3),
-                      xp.float64)
-        mean = xp.mean(g, axis=-1)
-        out.append(xp.mean((xp.max(g, axis=-1) - mean) / mean, axis=-1))
-    return xp.stack(out, axis=-1) if out else xp.zeros((p, r, 0), dtype=xp.float64)
-
-
-_DIMS = {2: ("step", "point"), 3: ("step", "point", "replica"),
-         4: ("step", "point", "replica", "expert")}
-
-
-def _load_ratio(load_SPRE: np.ndarray) -> np.ndarray:
-    """Max over min of the run's total load per expert: (P, R); inf with a dead expert."""
-    total = load_SPRE.sum(axis=0).astype(np.float64)
-    low, high = total.min(axis=-1), total.max(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(low > 0, high / np.where(low > 0, low, 1.0), np.inf)
-
-
-def simulate_learner(config: Config, *, point_indices: Sequence[int] | None = None,
-                     progress: bool | None = None) -> Any:
-    """Run the learning engine over all steps and return the result Dataset.
-
-    Parameters
-    ----------
-    config : Config
-        With ``penalty.learn = true``.
-    point_indices : sequence of int, optional
-        Run only these points of the sweep.
-    progress : bool or None
-        Progress bar on stderr; None shows it only on a terminal.
-
-    Returns
-    -------
-    xarray.Dataset
-        The exact engine's variables (:func:`routesim.simulate`) plus, per
-        step, point and replica, ``task_proxy``, ``task_affinity``,
-        ``penalty``, ``balance_loss``, ``z_loss_value``, ``interference``,
-        ``cancelled_share``, ``max_logit``, ``logit_spread``; per step and
-        point ``alpha_t``, ``z_loss_t``, ``lr_t``; ``expert_quality`` per
-        expert; ``load_ratio`` (max/min total load over the run) and
-        ``maxvio_global_final`` (MaxVio of the loads of the last
-        ``run.global_window`` steps) per point and replica. With the noisy
-        gate also ``importance_cv2``, ``load_cv2``, ``gate_noise``,
-        ``eval_load``, ``maxvio_global_eval`` (trailing
-        ``run.global_window`` steps of ``eval_load``),
-        ``maxvio_global_eval_run`` and ``load_ratio_eval``.
-    """
-    from .. import faults, metrics, resources
-    from .._backend import to_numpy
-    from ..run import _progress, _quiet, build_dataset
-
-    progress = resources.check(config, point_indices, progress)
-    init, step = make_learner_simulator(config, point_indices)
-    check = faults.make_step_check(config, point_indices, get_namespace(config.run.backend))
-    state = init()
-    records: dict[str, list[np.ndarray]] = {}
-    with _progress(progress, config.run.steps, "routesim (learning)") as bar:
-        for _ in range(config.run.steps):
-            with _quiet(check):
-                state, out = step(state)
-            check(state, out)
-            fields = {"bias": out.bias_PRE, "load": out.load_PRE, "disp": out.displaced_PR,
-                      "mvcb": out.maxvio_compute_PRC, **out.extra}
-            for key, value in fields.items():
-                records.setdefault(key, []).append(to_numpy(value))
-            bar.update(1)
-    s = {k: np.stack(v) for k, v in records.items()}
-    extra: dict[str, Any] = {}
-    for key, value in s.items():
-        if key not in ("bias", "load", "disp", "mvcb", "eval_load"):
-            extra[key] = (_DIMS[value.ndim], value)
-    window = config.run.global_window
-    extra["load_ratio"] = (("point", "replica"), _load_ratio(s["load"]))
-    extra["maxvio_global_final"] = (("point", "replica"),
-                                    metrics.maxvio(s["load"][-window:].sum(axis=0)))
-    if "eval_load" in s:
-        ev = s["eval_load"].astype(np.int64)
-        extra["eval_load"] = (_DIMS[4], ev.astype(np.int32))
-        extra["maxvio_global_eval"] = (_DIMS[3], metrics.maxvio(metrics.trailing_sum(ev, window)))
-        extra["maxvio_global_eval_run"] = (("point", "replica"), metrics.maxvio(ev.sum(axis=0)))
-        extra["load_ratio_eval"] = (("point", "replica"), _load_ratio(ev))
-    return build_dataset(config, point_indices, bias_SPRE=s["bias"], load_SPRE=s["load"],
-                         kept_SPRE=s["load"], displaced_SPR=s["disp"],
-                         maxvio_compute_SPRC=s["mvcb"], extra=extra)
+    plan = make_plan_learner(config, point_indices, xp)
+    return (lambda: init_state(plan)), (lambda state: step_state(plan, state))

@@ -42,7 +42,7 @@ inside the fluctuation (``sqrt(n p)``) where the surrogate is trusted.
 The controllers (:func:`routesim.controllers.update_bias`), their windows
 (micro-batch, global batch, every n steps), capacity (``kept = min(c, cap)``
 per micro-batch, which is what dropping does to counts under either
-policy), popularity drift and the metrics of :func:`routesim.run.build_dataset`
+policy), popularity drift and the metrics of :func:`routesim.results.build_dataset`
 are those of the exact engine. Random numbers come from
 :mod:`routesim.rng` (stream ``MEANFIELD``, row = global block index), so a
 point's results do not depend on which points ran beside it.
@@ -66,17 +66,21 @@ import numpy as np
 from scipy import special
 
 from .. import controllers, rng, traffic
-from .._backend import get_namespace, to_numpy
+from .._backend import to_numpy
 from ..config import Config
-from .exact import StepOutput
 from ..exceptions import ConfigError
 from ..routing import capacity
+from ..theory.expected_load import jacobian, load_map, selection_covariance
+from ._common import (MeanFieldExtra, PointPlan, StepOutput, closes_after_micro_batch,
+                      closes_after_step, initial_bias, make_plan, maxvio_compute,
+                      update_controller)
 
 __all__ = [
     "COVARIANCE_TOLERANCE",
     "MeanFieldState",
+    "MeanFieldPlan",
     "make_meanfield_simulator",
-    "simulate_meanfield",
+    "make_plan_meanfield",
     "threshold_design_effect",
     "round_to_total",
     "settling_step",
@@ -90,13 +94,6 @@ DEFAULT_TOLERANCE = 0.05
 #: Relative change of some ``p_i`` since the covariance was evaluated that
 #: triggers a fresh evaluation of the selection covariance.
 COVARIANCE_TOLERANCE = 0.25
-
-
-def _theory() -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-    """Load map, selection covariance and Jacobian (imported late: optional engine)."""
-    from ..theory.expected_load import jacobian, load_map, selection_covariance  # noqa: PLC0415
-
-    return load_map, selection_covariance, jacobian
 
 
 def threshold_design_effect(p_E: np.ndarray, rho: float | np.ndarray,
@@ -198,8 +195,8 @@ class MeanFieldState:
         Popularity (and its drift).
     reference : _Reference or None
         Linearisation points (None before the first step).
-    evaluations : int
-        Rows evaluated exactly so far (load map and Jacobian).
+    evaluations_PR : int array (P, R)
+        Exact evaluations (load map and Jacobian) of each row so far.
     """
 
     step: int
@@ -210,7 +207,12 @@ class MeanFieldState:
     windows_done: int
     traffic: traffic.TrafficState
     reference: _Reference | None
-    evaluations: int
+    evaluations_PR: np.ndarray
+
+    @property
+    def evaluations(self) -> int:
+        """Rows evaluated exactly so far, over every point and replica."""
+        return int(self.evaluations_PR.sum())
 
 
 def _check(cfg: Config) -> None:
@@ -230,8 +232,8 @@ def _check(cfg: Config) -> None:
                           "bias couples the experts and the load map has no exact form; "
                           "run.engine = 'meanfield' needs sigmoid, sqrtsoftplus, or softmax "
                           "with a multiplicative bias")
-    if c.type == "quantile":
-        raise ConfigError("controller.type = 'quantile': run.engine = 'meanfield' has no "
+    if controllers.get_law(c.type).needs_dual_estimate:
+        raise ConfigError(f"controller.type = {c.type!r}: run.engine = 'meanfield' has no "
                           "tokens to take the dual estimate from; use run.engine = 'exact'")
     if t.seq_correlation > 0 and t.noise != "normal":
         raise ConfigError(f"traffic.seq_correlation = {t.seq_correlation!r}: run.engine = "
@@ -251,6 +253,246 @@ def _relative(dp: np.ndarray, p: np.ndarray, floor: float) -> np.ndarray:
     whose loads are negligible, from forcing re-evaluations.
     """
     return np.max(np.abs(dp) / np.maximum(p, floor), axis=-1)
+
+
+@dataclass(frozen=True)
+class MeanFieldPlan:
+    """What the surrogate fixes once per run (see :func:`make_plan_meanfield`).
+
+    Attributes
+    ----------
+    points : PointPlan
+    tparams, cparams : traffic and controller parameters of the points.
+    scale_PR, rho_PR : float arrays (P, R)
+        Noise scale and sequence correlation of each row.
+    block_seqs : int
+        Sequences per drawn block (:func:`_block_sequences`).
+    cap : int
+        Expert capacity per micro-batch.
+    tolerance, covariance_tolerance : float
+        Re-evaluation thresholds.
+    map_args : dict
+        Keyword arguments of the load map, covariance and Jacobian.
+    """
+
+    points: PointPlan
+    tparams: Any
+    cparams: Any
+    scale_PR: np.ndarray
+    rho_PR: np.ndarray
+    block_seqs: int
+    cap: int
+    tolerance: float
+    covariance_tolerance: float
+    map_args: dict
+
+    @property
+    def cfg(self) -> Config:
+        """The first point's config (fields that cannot be swept)."""
+        return self.points.first
+
+    @property
+    def drift(self) -> bool:
+        """Whether the popularity drifts (the map is then linearised in it too)."""
+        return self.tparams.drift != "none"
+
+    @property
+    def blocks_mb(self) -> int:
+        """Blocks per micro-batch."""
+        return self.cfg.batch.sequences_per_micro_batch // self.block_seqs
+
+    @property
+    def p_floor(self) -> float:
+        """1 % of the balanced share ``K / N`` (see :func:`_relative`)."""
+        return 0.01 * self.cfg.router.topk / self.cfg.router.num_experts
+
+
+def make_plan_meanfield(config: Config, point_indices: Sequence[int] | None = None, *,
+                        tolerance: float = DEFAULT_TOLERANCE,
+                        covariance_tolerance: float = COVARIANCE_TOLERANCE,
+                        xp: ModuleType | None = None) -> MeanFieldPlan:
+    """Check the points and the tolerances; fix everything the surrogate needs."""
+    pp = make_plan(config, point_indices, xp)
+    for name, value in (("tolerance", tolerance), ("covariance_tolerance", covariance_tolerance)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} = {value!r}: must be a finite number > 0")
+    for p in pp.points:
+        _check(p)
+    cfg = pp.first
+    P, R = pp.shape_PRE[:2]
+    tparams = traffic.make_traffic_params(pp.points)
+    seqs_mb, L = cfg.batch.sequences_per_micro_batch, cfg.batch.seq_length
+    router = cfg.router
+    return MeanFieldPlan(
+        points=pp, tparams=tparams, cparams=controllers.make_controller_params(pp.points),
+        scale_PR=np.broadcast_to(tparams.noise_scale_P[:, None], (P, R)),
+        rho_PR=np.broadcast_to(tparams.rho_P[:, None], (P, R)),
+        block_seqs=_block_sequences(cfg),
+        cap=capacity(seqs_mb * L, router.topk, router.num_experts, router.capacity_factor),
+        tolerance=tolerance, covariance_tolerance=covariance_tolerance,
+        map_args=dict(topk=router.topk, score_function=router.score_function,
+                      noise=cfg.traffic.noise, bias_mode=router.bias_mode, bias_on="scores"))
+
+
+def _put(full: np.ndarray, rows: tuple[np.ndarray, np.ndarray], value: np.ndarray) -> np.ndarray:
+    out = full.copy()
+    out[rows] = value
+    return out
+
+
+def _noise_scale(ref: _Reference) -> np.ndarray:
+    var = ref.cov_p_PRE * (1.0 - ref.cov_p_PRE)
+    return np.where(var > 0, ref.sqrt_deff_PRE / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
+
+
+def _covariance_factor(plan: MeanFieldPlan, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
+                       crows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``A^T`` with ``A A^T`` the per-token selection covariance, at rows ``crows``."""
+    cov = selection_covariance(mu_PRE[crows], bias_PRE[crows],
+                               noise_scale=plan.scale_PR[crows], **plan.map_args)
+    lam, vec = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, -1, -2)))
+    factor = vec * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
+    return np.swapaxes(factor, -1, -2)
+
+
+def evaluate(plan: MeanFieldPlan, ref: _Reference, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
+             rows_PR: np.ndarray, cov_PR: np.ndarray) -> _Reference:
+    """Exact load map and Jacobian(s) at ``rows``; covariance at ``cov`` (a subset)."""
+    kw = plan.map_args
+    rows = np.nonzero(rows_PR)
+    mu, b, s = mu_PRE[rows], bias_PRE[rows], plan.scale_PR[rows]
+    p0 = load_map(mu, b, noise_scale=s, **kw)
+    deff = threshold_design_effect(p0, plan.rho_PR[rows][:, None], plan.cfg.batch.seq_length)
+    new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu, sqrt_deff_PRE=np.sqrt(deff),
+               jac_PREE=jacobian(mu, b, noise_scale=s, wrt="bias", **kw))
+    if plan.drift:
+        new["jac_mu_PREE"] = jacobian(mu, b, noise_scale=s, wrt="mu", **kw)
+    changes = {name: _put(getattr(ref, name), rows, v) for name, v in new.items()}
+    crows = np.nonzero(cov_PR)
+    if crows[0].size:
+        changes["factor_T_PREE"] = _put(ref.factor_T_PREE, crows,
+                                        _covariance_factor(plan, mu_PRE, bias_PRE, crows))
+        changes["cov_p_PRE"] = _put(ref.cov_p_PRE, crows, changes["p_PRE"][crows])
+    ref = dataclasses.replace(ref, **changes)
+    return dataclasses.replace(ref, scale_PRE=_noise_scale(ref))
+
+
+def _blank(plan: MeanFieldPlan) -> _Reference:
+    P, R, n = plan.points.shape_PRE
+    vec, mat = np.zeros((P, R, n)), np.zeros((P, R, n, n))
+    return _Reference(bias_PRE=vec, mu_PRE=vec, p_PRE=vec, jac_PREE=mat,
+                      jac_mu_PREE=mat if plan.drift else None, sqrt_deff_PRE=vec,
+                      cov_p_PRE=vec, factor_T_PREE=mat, scale_PRE=vec)
+
+
+def current_p(plan: MeanFieldPlan, ref: _Reference | None, bias_PRE: Any,
+              mu_PRE: np.ndarray) -> tuple[_Reference, np.ndarray, np.ndarray]:
+    """Linearised ``p`` of every row, re-evaluating rows that moved too far.
+
+    Returns the (possibly updated) reference, ``p`` and the rows evaluated
+    (bool (P, R)).
+    """
+    bias = to_numpy(bias_PRE).astype(np.float64)
+    if ref is None:
+        every = np.ones(plan.points.shape_PRE[:2], dtype=bool)
+        ref = evaluate(plan, _blank(plan), mu_PRE, bias, every, every)
+        return ref, ref.p_PRE, every
+    dp = (ref.jac_PREE @ (bias - ref.bias_PRE)[..., None])[..., 0]
+    if plan.drift:
+        dp += (ref.jac_mu_PREE @ (mu_PRE - ref.mu_PRE)[..., None])[..., 0]
+    p = ref.p_PRE + dp
+    stale = _relative(dp, ref.p_PRE, plan.p_floor) > plan.tolerance
+    stale_cov = (_relative(p - ref.cov_p_PRE, ref.cov_p_PRE, plan.p_floor)
+                 > plan.covariance_tolerance)
+    rows = stale | stale_cov
+    if not rows.any():
+        return ref, p, rows
+    ref = evaluate(plan, ref, mu_PRE, bias, rows, stale_cov)
+    return ref, np.where(rows[..., None], ref.p_PRE, p), rows
+
+
+def draw(plan: MeanFieldPlan, ref: _Reference, p_PRE: np.ndarray, t: int,
+         first_block: int) -> Any:
+    """Loads of one micro-batch's blocks, int array (P, R, B, E)."""
+    xp, k, n = plan.points.xp, plan.cfg.router.topk, plan.cfg.router.num_experts
+    tok_block = plan.block_seqs * plan.cfg.batch.seq_length
+    rows = xp.arange(first_block, first_block + plan.blocks_mb, dtype=xp.uint64)
+    z = to_numpy(rng.standard_normal(xp, plan.points.keys_PR, t, rng.Stream.MEANFIELD, rows, n,
+                                     xp.float64))
+    x = z @ ref.factor_T_PREE  # (P, R, B, E): unit-variance-scaled selection noise
+    pc = np.clip(p_PRE, 0.0, 1.0)
+    x *= (np.sqrt(pc * (1.0 - pc)) * ref.scale_PRE)[:, :, None, :]
+    x -= x.mean(axis=-1, keepdims=True)
+    real = tok_block * p_PRE[:, :, None, :] + math.sqrt(tok_block) * x
+    return xp.asarray(round_to_total(np, real, tok_block * k))
+
+
+def init_state(plan: MeanFieldPlan) -> MeanFieldState:
+    """The state before the first step."""
+    pp = plan.points
+    xp = pp.xp
+    return MeanFieldState(step=0, bias_PRE=initial_bias(pp),
+                          memory_PRE=xp.zeros(pp.shape_PRE, dtype=pp.dtype),
+                          window_load_PRE=xp.zeros(pp.shape_PRE, dtype=xp.int64),
+                          window_batches=0, windows_done=0,
+                          traffic=traffic.init_traffic(xp, plan.tparams, pp.keys_PR),
+                          reference=None,
+                          evaluations_PR=np.zeros(pp.shape_PRE[:2], dtype=np.int64))
+
+
+def close_window(plan: MeanFieldPlan, state: MeanFieldState) -> MeanFieldState:
+    """Apply the controller to the window's loads and open a new window."""
+    bias, memory = update_controller(plan.points.xp, plan.cparams, state.bias_PRE,
+                                     state.memory_PRE, state.window_load_PRE, None,
+                                     state.windows_done)
+    return dataclasses.replace(state, bias_PRE=bias, memory_PRE=memory,
+                               window_load_PRE=plan.points.xp.zeros_like(state.window_load_PRE),
+                               window_batches=0, windows_done=state.windows_done + 1)
+
+
+def micro_batch(plan: MeanFieldPlan, state: MeanFieldState, mu_PRE: np.ndarray,
+                mb: int) -> tuple[MeanFieldState, Any, Any, np.ndarray]:
+    """Draw micro-batch ``mb``: the state, block loads (P, R, B, E), kept loads and
+    the rows evaluated exactly."""
+    xp, cfg = plan.points.xp, plan.cfg
+    ref, p, evaluated = current_p(plan, state.reference, state.bias_PRE, mu_PRE)
+    loads = draw(plan, ref, p, state.step, mb * plan.blocks_mb)
+    kept = xp.sum(loads, axis=2)
+    if plan.cap < cfg.batch.sequences_per_micro_batch * cfg.batch.seq_length:
+        kept = xp.minimum(kept, plan.cap)
+    state = dataclasses.replace(state, reference=ref, window_load_PRE=state.window_load_PRE + kept,
+                                window_batches=state.window_batches + 1)
+    if closes_after_micro_batch(cfg.controller):
+        state = close_window(plan, state)
+    return state, loads, kept, evaluated
+
+
+def step_state(plan: MeanFieldPlan, state: MeanFieldState
+               ) -> tuple[MeanFieldState, StepOutput]:
+    """One global batch: each micro-batch's loads drawn, the controller in the loop."""
+    pp, cfg, t = plan.points, plan.cfg, state.step
+    xp = pp.xp
+    tstate = traffic.advance_traffic(xp, plan.tparams, state.traffic, pp.keys_PR, t)
+    mu_PRE = to_numpy(tstate.mu_PRE).astype(np.float64)
+    first_bias = state.bias_PRE
+    state = dataclasses.replace(state, traffic=tstate)
+    blocks, kept_total, evaluated_PR = [], None, np.zeros(pp.shape_PRE[:2], dtype=np.int64)
+    for mb in range(cfg.batch.num_micro_batches):
+        state, loads, kept, evaluated = micro_batch(plan, state, mu_PRE, mb)
+        blocks.append(loads)
+        kept_total = kept if kept_total is None else kept_total + kept
+        evaluated_PR = evaluated_PR + evaluated
+    if closes_after_step(cfg.controller, t):
+        state = close_window(plan, state)
+    block_loads = xp.concat(blocks, axis=2) if len(blocks) > 1 else blocks[0]
+    rows_per_batch = [size // plan.block_seqs for size in cfg.batch.computation_batch_sizes]
+    out = StepOutput(bias_PRE=first_bias, load_PRE=xp.sum(block_loads, axis=2),
+                     kept_PRE=kept_total,
+                     displaced_PR=xp.full(pp.shape_PRE[:2], float("nan"), dtype=xp.float64),
+                     maxvio_compute_PRC=maxvio_compute(xp, block_loads, rows_per_batch),
+                     extra=MeanFieldExtra(evaluations_PR=evaluated_PR))
+    return dataclasses.replace(state, step=t + 1,
+                               evaluations_PR=state.evaluations_PR + evaluated_PR), out
 
 
 def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None = None, *,
@@ -278,221 +520,12 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
     Returns
     -------
     init : callable () -> MeanFieldState
-    step : callable (MeanFieldState) -> (MeanFieldState, routesim.engines.exact.StepOutput)
+    step : callable (MeanFieldState) -> (MeanFieldState, StepOutput)
+        The output's ``extra`` is a :class:`~routesim.engines._common.MeanFieldExtra`.
     """
-    all_points = config.points()
-    point_indices = list(range(len(all_points)) if point_indices is None else point_indices)
-    for i in point_indices:
-        if not 0 <= i < len(all_points):
-            raise ConfigError(f"point_indices: {i} is not a point index in [0, {len(all_points)})")
-    if not point_indices:
-        raise ConfigError("point_indices: empty; give at least one point")
-    for name, value in (("tolerance", tolerance), ("covariance_tolerance", covariance_tolerance)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"{name} = {value!r}: must be a finite number > 0")
-    points = [all_points[i] for i in point_indices]
-    for p in points:
-        _check(p)
-    cfg = points[0]
-    load_map, selection_covariance, jacobian = _theory()
-    xp = xp or get_namespace(cfg.run.backend)
-    run, batch, router, ctrl = cfg.run, cfg.batch, cfg.router, cfg.controller
-    dtype = xp.float32 if run.bias_dtype == "float32" else xp.float64
-    n, k, L = router.num_experts, router.topk, batch.seq_length
-    P, R = len(points), run.replicas
-    key_points = [0] * len(point_indices) if run.common_random_numbers else point_indices
-    keys_PR = xp.asarray(rng.point_keys(run.seed, key_points, R))
-    tparams = traffic.make_traffic_params(points)
-    cparams = controllers.make_controller_params(points)
-    drift = tparams.drift != "none"
-    scale_PR = np.broadcast_to(tparams.noise_scale_P[:, None], (P, R))
-    rho_PR = np.broadcast_to(tparams.rho_P[:, None], (P, R))
-    seqs_mb = batch.sequences_per_micro_batch
-    g = _block_sequences(cfg)
-    blocks_mb = seqs_mb // g
-    tok_block = g * L
-    cap = capacity(seqs_mb * L, k, n, router.capacity_factor)
-    cb_sizes = batch.computation_batch_sizes
-    init_bias = 1.0 if router.bias_mode == "multiplicative" else 0.0
-    p_floor = 0.01 * k / n
-    kw = dict(topk=k, score_function=router.score_function, noise=cfg.traffic.noise,
-              bias_mode=router.bias_mode, bias_on="scores")
-
-    empty_cb = xp.zeros((P, R, 0), dtype=xp.float64)
-    no_displacement = xp.full((P, R), float("nan"), dtype=xp.float64)
-
-    def put(full: np.ndarray, rows: tuple[np.ndarray, np.ndarray], value: np.ndarray):
-        out = full.copy()
-        out[rows] = value
-        return out
-
-    def noise_scale(ref: _Reference) -> np.ndarray:
-        var = ref.cov_p_PRE * (1.0 - ref.cov_p_PRE)
-        return np.where(var > 0, ref.sqrt_deff_PRE / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
-
-    def evaluate(ref: _Reference, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
-                 rows_PR: np.ndarray, cov_PR: np.ndarray) -> _Reference:
-        """Exact load map and Jacobian(s) at ``rows``; covariance at ``cov`` (a subset)."""
-        rows = np.nonzero(rows_PR)
-        mu, b, s = mu_PRE[rows], bias_PRE[rows], scale_PR[rows]
-        p0 = load_map(mu, b, noise_scale=s, **kw)
-        deff = threshold_design_effect(p0, rho_PR[rows][:, None], L)
-        new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu, sqrt_deff_PRE=np.sqrt(deff),
-                   jac_PREE=jacobian(mu, b, noise_scale=s, wrt="bias", **kw))
-        if drift:
-            new["jac_mu_PREE"] = jacobian(mu, b, noise_scale=s, wrt="mu", **kw)
-        changes = {name: put(getattr(ref, name), rows, v) for name, v in new.items()}
-        crows = np.nonzero(cov_PR)
-        if crows[0].size:
-            cov = selection_covariance(mu_PRE[crows], bias_PRE[crows],
-                                       noise_scale=scale_PR[crows], **kw)
-            lam, vec = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, -1, -2)))
-            factor = vec * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
-            changes["factor_T_PREE"] = put(ref.factor_T_PREE, crows,
-                                           np.swapaxes(factor, -1, -2))
-            changes["cov_p_PRE"] = put(ref.cov_p_PRE, crows, changes["p_PRE"][crows])
-        ref = dataclasses.replace(ref, **changes)
-        return dataclasses.replace(ref, scale_PRE=noise_scale(ref))
-
-    def blank() -> _Reference:
-        vec, mat = np.zeros((P, R, n)), np.zeros((P, R, n, n))
-        return _Reference(bias_PRE=vec, mu_PRE=vec, p_PRE=vec, jac_PREE=mat,
-                          jac_mu_PREE=mat if drift else None, sqrt_deff_PRE=vec, cov_p_PRE=vec,
-                          factor_T_PREE=mat, scale_PRE=vec)
-
-    def current_p(ref: _Reference | None, bias_PRE: Any,
-                  mu_PRE: np.ndarray) -> tuple[_Reference, np.ndarray, int]:
-        """Linearised ``p`` of every row, re-evaluating rows that moved too far.
-
-        Returns the (possibly updated) reference, ``p`` and the rows evaluated.
-        """
-        bias = to_numpy(bias_PRE).astype(np.float64)
-        if ref is None:
-            every = np.ones((P, R), dtype=bool)
-            ref = evaluate(blank(), mu_PRE, bias, every, every)
-            return ref, ref.p_PRE, P * R
-        dp = (ref.jac_PREE @ (bias - ref.bias_PRE)[..., None])[..., 0]
-        if drift:
-            dp += (ref.jac_mu_PREE @ (mu_PRE - ref.mu_PRE)[..., None])[..., 0]
-        p = ref.p_PRE + dp
-        stale = _relative(dp, ref.p_PRE, p_floor) > tolerance
-        stale_cov = _relative(p - ref.cov_p_PRE, ref.cov_p_PRE, p_floor) > covariance_tolerance
-        rows = stale | stale_cov
-        if not rows.any():
-            return ref, p, 0
-        ref = evaluate(ref, mu_PRE, bias, rows, stale_cov)
-        return ref, np.where(rows[..., None], ref.p_PRE, p), int(rows.sum())
-
-    def draw(ref: _Reference, p_PRE: np.ndarray, t: int, first_block: int) -> Any:
-        """Loads of one micro-batch's blocks, int array (P, R, B, E)."""
-        rows = xp.arange(first_block, first_block + blocks_mb, dtype=xp.uint64)
-        z = to_numpy(rng.standard_normal(xp, keys_PR, t, rng.Stream.MEANFIELD, rows, n,
-                                         xp.float64))
-        x = z @ ref.factor_T_PREE  # (P, R, B, E): unit-variance-scaled selection noise
-        pc = np.clip(p_PRE, 0.0, 1.0)
-        x *= (np.sqrt(pc * (1.0 - pc)) * ref.scale_PRE)[:, :, None, :]
-        x -= x.mean(axis=-1, keepdims=True)
-        real = tok_block * p_PRE[:, :, None, :] + math.sqrt(tok_block) * x
-        return xp.asarray(round_to_total(np, real, tok_block * k))
-
-    def init() -> MeanFieldState:
-        zeros = xp.zeros((P, R, n), dtype=dtype)
-        tstate = traffic.init_traffic(xp, tparams, keys_PR)
-        return MeanFieldState(step=0, bias_PRE=zeros + init_bias, memory_PRE=zeros,
-                              window_load_PRE=xp.zeros((P, R, n), dtype=xp.int64),
-                              window_batches=0, windows_done=0, traffic=tstate,
-                              reference=None, evaluations=0)
-
-    def step(state: MeanFieldState) -> tuple[MeanFieldState, StepOutput]:
-        t = state.step
-        tstate = traffic.advance_traffic(xp, tparams, state.traffic, keys_PR, t)
-        mu_PRE = to_numpy(tstate.mu_PRE).astype(np.float64)
-        bias, memory, ref = state.bias_PRE, state.memory_PRE, state.reference
-        window, batches, done = state.window_load_PRE, state.window_batches, state.windows_done
-        evaluations = state.evaluations
-        blocks, kept_total = [], None
-
-        def close(bias, memory, window, done):
-            bias, memory = controllers.update_bias(xp, cparams, bias, memory, window, None, done)
-            return bias, memory, xp.zeros_like(window), done + 1
-
-        for mb in range(batch.num_micro_batches):
-            ref, p, evaluated = current_p(ref, bias, mu_PRE)
-            evaluations += evaluated
-            loads = draw(ref, p, t, mb * blocks_mb)
-            kept = xp.sum(loads, axis=2)
-            if cap < seqs_mb * L:
-                kept = xp.minimum(kept, cap)
-            blocks.append(loads)
-            kept_total = kept if kept_total is None else kept_total + kept
-            window, batches = window + kept, batches + 1
-            if ctrl.window == "micro_batch":
-                bias, memory, window, done = close(bias, memory, window, done)
-                batches = 0
-        if ctrl.window == "global_batch" or (
-                ctrl.window == "steps" and (t + 1) % ctrl.update_every == 0):
-            bias, memory, window, done = close(bias, memory, window, done)
-            batches = 0
-        block_loads = xp.concat(blocks, axis=2) if len(blocks) > 1 else blocks[0]
-        mv_cb = []
-        for size in cb_sizes:
-            grp = xp.sum(xp.reshape(block_loads, (P, R, -1, size // g, n)), axis=3)
-            grp = xp.astype(grp, xp.float64)
-            mean = xp.mean(grp, axis=-1)
-            mv_cb.append(xp.mean((xp.max(grp, axis=-1) - mean) / mean, axis=-1))
-        out = StepOutput(bias_PRE=state.bias_PRE, load_PRE=xp.sum(block_loads, axis=2),
-                         kept_PRE=kept_total, displaced_PR=no_displacement,
-                         maxvio_compute_PRC=xp.stack(mv_cb, axis=-1) if mv_cb else empty_cb)
-        new = MeanFieldState(step=t + 1, bias_PRE=bias, memory_PRE=memory,
-                             window_load_PRE=window, window_batches=batches, windows_done=done,
-                             traffic=tstate, reference=ref, evaluations=evaluations)
-        return new, out
-
-    return init, step
-
-
-def simulate_meanfield(config: Config, *, point_indices: Sequence[int] | None = None,
-                       progress: bool | None = None,
-                       tolerance: float = DEFAULT_TOLERANCE,
-                       covariance_tolerance: float = COVARIANCE_TOLERANCE):
-    """Run the mean-field surrogate; the same Dataset as :func:`routesim.simulate`.
-
-    Parameters
-    ----------
-    config : Config
-        The run (``run.engine`` is not consulted here).
-    point_indices : sequence of int, optional
-        Run only these points of the sweep (global indices).
-    progress : bool or None
-        Progress bar on stderr; None shows it only when stderr is a terminal.
-    tolerance, covariance_tolerance : float > 0
-        Re-evaluation thresholds (see :func:`make_meanfield_simulator`).
-
-    Returns
-    -------
-    xarray.Dataset
-        As :func:`routesim.simulate`; ``displacement`` is NaN and the attrs
-        add ``meanfield_evaluations`` (exact row evaluations of the load map)
-        and the two tolerances.
-    """
-    from .. import faults, resources  # noqa: PLC0415 (avoid a cycle)
-    from ..run import build_dataset, run_steps  # noqa: PLC0415 (avoid a cycle)
-
-    progress = resources.check(config, point_indices, progress)
-    init, step = make_meanfield_simulator(config, point_indices, tolerance=tolerance,
-                                          covariance_tolerance=covariance_tolerance)
-    fields = ("bias_PRE", "load_PRE", "kept_PRE", "displaced_PR", "maxvio_compute_PRC")
-    check = faults.make_step_check(config, point_indices, get_namespace(config.run.backend))
-    state, rec = run_steps(step, init(), config.run.steps, fields, progress,
-                           "routesim meanfield", check)
-    ds = build_dataset(config, point_indices, bias_SPRE=rec["bias_PRE"],
-                       load_SPRE=rec["load_PRE"], kept_SPRE=rec["kept_PRE"],
-                       displaced_SPR=rec["displaced_PR"],
-                       maxvio_compute_SPRC=rec["maxvio_compute_PRC"])
-    ds.attrs["meanfield_evaluations"] = int(state.evaluations)
-    ds.attrs["meanfield_tolerance"] = float(tolerance)
-    ds.attrs["meanfield_covariance_tolerance"] = float(covariance_tolerance)
-    return ds
+    plan = make_plan_meanfield(config, point_indices, tolerance=tolerance,
+                               covariance_tolerance=covariance_tolerance, xp=xp)
+    return (lambda: init_state(plan)), (lambda state: step_state(plan, state))
 
 
 def settling_step(curve_S: np.ndarray, level: float, smooth: int = 5) -> int:

@@ -1,0 +1,182 @@
+"""The result Dataset: the one place where recorded host arrays become a Dataset.
+
+:func:`build_dataset` assembles the variables every engine has (loads, bias,
+the per-step metrics of :mod:`routesim.metrics`); :func:`engine_variables`
+adds what an engine reports in its :class:`~routesim.engines._common.StepOutput`
+extension (Expert Choice's histogram, the mean-field evaluations, the
+learning router's losses). Assembly is O(P) in the number of points: every
+per-point coordinate is built in one pass.
+
+Shape legend: S steps, P points, R replicas, E experts, C computation-batch
+sizes, J assignment counts 0..E.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from . import metrics
+from .config import Config
+from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
+from .rng import entropy_of
+
+__all__ = ["build_dataset", "engine_variables", "extra_variables"]
+
+#: Dimension of each shape letter of a recorded field name.
+_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert"}
+
+
+def _sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
+    """Label and swept values of the chosen points (one pass over the sweep)."""
+    labels_all = config.point_labels()
+    assignments = config.sweep.assignments()
+    coords: dict[str, Any] = {
+        "label": ("point", np.asarray([labels_all[i] for i in indices], dtype=str))}
+    for key in config.sweep.parameters:
+        coords[key] = ("point", np.asarray([assignments[i][key] for i in indices]))
+    return coords
+
+
+def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
+                  bias_SPRE: np.ndarray, load_SPRE: np.ndarray, kept_SPRE: np.ndarray,
+                  displaced_SPR: np.ndarray, maxvio_compute_SPRC: np.ndarray,
+                  extra: dict[str, Any] | None = None) -> xr.Dataset:
+    """Assemble the result Dataset from recorded host arrays (any engine).
+
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    point_indices : sequence of int or None
+        Global indices of the points recorded (None: every point).
+    bias_SPRE, load_SPRE, kept_SPRE : arrays (S, P, R, E)
+    displaced_SPR : array (S, P, R)
+    maxvio_compute_SPRC : array (S, P, R, C)
+    extra : dict of str to (dims, array), optional
+        Engine variables (:func:`engine_variables`).
+
+    Returns
+    -------
+    xarray.Dataset
+        As documented in :func:`routesim.simulate`.
+    """
+    from . import __version__  # noqa: PLC0415 (the package's own version, set in __init__)
+
+    indices = list(range(config.num_points) if point_indices is None else point_indices)
+    dims3 = ("step", "point", "replica")
+    dims4 = dims3 + ("expert",)
+    window = config.run.global_window
+    load = load_SPRE.astype(np.int64)
+    kept = kept_SPRE.astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        drop = 1.0 - kept.sum(-1) / np.maximum(load.sum(-1), 1)
+    data = {
+        "load": (dims4, load.astype(np.int32)),
+        "kept_load": (dims4, kept.astype(np.int32)),
+        "bias": (dims4, bias_SPRE),
+        "maxvio_batch": (dims3, metrics.maxvio(load)),
+        "maxvio_global": (dims3, metrics.maxvio(metrics.trailing_sum(load, window))),
+        "maxvio_global_run": (("point", "replica"), metrics.maxvio(load.sum(axis=0))),
+        "cv": (dims3, metrics.cv(load)),
+        "min_load": (dims3, load.min(-1).astype(np.int32)),
+        "max_load": (dims3, load.max(-1).astype(np.int32)),
+        "dead_experts": (dims3, metrics.dead_experts(load).astype(np.int32)),
+        "load_entropy": (dims3, metrics.load_entropy(load)),
+        "drop_rate": (dims3, drop),
+        "displacement": (dims3, displaced_SPR.astype(np.float64)),
+        "flip_fraction": (dims3, metrics.flip_fraction(bias_SPRE)),
+        "bias_spread": (dims3, metrics.bias_spread(bias_SPRE)),
+    }
+    coords: dict[str, Any] = {
+        "step": np.arange(load.shape[0]),
+        "point": np.asarray(indices),
+        "replica": np.arange(config.run.replicas),
+        "expert": np.arange(load.shape[-1]),
+    }
+    coords.update(_sweep_coords(config, indices))
+    if config.batch.computation_batch_sizes:
+        data["maxvio_compute"] = (dims3 + ("compute_batch",), maxvio_compute_SPRC)
+        coords["compute_batch"] = np.asarray(config.batch.computation_batch_sizes)
+    if extra:
+        data.update(extra)
+    attrs = {
+        "title": "routesim simulation",
+        "routesim_version": __version__,
+        "config": config.to_json(),
+        "seed": int(config.run.seed),
+        "seed_entropy": str(entropy_of(config.run.seed)),
+        "engine": config.run.engine,
+        "tokens_per_step": int(config.batch.tokens_per_step),
+        "num_experts": int(config.router.num_experts),
+        "topk": int(config.router.topk),
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:
+    """The Dataset variables of the recorded step outputs beyond the common ones.
+
+    ``records`` holds the recorded :class:`~routesim.engines._common.StepOutput`
+    fields, each stacked along a leading step axis; ``records["extra"]`` is
+    the engine's extension with its fields stacked the same way (or None).
+    """
+    data: dict[str, Any] = {}
+    if records.get("unrouted_PR") is not None:
+        data["unrouted_share"] = (("step", "point", "replica"), records["unrouted_PR"])
+    data.update(extra_variables(config, records.get("extra"), records["load_PRE"]))
+    return data
+
+
+def extra_variables(config: Config, extra: Any, load_SPRE: np.ndarray) -> dict[str, Any]:
+    """Dataset variables of a stacked engine extension (None: none)."""
+    if isinstance(extra, ExpertChoiceExtra):
+        return {"experts_per_token": (("step", "point", "replica", "num_assigned"),
+                                      extra.experts_per_token_PRJ.astype(np.int32))}
+    if isinstance(extra, MeanFieldExtra):
+        # stacked over steps, then summed: per point and replica, whatever ran beside them
+        return {"meanfield_evaluations": (("point", "replica"),
+                                          extra.evaluations_PR.sum(axis=0).astype(np.int64))}
+    if isinstance(extra, LearnerExtra):
+        return _learner_variables(config, extra, load_SPRE)
+    return {}
+
+
+def _named(field_name: str) -> tuple[str, tuple[str, ...]]:
+    """``task_proxy_PR`` -> ``("task_proxy", ("step", "point", "replica"))``."""
+    name, shape = field_name.rsplit("_", 1)
+    return name, ("step",) + tuple(_DIM_OF[c] for c in shape)
+
+
+def _load_ratio(load_SPRE: np.ndarray) -> np.ndarray:
+    """Max over min of the run's total load per expert: (P, R); inf with a dead expert."""
+    total = load_SPRE.sum(axis=0).astype(np.float64)
+    low, high = total.min(axis=-1), total.max(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(low > 0, high / np.where(low > 0, low, 1.0), np.inf)
+
+
+def _learner_variables(config: Config, extra: LearnerExtra,
+                       load_SPRE: np.ndarray) -> dict[str, Any]:
+    """The learning engine's variables (see :func:`routesim.engines.learner.simulate_learner`)."""
+    data: dict[str, Any] = {}
+    for f in dataclasses.fields(extra):
+        value = getattr(extra, f.name)
+        if value is not None and f.name != "eval_load_PRE":
+            name, dims = _named(f.name)
+            data[name] = (dims, value)
+    window = config.run.global_window
+    pr = ("point", "replica")
+    data["load_ratio"] = (pr, _load_ratio(load_SPRE))
+    data["maxvio_global_final"] = (pr, metrics.maxvio(load_SPRE[-window:].sum(axis=0)))
+    if extra.eval_load_PRE is not None:
+        ev = extra.eval_load_PRE.astype(np.int64)
+        data["eval_load"] = (("step", "point", "replica", "expert"), ev.astype(np.int32))
+        data["maxvio_global_eval"] = (("step", "point", "replica"),
+                                      metrics.maxvio(metrics.trailing_sum(ev, window)))
+        data["maxvio_global_eval_run"] = (pr, metrics.maxvio(ev.sum(axis=0)))
+        data["load_ratio_eval"] = (pr, _load_ratio(ev))
+    return data
