@@ -63,6 +63,14 @@ class SweepInterrupted(KeyboardInterrupt):
         Chunks on disk and chunks in the sweep.
     chunk_dir : Path
         Where the kept chunks are.
+
+    Examples
+    --------
+    >>> err = SweepInterrupted(1, 3, "out/chunks/abc")
+    >>> isinstance(err, KeyboardInterrupt), err.kept, err.total
+    (True, 1, 3)
+    >>> str(err)
+    'interrupted: 1 of 3 chunks kept in out/chunks/abc; re-run the same command to resume'
     """
 
     def __init__(self, kept: int, total: int, chunk_dir: Path):
@@ -335,6 +343,25 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
         or written, or one holding a sweep of another config.
     SweepInterrupted
         On Ctrl-C; the finished chunks are kept for a resume.
+
+    Examples
+    --------
+    Three points in chunks of two: two chunk files, joined into the Dataset
+    that one ``simulate`` call gives:
+
+    >>> import os, tempfile
+    >>> from routesim import Config, simulate
+    >>> cfg = Config().replace(**{
+    ...     "run.steps": 3, "router.num_experts": 4, "router.topk": 2,
+    ...     "batch.num_sequences": 2, "batch.seq_length": 8,
+    ...     "sweep.parameters": {"controller.bias_update_rate": [0.0, 0.01, 0.1]}})
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     ds = run_sweep(cfg, out, points_per_chunk=2)
+    ...     chunks = [len(files) for _, _, files in os.walk(os.path.join(out, "chunks"))]
+    ...     sorted(os.listdir(out)), sum(chunks)
+    (['chunks', 'config.json', 'results.nc'], 2)
+    >>> dict(ds.sizes), ds.identical(simulate(cfg, progress=False))
+    ({'step': 3, 'point': 3, 'replica': 1, 'expert': 4}, True)
     """
     if workers < 1:
         raise ConfigError(f"workers = {workers}: must be an integer >= 1")
