@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..controllers.registry import get_law
 from ..exceptions import ConfigError
 
 __all__ = ["check_numerics", "parse_bytes", "format_bytes", "MAX_POINTS"]
@@ -79,7 +80,7 @@ def format_bytes(size: float) -> str:
 
 def _check_bias_step(cfg: Any) -> None:
     c, r = cfg.controller, cfg.router
-    if c.type in ("none", "quantile") or c.bias_update_rate == 0:
+    if "bias_update_rate" not in get_law(c.type).uses or c.bias_update_rate == 0:
         return
     dtype = np.dtype(cfg.run.bias_dtype)
     b0 = 1.0 if r.bias_mode == "multiplicative" else 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from ..controllers.registry import get_law
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,7 +53,8 @@ def unsupported_reason(points: Sequence["Config"]) -> str | None:
         (t.noise == "normal", f"traffic.noise = {t.noise!r}"),
         (r.dropless, f"router.capacity_factor = {r.capacity_factor!r}"),
         (r.num_groups is None or r.num_groups == 1, f"router.num_groups = {r.num_groups!r}"),
-        (all(p.controller.type != "quantile" for p in points), "controller.type = 'quantile'"),
+        (all(not get_law(p.controller.type).bias_on_logits for p in points),
+         "controller.type = 'quantile'"),
     ]
     for ok, what in checks:
         if not ok:

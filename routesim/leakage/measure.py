@@ -177,7 +177,7 @@ def leakage_setup(config: Config, position: int, timing: str = "lagged") -> Leak
     if r.router_type == "expert_choice":
         kind, block = "expert_choice", r.expert_choice_block or tokens_mb
     else:
-        kind = ("quantile" if cfg.controller.type == "quantile"
+        kind = ("quantile" if controllers.get_law(cfg.controller.type).bias_on_logits
                 else "token_choice" if r.dropless else "capacity")
         block = tokens_mb
     L = b.seq_length
@@ -248,13 +248,11 @@ def _controller_step(setup: LeakageSetup, bias_DE: Any, z_DTE: Any) -> Any:
     """Bias after one controller window on the blocks ``z_DTE`` routed with ``bias_DE``."""
     cfg = setup.config
     out = _route(setup, z_DTE, bias_DE, dropping=False)
-    if setup.router == "quantile":
-        return controllers.quantile_update(np, bias_DE, out.estimate_PRE[0],
-                                           cfg.controller.quantile_ema)
     load = np.sum(out.routed_PRBE, axis=2)  # (1, D, E): loads before dropping
     params = controllers.make_controller_params([cfg])
+    estimate = out.estimate_PRE if setup.router == "quantile" else None
     new, _ = controllers.update_bias(np, params, bias_DE[None], np.zeros_like(bias_DE)[None],
-                                     load, None, windows_done=1 << 30)
+                                     load, estimate, windows_done=1 << 30)
     return new[0]
 
 
