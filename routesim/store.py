@@ -20,7 +20,7 @@ from typing import Sequence
 
 import xarray as xr
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, ResultsFileError
 
 __all__ = ["save", "load", "check_output_dir"]
 
@@ -160,18 +160,29 @@ def check_output_dir(path: str | Path, field: str = "out_dir") -> Path:
 def load(path: str | Path) -> xr.Dataset:
     """Read a Dataset written by :func:`save` (fully into memory).
 
+    Raises
+    ------
+    ConfigError
+        If the suffix is not one that :func:`save` writes.
+    ResultsFileError
+        If the file does not exist or cannot be read as a Dataset.
+
     Examples
     --------
     >>> load("/nonexistent/results.nc")
     Traceback (most recent call last):
     ...
-    routesim.exceptions.ConfigError: results path '/nonexistent/results.nc': does not exist
+    routesim.exceptions.ResultsFileError: results path '/nonexistent/results.nc': does not exist
     """
     path = Path(path)
     suffix = _check_suffix(path)
     if not path.exists():
-        raise ConfigError(f"results path {str(path)!r}: does not exist")
-    if suffix == ".nc":
-        with xr.open_dataset(path, engine="scipy") as ds:
-            return ds.load()
-    return xr.open_zarr(path, consolidated=False).load()
+        raise ResultsFileError(f"results path {str(path)!r}: does not exist")
+    try:
+        if suffix == ".nc":
+            with xr.open_dataset(path, engine="scipy") as ds:
+                return ds.load()
+        return xr.open_zarr(path, consolidated=False).load()
+    except (OSError, ValueError, TypeError, KeyError) as err:  # truncated, empty or foreign
+        raise ResultsFileError(f"results path {str(path)!r}: cannot be read as a Dataset "
+                               f"({type(err).__name__}: {err})") from err

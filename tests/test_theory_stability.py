@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from routesim import ConfigError
+from routesim import ConfigError, UnstableLoopError
 from routesim.config import (
     BatchConfig,
     Config,
@@ -130,7 +130,7 @@ def test_steady_error_covariance_closed_form_and_monte_carlo():
     mc = np.cov(np.array(errs), rowvar=False)
     pred = steady_error_covariance("ema", 15.0, a, noise, momentum=beta)
     assert np.allclose(np.diag(mc), np.diag(pred), rtol=0.05)
-    with pytest.raises(ConfigError, match="unstable"):
+    with pytest.raises(UnstableLoopError, match=r"unstable \(spectral radius [0-9.]+ >= 1\)"):
         steady_error_covariance("proportional", 1.2, a, noise)
 
 

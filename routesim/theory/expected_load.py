@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SolverError
 from ..gates import gate
 from . import _levels
 from ._quadrature import DEFAULT_NODES, check_arguments, flat_rows, integrals, setup
@@ -284,7 +284,9 @@ def equilibrium(mu_PE: Any, *, topk: int, score_function: str = "sigmoid",
     Raises
     ------
     ConfigError
-        On a bad argument, or if the solver does not reach ``tol``.
+        On a bad argument.
+    SolverError
+        If the solver does not reach ``tol`` within ``max_iter`` iterations.
 
     Examples
     --------
@@ -362,7 +364,7 @@ def equilibrium(mu_PE: Any, *, topk: int, score_function: str = "sigmoid",
             alpha = np.where(stuck, 1.0, alpha)
     resid = np.max(np.abs(res))
     if not np.isfinite(resid) or resid > tol:
-        raise ConfigError(f"equilibrium: no bias reached max |p - target| <= {tol:g} within "
+        raise SolverError(f"equilibrium: no bias reached max |p - target| <= {tol:g} within "
                           f"max_iter = {max_iter} iterations (reached {resid:.3g})")
     return to_bias(x).reshape(lead + (n,))
 

@@ -51,7 +51,7 @@ import numpy as np
 from scipy import special
 
 from .._math import normal_cdf
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SolverError
 
 __all__ = [
     "linear_plant",
@@ -128,6 +128,8 @@ def relay_cycle(plant: Callable[[np.ndarray], np.ndarray], rate: float, bias0_E:
     Raises
     ------
     ConfigError
+        If ``rate`` is not finite and positive.
+    SolverError
         If no state repeats within ``max_steps``.
 
     Examples
@@ -165,8 +167,8 @@ def relay_cycle(plant: Callable[[np.ndarray], np.ndarray], rate: float, bias0_E:
         errors.append(e)
         s = np.sign(e).astype(np.int64)
         state = state + (n * s - s.sum() if centred else s)
-    raise ConfigError(f"max_steps = {max_steps}: the sign loop did not repeat a state; "
-                      "raise max_steps")
+    raise SolverError(f"relay_cycle: the sign loop did not repeat a state within max_steps = "
+                      f"{max_steps} steps (rate = {rate!r}, centred = {centred}); raise max_steps")
 
 
 def harmonic_balance(lam: Any, rate: Any) -> dict[str, np.ndarray]:

@@ -44,7 +44,7 @@ import numpy as np
 from scipy import linalg
 
 from .. import metrics
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, UnstableLoopError
 
 __all__ = [
     "LINEAR_LAWS",
@@ -268,6 +268,8 @@ def steady_error_covariance(law: str, rate: float, a_EE: Any, noise_cov_EE: Any,
     Raises
     ------
     ConfigError
+        If ``law``, ``momentum`` or ``tanh_scale`` is invalid.
+    UnstableLoopError
         If the loop is unstable (no stationary state).
 
     Examples
@@ -289,8 +291,10 @@ def steady_error_covariance(law: str, rate: float, a_EE: Any, noise_cov_EE: Any,
     big = m.shape[0]
     pz = np.kron(np.eye(big // n), proj)
     mz = pz @ m @ pz
-    if np.max(np.abs(np.linalg.eigvals(mz))) >= 1.0:
-        raise ConfigError(f"rate = {rate!r}: the loop is unstable, no stationary state")
+    radius = float(np.max(np.abs(np.linalg.eigvals(mz))))
+    if radius >= 1.0:
+        raise UnstableLoopError(f"rate = {rate!r}: the loop is unstable (spectral radius "
+                                f"{radius:.4g} >= 1), no stationary state")
     cov_z = linalg.solve_discrete_lyapunov(mz, q)
     cov_e = c @ cov_z @ c.T + proj @ s @ proj
     return (cov_e, cov_z[:n, :n]) if with_bias else cov_e
