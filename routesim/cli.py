@@ -45,6 +45,30 @@ def format_summary(ds) -> str:
     """One-screen table: per point, final MaxVio_batch and MaxVio_global.
 
     "Final" is the mean over the last 10 % of steps and over replicas.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A result of :func:`routesim.simulate` (columns it lacks are left out).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    Ten steps: the last 10 % is the last step, where ``maxvio_batch`` is 18 and 19:
+
+    >>> import numpy as np, xarray as xr
+    >>> ds = xr.Dataset({
+    ...     "maxvio_batch": (("step", "point", "replica"), np.arange(20.0).reshape(10, 2, 1)),
+    ...     "maxvio_global_run": (("point", "replica"), [[0.5], [0.25]]),
+    ...     "label": ("point", ["a", "b"])})
+    >>> print(format_summary(ds))
+    point   MaxVio_batch  MaxVio_global
+    -----------------------------------
+    a                 18            0.5
+    b                 19           0.25
     """
     steps = ds.sizes["step"]
     tail = slice(steps - max(1, steps // 10), steps)
@@ -201,7 +225,44 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 2 for a refused config or backend (one line on
+        stderr), 3 for a numerical fault, 130 or 143 when interrupted.
+
+    Examples
+    --------
+    Two points of a tiny config: 4 experts receive 16 tokens x 2 = 32
+    selections a step, 8 each when balanced, so MaxVio_batch comes in eighths
+    (and MaxVio_global, over 4 steps, in 32nds):
+
+    >>> import pathlib, tempfile
+    >>> tiny = '''
+    ... run = { steps = 4 }
+    ... router = { num_experts = 4, topk = 2 }
+    ... batch = { num_sequences = 2, seq_length = 8 }
+    ... sweep = { parameters = { "controller.bias_update_rate" = [0.0, 0.1] } }
+    ... '''
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = pathlib.Path(tmp) / "tiny.toml"
+    ...     _ = path.write_text(tiny)
+    ...     main(["run", str(path), "--no-progress"])
+    point                  MaxVio_batch  MaxVio_global           dead           drop
+    --------------------------------------------------------------------------------
+    bias_update_rate=0.0          0.625         0.2188              0              0
+    bias_update_rate=0.1           0.25        0.03125              0              0
+    0
+    >>> main(["run", "no-such-file.toml"])  # refused with one line on stderr
+    2
+    """
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
