@@ -135,7 +135,30 @@ def _logit_bound(cfg: Any) -> tuple[float, str]:
 
 
 def check_numerics(cfg: Any) -> None:
-    """Refuse a point config whose numbers cannot be computed (see the module docstring)."""
+    """Refuse a point config whose numbers cannot be computed (see the module docstring).
+
+    Parameters
+    ----------
+    cfg : Config
+        One point (sweep applied).
+
+    Raises
+    ------
+    ConfigError
+        Naming the field to blame, its value and the bound it breaks.
+
+    Examples
+    --------
+    Normal noise of scale 1e38 can give logits up to ``25 * 1e38``, past
+    float32's 3.4e38, so such a config is refused when it is built:
+
+    >>> from routesim import Config
+    >>> check_numerics(Config())  # the defaults compute
+    >>> Config().replace(**{"traffic.noise_scale": 1e38})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: traffic.noise_scale = 1e+38: logits could reach 2.5e+39, ...
+    """
     _check_bias_step(cfg)
     _check_capacity(cfg)
     if cfg.traffic.kind in ("popularity", "features"):

@@ -130,6 +130,17 @@ def check_trace(trace: str, num_experts: int, tokens_per_step: int) -> None:
     Raises
     ------
     ConfigError
+        Naming ``traffic.trace``, what does not match and what is allowed.
+
+    Examples
+    --------
+    The built-in trace holds 512 tokens a step over 16 experts:
+
+    >>> check_trace("builtin", num_experts=16, tokens_per_step=512)
+    >>> check_trace("builtin", num_experts=8, tokens_per_step=512)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: traffic.trace = 'builtin': holds 16 experts per token, ...
     """
     _, tokens, experts = read_trace(trace).shape
     if experts != num_experts:
