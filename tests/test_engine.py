@@ -213,3 +213,31 @@ def test_each_law_gives_its_numbers_at_any_point_index(monkeypatch, order, windo
     for i in range(len(order)):
         alone = simulate(cfg, point_indices=[i], progress=False)
         xr.testing.assert_identical(alone, whole.isel(point=[i]))
+
+
+# ----------------------------------------------------------------------------
+# the per-step finite check of the logits
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("router", [{}, {"router_type": "expert_choice"}])
+def test_a_nan_in_the_logits_is_caught_naming_logits_step_and_point(monkeypatch, router):
+    from routesim import NumericalFault, config_from_dict, simulate, traffic
+
+    original = traffic.logits
+    bad_step, bad_point = 2, 1
+
+    def poisoned(xp, params, tstate, keys_PR, step, *args, **kwargs):
+        z = original(xp, params, tstate, keys_PR, step, *args, **kwargs)
+        if step == bad_step:  # one logit of one token of point 1
+            z = np.array(z, copy=True)
+            z[bad_point, 0, 3, 0] = np.nan
+        return z
+
+    monkeypatch.setattr(traffic, "logits", poisoned)
+    cfg = config_from_dict({
+        "run": {"steps": 5, "kernel": "generic", "record_displacement": False},
+        "batch": {"num_sequences": 2, "seq_length": 16},
+        "router": {"num_experts": 8, "topk": 2, **router},
+        "controller": {"type": "sign"},
+        "sweep": {"controller.bias_update_rate": [1e-3, 2e-3]}})
+    with pytest.raises(NumericalFault, match=r"^step 2, point .* \(index 1\): logits is nan"):
+        simulate(cfg, progress=False)

@@ -269,3 +269,74 @@ def test_quantile_dual_estimate_against_python(xp):
     np.testing.assert_allclose(-est, ref_beta, rtol=1e-12)
     above = (z[0, 0] - np.asarray(alpha)[:, None]) > np.asarray(ref_beta)[None, :]
     assert np.all(above.sum(axis=0) == q)
+
+
+# ----------------------------------------------------------------------------
+# route_block: the whole pipeline against a token-by-token Python loop
+# ----------------------------------------------------------------------------
+def _brute_route(z, bias, topk, cap, policy, num_sequences, seq_length, on_logits=False):
+    """Routed and kept counts (B, E) of one block (T, E), one token at a time."""
+    t, e = z.shape
+    chosen, weight = [], []
+    for tok in range(t):
+        s = [1.0 / (1.0 + math.exp(-v)) for v in z[tok]]
+        sel = [(z[tok][i] if on_logits else s[i]) + bias[i] for i in range(e)]
+        order = sorted(range(e), key=lambda i: (-sel[i], i))[:topk]
+        total = sum(s[i] for i in order)
+        chosen.append(order)
+        weight.append({i: s[i] / total if topk > 1 else s[i] for i in order})
+    routed = np.zeros((num_sequences, e), dtype=int)
+    for tok, experts in enumerate(chosen):
+        for i in experts:
+            routed[tok // seq_length, i] += 1
+    kept = np.zeros_like(routed)
+    for i in range(e):
+        takers = [tok for tok in range(t) if i in chosen[tok]]
+        if policy == "probs":  # largest weight first, earlier token among equals
+            takers.sort(key=lambda tok: (-weight[tok][i], tok))
+        else:  # [position, sequence] order
+            takers.sort(key=lambda tok: (tok % seq_length, tok // seq_length))
+        for tok in takers[:cap]:
+            kept[tok // seq_length, i] += 1
+    return routed, kept
+
+
+@pytest.mark.parametrize("policy", ["probs", "position"])
+@pytest.mark.parametrize("cap", [2, 3, None])
+def test_route_block_matches_a_token_loop(xp, policy, cap):
+    from routesim.config import RouterConfig
+    rng = np.random.default_rng(11)
+    b, seq, e, k = 3, 4, 5, 2
+    z = rng.normal(size=(2, 3, b * seq, e))
+    bias = rng.normal(scale=0.3, size=(2, 3, e))
+    r = RouterConfig(num_experts=e, topk=k, token_drop_policy=policy)
+    out = routing.route_block(xp, xp.asarray(z), xp.asarray(bias), r, num_sequences=b,
+                              seq_length=seq, capacity=cap)
+    routed, kept = np.asarray(out.routed_PRBE), np.asarray(out.kept_PRBE)
+    mask = np.asarray(out.assignments(xp, e))
+    for p, q in itertools.product(range(2), range(3)):
+        want_r, want_k = _brute_route(z[p, q], bias[p, q], k, cap or b * seq, policy, b, seq)
+        assert routed[p, q].tolist() == want_r.tolist()
+        assert kept[p, q].tolist() == want_k.tolist()
+        assert mask[p, q].reshape(b, seq, e).sum(axis=1).tolist() == want_k.tolist()
+    assert (out.kept_PRTE is None) == (cap is None)
+
+
+def test_route_block_puts_the_bias_on_the_logits_for_chosen_points():
+    from routesim.config import RouterConfig
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(2, 1, 6, 4))
+    bias = np.zeros((2, 1, 4))
+    bias[:, :, 3] = 1.5  # moves selections on the logits more than on sigmoid scores
+    r = RouterConfig(num_experts=4, topk=1)
+    out = routing.route_block(np, z, bias, r, num_sequences=1, seq_length=6,
+                              logit_bias_P=np.array([False, True]), displaced=True,
+                              quantile_estimate=True)
+    for p, on_logits in ((0, False), (1, True)):
+        want, _ = _brute_route(z[p, 0], bias[p, 0], 1, 6, "probs", 1, 6, on_logits)
+        assert out.routed_PRBE[p, 0].tolist() == want.tolist()
+    # displaced: selections outside the unbiased top-1, counted token by token
+    plain = np.argmax(z, axis=-1)
+    moved = (out.idx_PRTK[..., 0] != plain).sum(axis=-1)
+    assert out.displaced_PR.tolist() == moved.tolist()
+    assert out.estimate_PRE.shape == (2, 1, 4)

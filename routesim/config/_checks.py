@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import typing
@@ -36,50 +37,58 @@ def _coerce(path: str, value: Any, hint: Any) -> Any:
     """Return ``value`` checked (and lightly converted) against a type hint."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    bad = ConfigError(f"{path} = {value!r}: must be {_describe(hint)}")
+    def bad() -> ConfigError:  # the message is written only when refused
+        return ConfigError(f"{path} = {value!r}: must be {_describe(hint)}")
+
     if origin in (typing.Union, types.UnionType):
         for arg in args:
             try:
                 return _coerce(path, value, arg)
             except ConfigError:
                 continue
-        raise bad
+        raise bad()
     if origin is Literal:
         if isinstance(value, str) and value in args:
             return value
-        raise bad
+        raise bad()
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise bad
+            raise bad()
         return tuple(_coerce(f"{path}[{i}]", v, args[0]) for i, v in enumerate(value))
     if hint is type(None):
         if value is None:
             return None
-        raise bad
+        raise bad()
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise bad
+        raise bad()
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise bad
+        raise bad()
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
             if math.isnan(value):
                 raise ConfigError(f"{path} = nan: must be a number, not NaN")
             return value
-        raise bad
+        raise bad()
     if hint is str:
         if isinstance(value, str):
             return value
-        raise bad
+        raise bad()
     return value
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a config class (resolved once per class)."""
+    return typing.get_type_hints(cls)
+
+
 def _check_types(obj: Any, section: str) -> None:
-    hints = typing.get_type_hints(type(obj))
+    hints = _type_hints(type(obj))
     for f in fields(obj):
         value = getattr(obj, f.name)
         checked = _coerce(f"{section}.{f.name}", value, hints[f.name])
