@@ -128,6 +128,10 @@ def _replace_section(section: Any, changes: dict[str, Any]) -> Any:
     return dataclasses.replace(section, **plain)
 
 
+#: id(config) -> (config, its points): the most recent configs' points (they are frozen).
+_POINTS_CACHE: dict[int, tuple[Any, tuple]] = {}
+_POINTS_CACHE_SIZE = 4
+
 _SECTIONS = {
     "run": RunConfig,
     "batch": BatchConfig,
@@ -241,7 +245,14 @@ class Config:
 
     # -- points --------------------------------------------------------------
     def points(self) -> tuple["Config", ...]:
-        """The configs of every point, with the sweep applied and removed."""
+        """The configs of every point, with the sweep applied and removed.
+
+        Built once per config (when it is checked) and remembered for the
+        few most recent configs, so a run does not build every point again.
+        """
+        cached = _POINTS_CACHE.get(id(self))
+        if cached is not None and cached[0] is self:
+            return cached[1]
         out = []
         for i, assignment in enumerate(self.sweep.assignments()):
             sections = {name: getattr(self, name) for name in _SECTIONS if name != "sweep"}
@@ -255,7 +266,11 @@ class Config:
                 except ConfigError as err:
                     raise ConfigError(f"sweep point {i}: {err}") from None
             out.append(_build_plain(sections))
-        return tuple(out)
+        points = tuple(out)
+        _POINTS_CACHE[id(self)] = (self, points)
+        while len(_POINTS_CACHE) > _POINTS_CACHE_SIZE:
+            del _POINTS_CACHE[next(iter(_POINTS_CACHE))]  # the oldest entry
+        return points
 
     @property
     def num_points(self) -> int:
