@@ -280,3 +280,16 @@ def test_capacity_router_drops_by_gate_weight_or_position(policy):
     ref = _hand_capacity_route(z, bias, 2, 2.0, setup.capacity, policy, 2, 8)
     assert ref.sum() < 6 * setup.block * 2  # capacity drops some assignments
     np.testing.assert_array_equal(got, ref)
+
+
+def test_measurement_routes_through_the_block_router():
+    # one router for the engine and the measurement: no top-K or dropping of its own
+    import ast
+    import inspect
+
+    from routesim.leakage import measure
+    names = {n.attr for n in ast.walk(ast.parse(inspect.getsource(measure)))
+             if isinstance(n, ast.Attribute)}
+    assert "route_block" in names
+    assert not names & {"select_topk", "selection_scores", "gate_weights", "drop_to_capacity",
+                        "quantile_dual_estimate", "counts_per_sequence"}
