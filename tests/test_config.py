@@ -188,3 +188,17 @@ def test_kernel_that_cannot_run_is_refused_at_load():
         config_from_dict({"run": {"kernel": "numba"}, "router": {"capacity_factor": 1.0}})
     with pytest.raises(ConfigError, match="run.kernel = 'numba': needs run.backend = 'numpy'"):
         config_from_dict({"run": {"kernel": "numba", "backend": "array_api_strict"}})
+
+
+# -- controller registry ------------------------------------------------------
+def test_controller_type_and_params_are_checked_against_the_registry():
+    with pytest.raises(ConfigError, match=re.escape("controller.type = 3: must be a string")):
+        config_from_dict({"controller": {"type": 3}})
+    with pytest.raises(ConfigError, match="sweep.controller.params.2x.*controller.params.NAME"):
+        config_from_dict({"sweep": {"controller.params.2x": [1.0]}})
+    with pytest.raises(ConfigError, match=re.escape(
+            "controller.params.gain = 1.0: has no effect, controller.type = 'sign' does not use "
+            "it and no registered law does (its parameters: none)")):
+        config_from_dict({"controller": {"params": {"gain": 1.0}}})
+    with pytest.raises(ConfigError, match=re.escape("controller.params = 3: must be a table")):
+        config_from_dict({"controller": {"params": 3}})

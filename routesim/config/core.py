@@ -299,11 +299,11 @@ class Config:
                 v = getattr(section, f.name)
                 if v is None or (isinstance(v, LawParameters) and not v):
                     continue
-                if isinstance(v, LawParameters):
-                    v = dict(v)
                 if isinstance(v, tuple):
                     v = list(v)
-                if isinstance(v, dict):
+                if isinstance(v, LawParameters):
+                    v = dict(v)
+                elif isinstance(v, dict):
                     v = {k: list(x) for k, x in v.items()}
                 if isinstance(v, float) and math.isinf(v):
                     v = "inf"

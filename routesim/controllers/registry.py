@@ -310,29 +310,37 @@ def registered_temporarily(name: str, law: Law, **kwargs: Any) -> Iterator[Contr
             _REGISTRY[name] = previous
 
 
-_LOADED_FILES: dict[str, Any] = {}
+_LOADED: dict[str, tuple[Any, tuple[str, ...]]] = {}
 
 
 def import_law_module(module: str) -> Any:
     """Import the module that registers a law: a dotted name or a ``.py`` file path.
 
-    A file is loaded once per process (relative paths from the working
-    directory), so that spawned sweep workers, which rebuild the config,
-    register the law too.
+    A module is run once per process (relative paths from the working
+    directory), and again only if a law it registered has since been
+    unregistered. Spawned sweep workers rebuild the config, and so import
+    it and register its laws too.
 
     Examples
     --------
     >>> import_law_module("routesim.controllers.laws").__name__
     'routesim.controllers.laws'
     """
+    key = module if not module.endswith(".py") else str(Path(module).resolve())
+    if key in _LOADED:
+        mod, names = _LOADED[key]
+        if all(n in _REGISTRY for n in names):
+            return mod
+    before = set(_REGISTRY)
     if not module.endswith(".py"):
-        return importlib.import_module(module)
-    path = str(Path(module).resolve())
-    if path not in _LOADED_FILES:
-        if not Path(path).is_file():
+        mod = importlib.import_module(module)
+        if not set(_REGISTRY) - before and key in _LOADED:
+            mod = importlib.reload(mod)  # a law it registered was removed: register again
+    else:
+        if not Path(key).is_file():
             raise FileNotFoundError(f"no file {module!r}")
-        mod_name = "routesim_law_" + Path(path).stem
-        spec = importlib.util.spec_from_file_location(mod_name, path)
+        mod_name = "routesim_law_" + Path(key).stem
+        spec = importlib.util.spec_from_file_location(mod_name, key)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = mod  # so that the law's functions pickle by reference
         try:
@@ -340,5 +348,5 @@ def import_law_module(module: str) -> Any:
         except BaseException:
             del sys.modules[mod_name]
             raise
-        _LOADED_FILES[path] = mod
-    return _LOADED_FILES[path]
+    _LOADED[key] = (mod, tuple(sorted(set(_REGISTRY) - before)))
+    return mod
