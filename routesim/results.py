@@ -63,6 +63,17 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     -------
     xarray.Dataset
         As documented in :func:`routesim.simulate`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import Config
+    >>> load = np.array([[[[3, 1]]]])  # one step, point and replica; two experts
+    >>> ds = build_dataset(Config(), None, bias_SPRE=np.zeros((1, 1, 1, 2)), load_SPRE=load,
+    ...                    kept_SPRE=load, displaced_SPR=np.zeros((1, 1, 1)),
+    ...                    maxvio_compute_SPRC=np.zeros((1, 1, 1, 0)))
+    >>> float(ds["maxvio_batch"].item())
+    0.5
     """
     from . import __version__  # noqa: PLC0415 (the package's own version, set in __init__)
 
@@ -123,6 +134,15 @@ def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:
     ``records`` holds the recorded :class:`~routesim.engines._common.StepOutput`
     fields, each stacked along a leading step axis; ``records["extra"]`` is
     the engine's extension with its fields stacked the same way (or None).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import Config
+    >>> rec = {"unrouted_PR": np.zeros((3, 1, 1)), "extra": None,
+    ...        "load_PRE": np.ones((3, 1, 1, 2))}
+    >>> list(engine_variables(Config(), rec))
+    ['unrouted_share']
     """
     data: dict[str, Any] = {}
     if records.get("unrouted_PR") is not None:
@@ -132,7 +152,17 @@ def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:
 
 
 def extra_variables(config: Config, extra: Any, load_SPRE: np.ndarray) -> dict[str, Any]:
-    """Dataset variables of a stacked engine extension (None: none)."""
+    """Dataset variables of a stacked engine extension (None: none).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import Config
+    >>> from routesim.engines._common import MeanFieldExtra
+    >>> ev = MeanFieldExtra(evaluations_PR=np.array([[[1, 1]], [[0, 2]]]))  # (S, P, R)
+    >>> dims, total = extra_variables(Config(), ev, None)["meanfield_evaluations"]
+    >>> dims, total.tolist()
+    (('point', 'replica'), [[1, 3]])"""
     if isinstance(extra, ExpertChoiceExtra):
         return {"experts_per_token": (("step", "point", "replica", "num_assigned"),
                                       extra.experts_per_token_PRJ.astype(np.int32))}

@@ -49,6 +49,15 @@ class PointPlan:
         ``(P, R, E)``.
     init_bias : float
         0 for an additive bias, 1 for a multiplicative one.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"router": {"num_experts": 4, "topk": 1},
+    ...     "sweep": {"controller.bias_update_rate": [1e-3, 2e-3, 4e-3]}})
+    >>> plan = make_plan(cfg, [2, 0])
+    >>> plan.indices, plan.shape_PRE[0], plan.init_bias
+    ((2, 0), 2, 0.0)
     """
 
     indices: tuple[int, ...]
@@ -68,7 +77,20 @@ class PointPlan:
 
 def select_points(config: Config, point_indices: Sequence[int] | None
                   ) -> tuple[tuple[int, ...], tuple[Config, ...], tuple[Config, ...]]:
-    """Check ``point_indices`` and return ``(indices, points, all_points)``."""
+    """Check ``point_indices`` and return ``(indices, points, all_points)``.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"router": {"num_experts": 4, "topk": 1},
+    ...     "sweep": {"controller.bias_update_rate": [1e-3, 2e-3, 4e-3]}})
+    >>> indices, points, every = select_points(cfg, None)
+    >>> indices, points[1].controller.bias_update_rate
+    ((0, 1, 2), 0.002)
+    >>> select_points(cfg, [3])
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: point_indices: 3 is not a point index in [0, 3)"""
     all_points = config.points()
     indices = tuple(range(len(all_points)) if point_indices is None else point_indices)
     for i in indices:
@@ -86,6 +108,15 @@ def make_plan(config: Config, point_indices: Sequence[int] | None,
 
     ``common_random_numbers`` (default ``run.common_random_numbers``) gives
     every point the keys of point 0: the same draws for each replica.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"router": {"num_experts": 4, "topk": 1},
+    ...     "sweep": {"controller.bias_update_rate": [1e-3, 2e-3, 4e-3]}})
+    >>> shared = make_plan(cfg, None, common_random_numbers=True).keys_PR
+    >>> bool((shared == shared[0]).all())
+    True
     """
     indices, points, all_points = select_points(config, point_indices)
     cfg = points[0]
@@ -101,7 +132,15 @@ def make_plan(config: Config, point_indices: Sequence[int] | None,
 
 
 def initial_bias(plan: PointPlan) -> Any:
-    """The bias before the first window: 0 (additive) or 1 (multiplicative), (P, R, E)."""
+    """The bias before the first window: 0 (additive) or 1 (multiplicative), (P, R, E).
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"router": {"num_experts": 4, "topk": 1},
+    ...     "sweep": {"controller.bias_update_rate": [1e-3, 2e-3, 4e-3]}})
+    >>> initial_bias(make_plan(cfg, [0])).tolist()
+    [[[0.0, 0.0, 0.0, 0.0]]]"""
     return plan.xp.zeros(plan.shape_PRE, dtype=plan.dtype) + plan.init_bias
 
 
@@ -109,12 +148,25 @@ def initial_bias(plan: PointPlan) -> Any:
 # The controller window
 # ----------------------------------------------------------------------------
 def closes_after_micro_batch(ctrl: Any) -> bool:
-    """Whether the controller window closes after every micro-batch."""
+    """Whether the controller window closes after every micro-batch.
+
+    Examples
+    --------
+    >>> from routesim.config import ControllerConfig
+    >>> closes_after_micro_batch(ControllerConfig(window="micro_batch"))
+    True"""
     return ctrl.window == "micro_batch"
 
 
 def closes_after_step(ctrl: Any, t: int) -> bool:
-    """Whether the window closes at the end of step ``t`` (global batch, every n steps)."""
+    """Whether the window closes at the end of step ``t`` (global batch, every n steps).
+
+    Examples
+    --------
+    >>> from routesim.config import ControllerConfig
+    >>> ctrl = ControllerConfig(window="steps", update_every=3)
+    >>> [closes_after_step(ctrl, t) for t in range(6)]
+    [False, False, True, False, False, True]"""
     return ctrl.window == "global_batch" or (
         ctrl.window == "steps" and (t + 1) % ctrl.update_every == 0)
 
@@ -122,7 +174,19 @@ def closes_after_step(ctrl: Any, t: int) -> bool:
 def update_controller(xp: ModuleType, cparams: Any, bias_PRE: Any, memory_PRE: Any,
                       window_load_PRE: Any, estimate_PRE: Any, windows_done: int
                       ) -> tuple[Any, Any]:
-    """Close a controller window: the one place an engine calls the bias law."""
+    """Close a controller window: the one place an engine calls the bias law.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import config_from_dict, controllers
+    >>> cfg = config_from_dict({"router": {"num_experts": 2, "topk": 1},
+    ...     "controller": {"type": "sign", "bias_update_rate": 0.5}})
+    >>> params = controllers.make_controller_params(cfg.points())
+    >>> zero = np.zeros((1, 1, 2))
+    >>> bias, _ = update_controller(np, params, zero, zero, np.array([[[3, 1]]]), None, 0)
+    >>> bias.tolist()
+    [[[-0.5, 0.5]]]"""
     return controllers.update_bias(xp, cparams, bias_PRE, memory_PRE, window_load_PRE,
                                    estimate_PRE, windows_done)
 
@@ -136,6 +200,13 @@ def maxvio_compute(xp: ModuleType, rows_PRBE: Any, rows_per_batch: Sequence[int]
         Loads per row (a sequence, or a block of sequences).
     rows_per_batch : sequence of int
         Rows in one computation batch, per size (each divides B).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rows = np.array([[[[3, 1], [1, 3]]]])  # two sequences, two experts
+    >>> maxvio_compute(np, rows, [1, 2]).tolist()  # per sequence: 0.5; together: 0
+    [[[0.5, 0.0]]]
     """
     p, r, b, e = rows_PRBE.shape
     out = []
@@ -152,14 +223,26 @@ def maxvio_compute(xp: ModuleType, rows_PRBE: Any, rows_per_batch: Sequence[int]
 # ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExpertChoiceExtra:
-    """Expert Choice: tokens of the step with 0, 1, ..., E experts, int (P, R, E + 1)."""
+    """Expert Choice: tokens of the step with 0, 1, ..., E experts, int (P, R, E + 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> int(ExpertChoiceExtra(np.array([[[1, 2, 1]]])).experts_per_token_PRJ.sum())
+    4"""
 
     experts_per_token_PRJ: Any
 
 
 @dataclass(frozen=True)
 class MeanFieldExtra:
-    """Mean-field surrogate: rows evaluated exactly (load map) in this step, int (P, R)."""
+    """Mean-field surrogate: rows evaluated exactly (load map) in this step, int (P, R).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> int(MeanFieldExtra(evaluations_PR=np.array([[1, 0]])).evaluations_PR.sum())
+    1"""
 
     evaluations_PR: Any
 
@@ -171,6 +254,18 @@ class LearnerExtra:
     Field names end in their shape (P, R, E); the result variable is the
     name without it (``task_proxy_PR`` -> ``task_proxy``). The last four are
     None without the noisy gate.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> from routesim.engines.learner import make_learner_simulator
+    >>> cfg = config_from_dict({"run": {"steps": 1}, "traffic": {"kind": "features"},
+    ...     "batch": {"num_sequences": 2, "seq_length": 8},
+    ...     "router": {"num_experts": 4, "topk": 2}, "penalty": {"learn": True}})
+    >>> init, step = make_learner_simulator(cfg)
+    >>> extra = step(init())[1].extra
+    >>> extra.task_proxy_PR.shape, extra.eval_load_PRE is None
+    ((1, 1), True)
     """
 
     task_proxy_PR: Any
@@ -213,6 +308,16 @@ class StepOutput:
         or None where the engine does not report it.
     extra : EngineExtra or None
         The engine's own report.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict, make_simulator
+    >>> cfg = config_from_dict({"batch": {"num_sequences": 2, "seq_length": 8},
+    ...     "router": {"num_experts": 4, "topk": 2}, "run": {"kernel": "generic"}})
+    >>> init, step = make_simulator(cfg)
+    >>> out = step(init())[1]
+    >>> int(out.load_PRE.sum()), out.logit_sum_PR.shape, out.extra is None
+    (32, (1, 1), True)
     """
 
     bias_PRE: Any
