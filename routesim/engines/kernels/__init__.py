@@ -71,6 +71,21 @@ def choose_kernel(points: Sequence[Config], xp: ModuleType) -> str:
     ------
     ConfigError
         If ``run.kernel`` names a kernel that cannot run here.
+
+    Examples
+    --------
+    ``"auto"`` takes the compiled kernel of the backend where it applies:
+
+    >>> import numpy as np, array_api_strict
+    >>> from routesim import Config
+    >>> cfg = Config()
+    >>> choose_kernel(cfg.points(), np) == ("numba" if numba_available()[0] else "generic")
+    True
+    >>> choose_kernel(cfg.points(), array_api_strict)  # no compiled kernel for it
+    'generic'
+    >>> ec = cfg.replace(**{"router.router_type": "expert_choice"})
+    >>> choose_kernel(ec.points(), np)  # not covered by the kernels
+    'generic'
     """
     want = points[0].run.kernel
     name = getattr(xp, "__name__", "other")
@@ -114,6 +129,33 @@ def make_router(points: Sequence[Config], xp: ModuleType, keys_PR: Any,
         ``router(tstate, bias_PRE, step, token_start, n_seqs)`` returning the
         routed counts per sequence (P, R, B, E) and the displaced selections
         (P, R), or None when not recorded.
+
+    Examples
+    --------
+    Two sequences of 8 tokens, 4 experts, top-2: a bias of 9 on experts 2
+    and 3 outweighs any sigmoid score, so each sequence sends its 8 tokens
+    to both of them, and no selection differs from the unbiased top-2 when the
+    bias is zero:
+
+    >>> import numpy as np, pytest
+    >>> _ = pytest.importorskip("numba")  # the ``fast`` extra
+    >>> from routesim import Config, rng, traffic
+    >>> cfg = Config().replace(**{"router.num_experts": 4, "router.topk": 2,
+    ...                           "batch.num_sequences": 2, "batch.seq_length": 8,
+    ...                           "run.record_displacement": True})
+    >>> keys = rng.point_keys(0, [0], 1)
+    >>> tparams = traffic.make_traffic_params(cfg.points())
+    >>> tstate = traffic.init_traffic(np, tparams, keys)
+    >>> route = make_router(cfg.points(), np, keys, tparams)
+    >>> counts, displaced = route(tstate, np.float32([[[0, 0, 9, 9]]]), 0, 0, 2)
+    >>> counts.tolist()
+    [[[[0, 0, 8, 8], [0, 0, 8, 8]]]]
+    >>> counts, displaced = route(tstate, np.zeros((1, 1, 4), np.float32), 0, 0, 2)
+    >>> counts.sum(axis=-1).tolist(), displaced.tolist()  # 8 tokens x 2 a sequence
+    ([[[16, 16]]], [[0.0]])
+    >>> generic = cfg.replace(**{"run.kernel": "generic"})
+    >>> make_router(generic.points(), np, keys, tparams) is None
+    True
     """
     kind = choose_kernel(points, xp)
     if kind == "generic":

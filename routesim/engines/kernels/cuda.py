@@ -178,6 +178,28 @@ def make_cuda_router(xp: Any, keys_PR: Any, seq_length: int, num_experts: int, t
     Returns
     -------
     callable
+
+    Examples
+    --------
+    The kernel runs only on a GPU, so the example is not run here
+    (``tests/test_gpu.py`` checks it against the NumPy engine, and its host
+    glue with a host launch). The engine builds it through
+    :func:`routesim.engines.kernels.make_router` on the CuPy backend:
+
+    >>> import cupy as cp  # doctest: +SKIP
+    >>> from routesim import Config, rng, traffic  # doctest: +SKIP
+    >>> from routesim.engines.kernels import make_router  # doctest: +SKIP
+    >>> cfg = Config().replace(**{"run.backend": "cupy", "router.num_experts": 4,
+    ...                           "router.topk": 2, "batch.num_sequences": 2,
+    ...                           "batch.seq_length": 8})  # doctest: +SKIP
+    >>> keys = cp.asarray(rng.point_keys(0, [0], 1))  # doctest: +SKIP
+    >>> tparams = traffic.make_traffic_params(cfg.points())  # doctest: +SKIP
+    >>> route = make_router(cfg.points(), cp, keys, tparams)  # doctest: +SKIP
+    >>> tstate = traffic.init_traffic(cp, tparams, keys)  # doctest: +SKIP
+    >>> bias = cp.asarray([[[0, 0, 9, 9]]], dtype=cp.float32)  # doctest: +SKIP
+    >>> counts, _ = route(tstate, bias, 0, 0, 2)  # doctest: +SKIP
+    >>> counts.tolist()  # doctest: +SKIP
+    [[[[0, 0, 8, 8], [0, 0, 8, 8]]]]
     """
     keys_host = to_numpy(keys_PR)
     p, r = keys_host.shape

@@ -547,6 +547,26 @@ def route_counts(bases_Q: np.ndarray, token_start: int, n_tok: int, seq_length: 
     -------
     counts_QBE : int64 array (Q, B, E)
     displaced_Q : int64 array (Q,)
+
+    Examples
+    --------
+    One stream, two sequences of 8 tokens, 4 experts, top-2 with the sigmoid
+    gate: a bias of 9 on experts 2 and 3 outweighs any score in (0, 1); with
+    no bias every sequence still routes 8 x 2 selections and none is displaced:
+
+    >>> import numpy as np, pytest
+    >>> _ = pytest.importorskip("numba")  # the ``fast`` extra
+    >>> from routesim import rng
+    >>> bases_Q = rng.stream_base(np, rng.point_keys(0, [0], 1), 0, rng.Stream.NOISE).ravel()
+    >>> mu_QE, scale_Q = np.zeros((1, 4), np.float32), np.ones(1, np.float32)
+    >>> counts, displaced = route_counts(bases_Q, 0, 16, 8, mu_QE, scale_Q,
+    ...                                  np.float32([[0, 0, 9, 9]]), 2, "sigmoid", False, True)
+    >>> counts.tolist()
+    [[[0, 0, 8, 8], [0, 0, 8, 8]]]
+    >>> counts, displaced = route_counts(bases_Q, 0, 16, 8, mu_QE, scale_Q,
+    ...                                  np.zeros((1, 4), np.float32), 2, "sigmoid", False, True)
+    >>> counts.sum(axis=-1).tolist(), displaced.tolist()
+    ([[16, 16]], [0])
     """
     q_n, n = mu_QE.shape
     h = (n + 1) // 2
