@@ -65,6 +65,13 @@ def get_namespace(name: str) -> ModuleType:
     ------
     BackendError
         If the name is unknown or the backend cannot be used here.
+
+    Examples
+    --------
+    >>> get_namespace("numpy").__name__
+    'numpy'
+    >>> get_namespace("array_api_strict").__name__
+    'array_api_strict'
     """
     if name == "numpy":
         return np
@@ -92,7 +99,14 @@ def get_namespace(name: str) -> ModuleType:
 
 
 def is_numpy(xp: ModuleType) -> bool:
-    """True for the NumPy namespace."""
+    """True for the NumPy namespace.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> is_numpy(np), is_numpy(get_namespace("array_api_strict"))
+    (True, False)
+    """
     return xp is np
 
 
@@ -132,7 +146,14 @@ def special_ndtr(xp: ModuleType, u: Any) -> Any:
 
 
 def to_numpy(x: Any) -> np.ndarray:
-    """Copy an array of any backend to a NumPy array on the host."""
+    """Copy an array of any backend to a NumPy array on the host.
+
+    Examples
+    --------
+    >>> xps = get_namespace("array_api_strict")
+    >>> to_numpy(xps.asarray([1.0, 2.0])).tolist()
+    [1.0, 2.0]
+    """
     if isinstance(x, np.ndarray) or np.isscalar(x):
         return np.asarray(x)
     if hasattr(x, "get"):  # CuPy
@@ -172,6 +193,15 @@ def bincount(xp: ModuleType, ids: Any, length: int) -> Any:
     """Counts of each integer in ``ids`` (flattened) in ``[0, length)``.
 
     Returns an int64 array of shape ``(length,)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bincount(np, np.array([[0, 2], [2, 2]]), 4).tolist()
+    [1, 0, 3, 0]
+    >>> xps = get_namespace("array_api_strict")   # no bincount there: a one-hot sum
+    >>> to_numpy(bincount(xps, xps.asarray([[0, 2], [2, 2]]), 4)).tolist()
+    [1, 0, 3, 0]
     """
     if is_numpy(xp) or is_cupy(xp):
         return xp.bincount(xp.reshape(ids, (-1,)), minlength=length)
@@ -190,6 +220,12 @@ def one_hot(xp: ModuleType, idx: Any, length: int) -> Any:
     """Boolean mask of shape ``idx.shape[:-1] + (length,)``, true at ``idx``.
 
     ``idx`` holds distinct indices along its last axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> one_hot(np, np.array([[0, 2], [1, 3]]), 4).astype(int).tolist()
+    [[1, 0, 1, 0], [0, 1, 0, 1]]
     """
     grid = xp.arange(length)
     hits = idx[..., :, None] == grid
@@ -211,6 +247,14 @@ def cuda_kernel(source: str, name: str, options: tuple[str, ...] = ()) -> Any:
     Returns
     -------
     cupy.RawKernel
+
+    Examples
+    --------
+    On a machine with CuPy and a GPU:
+
+    >>> src = 'extern "C" __global__ void twice(float* x) { x[threadIdx.x] *= 2; }'
+    >>> kernel = cuda_kernel(src, "twice")  # doctest: +SKIP
+    >>> x = cupy.ones(4, dtype=cupy.float32); kernel((1,), (4,), (x,))  # doctest: +SKIP
     """
     import cupy  # pragma: no cover - GPU only
 

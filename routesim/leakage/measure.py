@@ -98,6 +98,15 @@ class LeakageSetup:
         Popularity logits.
     config : Config
         The (single-point) config it came from.
+
+    Examples
+    --------
+    >>> from routesim.config import Config, BatchConfig, RouterConfig
+    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
+    ...              router=RouterConfig(num_experts=4, topk=2))
+    >>> setup = leakage_setup(cfg, 4)
+    >>> setup.label, setup.early_index.tolist(), setup.late_index.tolist()
+    ('token choice, lagged sign bias', [0, 1, 2, 3], [4, 5, 6, 7])
     """
 
     router: str
@@ -158,6 +167,22 @@ def leakage_setup(config: Config, position: int, timing: str = "lagged") -> Leak
     ------
     ConfigError
         Naming the field or argument that makes the measurement undefined.
+
+    Examples
+    --------
+    One micro-batch of one sequence of 8 tokens, split after 4; dropless,
+    so the capacity is the whole block:
+
+    >>> from routesim.config import Config, BatchConfig, RouterConfig
+    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
+    ...              router=RouterConfig(num_experts=4, topk=2))
+    >>> setup = leakage_setup(cfg, 4)
+    >>> setup.router, setup.block, setup.segments, setup.segment_length, setup.capacity
+    ('token_choice', 8, 1, 8, 8)
+    >>> leakage_setup(cfg, 8)
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: position = 8: must be an integer in [1, 8) (a position inside each segment of the block)
     """
     points = config.points()
     if len(points) != 1:
@@ -222,6 +247,18 @@ def block_logits(setup: LeakageSetup, seed: int, step: int, stream: int, rows: A
     Returns
     -------
     ndarray (len(rows), E)
+
+    Examples
+    --------
+    A row's logits do not depend on which other rows are drawn with it:
+
+    >>> from routesim.config import Config, BatchConfig, RouterConfig
+    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
+    ...              router=RouterConfig(num_experts=4, topk=2))
+    >>> setup = leakage_setup(cfg, 4)
+    >>> z = block_logits(setup, 0, 0, CONTEXT_STREAM, np.arange(3))
+    >>> z.shape, bool(np.array_equal(z[1:], block_logits(setup, 0, 0, CONTEXT_STREAM, [1, 2])))
+    ((3, 4), True)
     """
     t = setup.config.traffic
     key = rng.point_keys(seed, [0], 1)
@@ -272,6 +309,18 @@ def lagged_bias(setup: LeakageSetup, seed: int, context: int) -> np.ndarray:
     ndarray (E,)
         The controller's bias (quantile: the dual estimate blended as in
         :func:`routesim.controllers.quantile_update`); Expert Choice uses none.
+
+    Examples
+    --------
+    The sign law moves each expert by ``bias_update_rate`` (1e-3) towards
+    the mean load of the previous block (an expert at the mean stays):
+
+    >>> from routesim.config import Config, BatchConfig, RouterConfig
+    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
+    ...              router=RouterConfig(num_experts=4, topk=2))
+    >>> b = lagged_bias(leakage_setup(cfg, 4), 0, 0)
+    >>> np.rint(b * 1000).astype(int).tolist()
+    [0, -1, 1, 0]
     """
     r = setup.config.router
     init = 1.0 if (r.bias_mode == "multiplicative" and setup.router != "quantile") else 0.0
@@ -299,6 +348,21 @@ def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any) -> Any:
     -------
     bool array (D, T, E)
         Assignments after selection and, for ``capacity``, dropping.
+
+    Examples
+    --------
+    Every token prefers expert 3, the others tie (the lower index wins)
+    until a bias lifts expert 2:
+
+    >>> from routesim.config import Config, BatchConfig, RouterConfig
+    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
+    ...              router=RouterConfig(num_experts=4, topk=2))
+    >>> setup = leakage_setup(cfg, 4)
+    >>> z = np.zeros((1, 8, 4)); z[..., 3] = 1.0
+    >>> route_block(setup, z, np.zeros(4)).sum(axis=1).tolist()
+    [[8, 0, 0, 8]]
+    >>> route_block(setup, z, np.array([0.0, 0.0, 1.0, 0.0])).sum(axis=1).tolist()
+    [[0, 0, 8, 8]]
     """
     r = setup.config.router
     if setup.router == "expert_choice":
@@ -311,7 +375,14 @@ def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any) -> Any:
 
 
 def outcome_labels(packed: list[np.ndarray]) -> np.ndarray:
-    """Label in ``[0, distinct)`` of each row of packed outcome bytes (list of (D, bytes))."""
+    """Label in ``[0, distinct)`` of each row of packed outcome bytes (list of (D, bytes)).
+
+    Examples
+    --------
+    >>> a = np.array([[1, 2], [3, 4]], dtype=np.uint8); b = np.array([[1, 2]], dtype=np.uint8)
+    >>> outcome_labels([a, b]).tolist()
+    [0, 1, 0]
+    """
     rows = np.ascontiguousarray(np.concatenate(packed))
     void = rows.view(np.dtype((np.void, rows.shape[1]))).ravel()
     return np.unique(void, return_inverse=True)[1].ravel()
@@ -370,6 +441,15 @@ class LeakageResult:
         Smallest Good-Turing sample coverage ``1 - singletons / draws``.
     counts : tuple of arrays
         Outcome counts of every (context, group).
+
+    Examples
+    --------
+    >>> from routesim.config import Config, BatchConfig, RouterConfig
+    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
+    ...              router=RouterConfig(num_experts=4, topk=2))
+    >>> result = measure_leakage(cfg, 4, 200, 0)
+    >>> result.per_token, result.distinct, result.undersampled
+    (0.0, 1, False)
     """
 
     label: str

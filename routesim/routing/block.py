@@ -50,6 +50,14 @@ class RoutedBlock:
         Selections outside the unbiased top-K (a count), when asked for.
     estimate_PRE : array (P, R, E) or None
         Quantile dual estimate of the block, when asked for.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> out = RoutedBlock(idx_PRTK=np.array([[[[1], [0]]]]), routed_PRBE=None,
+    ...                   kept_PRBE=None)
+    >>> out.assignments(np, 2)[0, 0].tolist()   # nothing dropped: one-hot of the choice
+    [[False, True], [True, False]]
     """
 
     idx_PRTK: Any

@@ -60,6 +60,19 @@ def drop_to_capacity(xp: ModuleType, mask_PRTE: Any, weight_PRTE: Any, cap: int,
     -------
     bool array (P, R, T, E)
         The kept assignments.
+
+    Examples
+    --------
+    Three tokens (one sequence) all on expert 0, capacity 2: ``probs`` keeps
+    the two largest weights, ``position`` the first two tokens:
+
+    >>> import numpy as np
+    >>> mask = np.array([[True], [True], [True]])[None, None]
+    >>> w = np.array([[0.2], [0.9], [0.5]])[None, None]
+    >>> drop_to_capacity(np, mask, w, 2, "probs", 1, 3)[0, 0, :, 0].tolist()
+    [False, True, True]
+    >>> drop_to_capacity(np, mask, w, 2, "position", 1, 3)[0, 0, :, 0].tolist()
+    [True, True, False]
     """
     p, r, t, e = mask_PRTE.shape
     if cap >= t:

@@ -111,7 +111,14 @@ def expert_choice_mask(xp: ModuleType, scores_PRTE: Any, topk: int, block: int) 
 
 
 def experts_per_token(xp: ModuleType, mask_PRTE: Any) -> Any:
-    """Number of experts each token got: int array (..., T)."""
+    """Number of experts each token got: int array (..., T).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> experts_per_token(np, np.array([[True, True], [False, False]])).tolist()
+    [2, 0]
+    """
     return xp.sum(xp.astype(mask_PRTE, xp.int64), axis=-1)
 
 
@@ -144,7 +151,14 @@ def experts_per_token_histogram(xp: ModuleType, mask_PRTE: Any) -> Any:
 
 
 def unrouted_share(xp: ModuleType, mask_PRTE: Any) -> Any:
-    """Share of tokens that no expert took: float64 array (...)."""
+    """Share of tokens that no expert took: float64 array (...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(unrouted_share(np, np.array([[True, False], [False, False]])))
+    0.5
+    """
     t = mask_PRTE.shape[-2]
     none = ~xp.any(mask_PRTE, axis=-1)
     return xp.sum(xp.astype(none, xp.float64), axis=-1) / t

@@ -43,7 +43,30 @@ __all__ = [
 
 
 def selection_scores(xp: ModuleType, s_PRTE: Any, bias_PRE: Any, bias_mode: str) -> Any:
-    """Scores that decide the selection: ``s + b`` or ``s * b``."""
+    """Scores that decide the selection: ``s + b`` or ``s * b``.
+
+    Parameters
+    ----------
+    xp : namespace
+    s_PRTE : array (P, R, T, E)
+        Gate scores.
+    bias_PRE : array (P, R, E)
+        Expert bias, broadcast over the tokens.
+    bias_mode : {"additive", "multiplicative"}
+
+    Returns
+    -------
+    array (P, R, T, E)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = np.full((1, 1, 1, 2), 0.5); b = np.array([[[0.1, 2.0]]])
+    >>> selection_scores(np, s, b, "additive").tolist()
+    [[[[0.6, 2.5]]]]
+    >>> selection_scores(np, s, b, "multiplicative").tolist()
+    [[[[0.05, 1.0]]]]
+    """
     b = bias_PRE[:, :, None, :]
     return s_PRTE * b if bias_mode == "multiplicative" else s_PRTE + b
 
@@ -54,6 +77,14 @@ def group_limit(xp: ModuleType, scores_TE: Any, num_groups: int, group_topk: int
 
     A group's score is the sum of its top ``topk // group_topk`` scores
     (DeepSeek-V3, Megatron ``group_limited_topk``). Works on any leading axes.
+
+    Examples
+    --------
+    Two groups of two; the second group's top score sum (0.9) wins:
+
+    >>> import numpy as np
+    >>> group_limit(np, np.array([0.4, 0.3, 0.9, 0.0]), 2, 1, 1).tolist()
+    [-inf, -inf, 0.9, 0.0]
     """
     *lead, n = scores_TE.shape
     per_group = n // num_groups
@@ -143,7 +174,14 @@ def gate_weights(xp: ModuleType, s: Any, idx: Any, score_function: str, topk: in
 
 
 def kth_largest(xp: ModuleType, x: Any, k: int, axis: int = -1) -> Any:
-    """The k-th largest value (k >= 1) along an axis, that axis removed."""
+    """The k-th largest value (k >= 1) along an axis, that axis removed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> kth_largest(np, np.array([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]]), 2).tolist()
+    [2.0, 4.0]
+    """
     if is_numpy(xp):
         return -xp.take(xp.partition(-x, k - 1, axis=axis), k - 1, axis=axis)
     srt = xp.sort(x, axis=axis, descending=True)
@@ -157,6 +195,18 @@ def quantile_dual_estimate(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, topk: int
     ``z - beta``; the new ``beta_i`` is the ``(T*K/N + 1)``-th largest of
     ``z[:, i] - alpha`` over the tokens. Returned with the sign of a bias
     that is *added* to the logits, shape (P, R, E).
+
+    Examples
+    --------
+    Four tokens, two experts, top-1, no bias: ``alpha`` is each token's
+    smaller logit (0, 0, 0, 1); expert ``i`` keeps the ``T*K/N + 1 = 3``-rd
+    largest of ``z_i - alpha`` (of 1, 0, 3, 1 and of 0, 2, 0, 0) as
+    ``beta_i``:
+
+    >>> import numpy as np
+    >>> z = np.array([[[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [2.0, 1.0]]]])
+    >>> (quantile_dual_estimate(np, z, np.zeros((1, 1, 2)), 1) + 0.0).tolist()
+    [[[-1.0, 0.0]]]
     """
     t, e = z_PRTE.shape[-2], z_PRTE.shape[-1]
     alpha = kth_largest(xp, z_PRTE + bias_PRE[:, :, None, :], topk + 1, axis=-1)
