@@ -60,6 +60,7 @@ def _spy_counts(monkeypatch):
         return out
 
     monkeypatch.setattr(routing, "counts_per_sequence", spy)
+    monkeypatch.setattr(routing.block, "counts_per_sequence", spy)  # route_block calls it
     return seen
 
 
