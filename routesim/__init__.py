@@ -55,7 +55,7 @@ from .engines.meanfield import make_meanfield_simulator
 from .sweep import run_sweep
 from . import theory  # noqa: E402  (``routesim.theory.X`` after ``import routesim``)
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "__version__",

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from . import metrics
+from ._version import __version__
 from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
 from .rng import entropy_of
@@ -75,7 +76,6 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     >>> float(ds["maxvio_batch"].item())
     0.5
     """
-    from . import __version__  # noqa: PLC0415 (the package's own version, set in __init__)
 
     indices = list(range(config.num_points) if point_indices is None else point_indices)
     dims3 = ("step", "point", "replica")
