@@ -19,7 +19,8 @@ from routesim.leakage.entropy import (
     entropy_of_labels,
     entropy_plugin,
 )
-from routesim.leakage.measure import CONTEXT_STREAM, block_logits, leakage_setup, measure_leakage
+from routesim.leakage.measure import measure_leakage
+from routesim.leakage.setup import CONTEXT_STREAM, block_logits, leakage_setup
 from routesim.leakage.channel import (
     channel_codebook,
     channel_expert_choice,

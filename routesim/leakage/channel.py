@@ -33,16 +33,8 @@ import numpy as np
 
 from ..config import Config
 from ..exceptions import ConfigError
-from .measure import (
-    CHUNK_ELEMENTS,
-    CONTEXT_STREAM,
-    LeakageSetup,
-    block_logits,
-    lagged_bias,
-    leakage_setup,
-    outcome_labels,
-    route_block,
-)
+from .measure import CHUNK_ELEMENTS, lagged_bias, outcome_labels, route_block
+from .setup import CONTEXT_STREAM, LeakageSetup, block_logits, leakage_setup
 from ..theory.leakage import leakage_split
 
 __all__ = [

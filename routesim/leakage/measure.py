@@ -11,21 +11,9 @@ early tokens' routing is the mutual information ``I(early routing; late
 tokens | early scores)`` in bits per block; averaging over ``contexts`` gives
 the conditional mutual information.
 
-Routers (:func:`leakage_setup`, from the config and ``timing``):
-
-=====================  ===================================================
-``token_choice``       top-K of ``s + b``; ``lagged``: ``b`` from the
-                       previous block's loads (the controller's one-window
-                       lag: causal, exactly 0 bits); ``current``: ``b``
-                       updated with this block's loads before routing it
-``capacity``           as above (lagged bias), then
-                       ``router.capacity_factor`` with ``probs`` or
-                       ``position`` dropping over the block
-``quantile``           top-K of ``z + b`` with ``b`` the quantile dual of
-                       the previous block (``lagged``) or of this one
-                       (``current``)
-``expert_choice``      each expert takes its top ``K * T / N`` tokens
-=====================  ===================================================
+The block, its split and its routers are read from the config by
+:func:`routesim.leakage.setup.leakage_setup`; the routing goes through
+:func:`routesim.routing.route_block`.
 
 Entropy is estimated from the outcome counts (:mod:`routesim.leakage.entropy`:
 Miller-Madow by default, Chao-Shen or plug-in) with a bootstrap interval over
@@ -51,222 +39,36 @@ from typing import Any
 
 import numpy as np
 
-from .. import controllers, rng, routing
+from .. import controllers, routing
 from ..config import Config
 from .entropy import ESTIMATORS, coverage, draws_needed, entropy_ci
 from ..exceptions import ConfigError
 from ..routing.expert_choice import expert_choice_mask
 from ..gates import gate
-from ..traffic import popularity
+from .setup import (
+    CONTEXT_STREAM,
+    DRAW_STREAM,
+    PREVIOUS_STREAM,
+    LeakageSetup,
+    block_logits,
+    leakage_setup,
+)
 
 __all__ = [
-    "LeakageSetup",
     "LeakageResult",
-    "leakage_setup",
-    "block_logits",
     "route_block",
     "lagged_bias",
     "outcome_labels",
     "measure_leakage",
 ]
 
-#: Counter-RNG streams: early scores, late redraws, previous block.
-CONTEXT_STREAM, DRAW_STREAM, PREVIOUS_STREAM = (rng.Stream.EXTRA + i for i in range(3))
 #: Upper bound on draws x T x E per routed chunk (memory control).
 CHUNK_ELEMENTS = 1 << 21
 
 
 # ----------------------------------------------------------------------------
-# The block and its routers
+# The block's routers
 # ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LeakageSetup:
-    """One block, its split and its router, read from a config.
-
-    Attributes
-    ----------
-    router : {"token_choice", "capacity", "quantile", "expert_choice"}
-    timing : {"lagged", "current"}
-        When the bias (or quantile dual) is computed (ignored by Expert Choice).
-    block, segments, segment_length : int
-        ``T = B * Ls`` tokens, sequence-major.
-    position : int
-        Split position inside each segment.
-    capacity : int
-        Tokens per expert (capacity dropping, Expert Choice), else ``T``.
-    mu_E : ndarray (E,)
-        Popularity logits.
-    config : Config
-        The (single-point) config it came from.
-
-    Examples
-    --------
-    >>> from routesim.config import Config, BatchConfig, RouterConfig
-    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
-    ...              router=RouterConfig(num_experts=4, topk=2))
-    >>> setup = leakage_setup(cfg, 4)
-    >>> setup.label, setup.early_index.tolist(), setup.late_index.tolist()
-    ('token choice, lagged sign bias', [0, 1, 2, 3], [4, 5, 6, 7])
-    """
-
-    router: str
-    timing: str
-    block: int
-    segments: int
-    segment_length: int
-    position: int
-    capacity: int
-    mu_E: np.ndarray
-    config: Config
-
-    @property
-    def early_index(self) -> np.ndarray:
-        """Block indices of the early tokens (positions < ``position``)."""
-        pos = np.arange(self.block) % self.segment_length
-        return np.flatnonzero(pos < self.position)
-
-    @property
-    def late_index(self) -> np.ndarray:
-        """Block indices of the late tokens."""
-        pos = np.arange(self.block) % self.segment_length
-        return np.flatnonzero(pos >= self.position)
-
-    @property
-    def label(self) -> str:
-        """Short router description for tables."""
-        r, c = self.config.router, self.config.controller
-        if self.router == "expert_choice":
-            return "expert choice"
-        if self.router == "capacity":
-            return f"capacity {r.token_drop_policy} (C={r.capacity_factor:g})"
-        if self.router == "quantile":
-            return f"quantile, {self.timing} dual"
-        when = "same-batch" if self.timing == "current" else "lagged"
-        return f"token choice, {when} {c.type} bias"
-
-
-def leakage_setup(config: Config, position: int, timing: str = "lagged") -> LeakageSetup:
-    """Read the block, split and router of a leakage measurement from ``config``.
-
-    Parameters
-    ----------
-    config : Config
-        One point (no sweep), ``traffic.kind = "popularity"`` with
-        ``seq_correlation = 0``. The block is ``router.expert_choice_block``
-        (or one micro-batch) for Expert Choice, one micro-batch otherwise.
-    position : int
-        Split position inside each segment, in ``[1, Ls)``.
-    timing : {"lagged", "current"}
-        Bias or dual from the previous block (causal) or from this one.
-
-    Returns
-    -------
-    LeakageSetup
-
-    Raises
-    ------
-    ConfigError
-        Naming the field or argument that makes the measurement undefined.
-
-    Examples
-    --------
-    One micro-batch of one sequence of 8 tokens, split after 4; dropless,
-    so the capacity is the whole block:
-
-    >>> from routesim.config import Config, BatchConfig, RouterConfig
-    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
-    ...              router=RouterConfig(num_experts=4, topk=2))
-    >>> setup = leakage_setup(cfg, 4)
-    >>> setup.router, setup.block, setup.segments, setup.segment_length, setup.capacity
-    ('token_choice', 8, 1, 8, 8)
-    >>> leakage_setup(cfg, 8)
-    Traceback (most recent call last):
-    ...
-    routesim.exceptions.ConfigError: position = 8: must be an integer in [1, 8) (a position inside each segment of the block)
-    """
-    points = config.points()
-    if len(points) != 1:
-        raise ConfigError(f"sweep.parameters = {dict(config.sweep.parameters)!r}: a leakage "
-                          "measurement takes a config with one point (no sweep)")
-    cfg = points[0]
-    r, b, t = cfg.router, cfg.batch, cfg.traffic
-    if t.kind != "popularity":
-        raise ConfigError(f"traffic.kind = {t.kind!r}: leakage is measured on 'popularity' "
-                          "traffic (independent tokens)")
-    if t.seq_correlation != 0:
-        raise ConfigError(f"traffic.seq_correlation = {t.seq_correlation!r}: must be 0 for a "
-                          "leakage measurement (late tokens are redrawn independently)")
-    if timing not in ("lagged", "current"):
-        raise ConfigError(f"timing = {timing!r}: must be 'lagged' or 'current'")
-    tokens_mb = b.sequences_per_micro_batch * b.seq_length
-    if r.router_type == "expert_choice":
-        kind, block = "expert_choice", r.expert_choice_block or tokens_mb
-    else:
-        kind = ("quantile" if controllers.get_law(cfg.controller.type).bias_on_logits
-                else "token_choice" if r.dropless else "capacity")
-        block = tokens_mb
-    L = b.seq_length
-    if block >= L and block % L == 0:
-        segments, seg_len = block // L, L
-    elif block < L and L % block == 0:
-        segments, seg_len = 1, block
-    else:
-        raise ConfigError(f"router.expert_choice_block = {block}: must be a multiple or a "
-                          f"divisor of batch.seq_length ({L}) for a leakage measurement")
-    if not (isinstance(position, (int, np.integer)) and 1 <= position < seg_len):
-        raise ConfigError(f"position = {position!r}: must be an integer in [1, {seg_len}) "
-                          "(a position inside each segment of the block)")
-    if kind == "expert_choice":
-        cap = block * r.topk // r.num_experts
-    else:
-        cap = routing.capacity(block, r.topk, r.num_experts, r.capacity_factor)
-    mu = popularity(t.skew, r.num_experts, linear_spread=t.linear_spread,
-                    zipf_exponent=t.zipf_exponent)
-    return LeakageSetup(router=kind, timing=timing, block=block, segments=segments,
-                        segment_length=seg_len, position=int(position), capacity=cap,
-                        mu_E=mu, config=cfg)
-
-
-def block_logits(setup: LeakageSetup, seed: int, step: int, stream: int, rows: Any
-                 ) -> np.ndarray:
-    """Popularity logits ``mu + scale * noise`` of some tokens, float64 (len(rows), E).
-
-    Parameters
-    ----------
-    setup : LeakageSetup
-        Gives ``mu``, the noise law and its scale.
-    seed : int >= 0
-        Root seed (one counter-RNG key).
-    step, stream : int
-        Counter coordinates: the context index and one of the module's
-        ``*_STREAM`` ids.
-    rows : int array
-        Global row indices; a row's logits depend only on
-        ``(seed, step, stream, row)``.
-
-    Returns
-    -------
-    ndarray (len(rows), E)
-
-    Examples
-    --------
-    A row's logits do not depend on which other rows are drawn with it:
-
-    >>> from routesim.config import Config, BatchConfig, RouterConfig
-    >>> cfg = Config(batch=BatchConfig(num_sequences=1, seq_length=8),
-    ...              router=RouterConfig(num_experts=4, topk=2))
-    >>> setup = leakage_setup(cfg, 4)
-    >>> z = block_logits(setup, 0, 0, CONTEXT_STREAM, np.arange(3))
-    >>> z.shape, bool(np.array_equal(z[1:], block_logits(setup, 0, 0, CONTEXT_STREAM, [1, 2])))
-    ((3, 4), True)
-    """
-    t = setup.config.traffic
-    key = rng.point_keys(seed, [0], 1)
-    eps = rng.noise(np, t.noise, key, step, stream, np.asarray(rows, dtype=np.uint64),
-                    setup.mu_E.size, np.float64)[0, 0]
-    return setup.mu_E + t.noise_scale * eps
-
-
 def _route(setup: LeakageSetup, z_DTE: Any, bias_DE: Any, dropping: bool) -> routing.RoutedBlock:
     """The block router (:func:`routesim.routing.route_block`) on ``D`` versions of the block.
 
