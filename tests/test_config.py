@@ -202,3 +202,27 @@ def test_controller_type_and_params_are_checked_against_the_registry():
         config_from_dict({"controller": {"params": {"gain": 1.0}}})
     with pytest.raises(ConfigError, match=re.escape("controller.params = 3: must be a table")):
         config_from_dict({"controller": {"params": 3}})
+
+
+def test_relative_trace_path_is_read_against_the_config_file_folder(tmp_path, monkeypatch):
+    """A relative traffic.trace in a TOML file names a file beside the config, from any cwd."""
+    import numpy as np
+
+    folder = tmp_path / "study"
+    (folder / "traces").mkdir(parents=True)
+    logits = np.zeros((2, 8, 4), dtype=np.float32)  # (steps, tokens, experts)
+    np.savez(folder / "traces" / "t.npz", logits=logits)
+    (folder / "c.toml").write_text(
+        "[batch]\nnum_sequences = 1\nseq_length = 8\n"
+        "[router]\nnum_experts = 4\ntopk = 2\n"
+        "[traffic]\nkind = 'trace'\ntrace = 'traces/t.npz'\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "traces").mkdir()  # a same-named folder here must not be the one read
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(Path("..") / "study" / "c.toml")
+    assert cfg.traffic.trace == str(folder / "traces" / "t.npz")
+    # The stored config finds the same file from yet another working directory.
+    monkeypatch.chdir(tmp_path)
+    again = config_from_dict(json.loads(cfg.to_json()))
+    assert again.traffic.trace == cfg.traffic.trace

@@ -17,20 +17,17 @@ Only fields that the engine can vary along its ``point`` axis may be swept
 (:data:`SWEEPABLE`); the shape-defining ones (experts, top-k, batch) are the
 same for every point.
 
-Modules: ``sections`` (run, batch, traffic, router, controller), ``penalty``,
-``core`` (sweep, the whole config, TOML reading) and ``_checks`` (the shared
-field checks).
+Modules: ``sections`` (run, batch, traffic), ``router``, ``controller``,
+``penalty``, ``sweep`` (the points of a sweep, :data:`SWEEPABLE`), ``core``
+(the whole config, TOML reading) and ``_checks`` (the shared field checks).
 """
 
-from .core import _SECTIONS, SWEEPABLE, Config, SweepConfig, config_from_dict, load_config  # noqa: F401
+from .controller import ControllerConfig
+from .core import _SECTIONS, Config, config_from_dict, load_config  # noqa: F401
 from .penalty import PenaltyConfig
-from .sections import (
-    BatchConfig,
-    ControllerConfig,
-    RouterConfig,
-    RunConfig,
-    TrafficConfig,
-)
+from .router import RouterConfig
+from .sections import BatchConfig, RunConfig, TrafficConfig
+from .sweep import SWEEPABLE, SweepConfig
 
 __all__ = [
     "RunConfig",

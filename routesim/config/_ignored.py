@@ -187,7 +187,14 @@ RULES: dict[str, _Why] = {
 
 
 def set_fields_by_value(cfg: "Config") -> set[str]:
-    """Dotted names of the fields that differ from their default, plus the swept ones."""
+    """Dotted names of the fields that differ from their default, plus the swept ones.
+
+    Examples
+    --------
+    >>> from routesim.config import Config, ControllerConfig
+    >>> sorted(set_fields_by_value(Config(controller=ControllerConfig(type="ema", momentum=0.5))))
+    ['controller.momentum', 'controller.type']
+    """
     out = set(cfg.sweep.parameters)
     for name in ("run", "batch", "traffic", "router", "controller", "penalty"):
         section = getattr(cfg, name)
@@ -205,6 +212,18 @@ def check_ignored(cfg: "Config", points: Sequence["Config"], set_fields: Iterabl
     ------
     ConfigError
         Naming the first such field (in rule order), its value and why.
+
+    Examples
+    --------
+    The sign law uses no momentum, so a momentum set by hand is refused:
+
+    >>> from routesim.config import Config
+    >>> cfg = Config()
+    >>> check_ignored(cfg, cfg.points(), {"controller.type"})   # used: nothing to say
+    >>> check_ignored(cfg, cfg.points(), {"controller.momentum"})
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: controller.momentum = 0.9: has no effect, controller.type = 'sign' does not use it (only 'ema', 'momentum_tanh' do); remove it
     """
     set_fields = set(set_fields)
     law_params = {f: _controller(f.removeprefix("controller."))

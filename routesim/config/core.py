@@ -1,122 +1,29 @@
-"""The whole config: sweep, points, cross-section rules, reading from TOML."""
+"""The whole config: points, cross-section rules, reading from TOML."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..controllers.registry import get_law
 from ..exceptions import ConfigError
 from ._checks import _DATACLASS, _check_types, _require
-from ._numerics import MAX_POINTS, check_numerics
+from ._numerics import check_numerics
 from ._ignored import check_ignored, check_kernel, set_fields_by_value
 from ._trace import check_trace
 from .penalty import PenaltyConfig
-from .sections import (BatchConfig, ControllerConfig, LawParameters, RouterConfig, RunConfig,
-                       TrafficConfig)
+from .controller import ControllerConfig, LawParameters
+from .router import RouterConfig
+from .sections import BatchConfig, RunConfig, TrafficConfig
+from .sweep import SweepConfig, is_sweepable
 
-__all__ = ["SweepConfig", "Config", "SWEEPABLE", "is_sweepable", "load_config", "config_from_dict"]
-
-
-@dataclass(**_DATACLASS)
-class SweepConfig:
-    """Points of a sweep.
-
-    Attributes
-    ----------
-    mode : {"grid", "zip"}
-        ``grid``: cartesian product of the value lists; ``zip``: the i-th
-        point takes the i-th value of every list (equal lengths).
-    parameters : dict of str to list
-        Dotted field name (one of :data:`SWEEPABLE`) to its values.
-    labels : list of str or None
-        One label per point (default: built from the swept values).
-    """
-
-    mode: Literal["grid", "zip"] = "grid"
-    parameters: dict = field(default_factory=dict)
-    labels: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        _check_types(self, "sweep")
-        params = {}
-        for key, values in self.parameters.items():
-            _require(is_sweepable(key), f"sweep.{key}", values,
-                     "cannot be swept; sweepable fields: " + ", ".join(sorted(SWEEPABLE))
-                     + ", controller.params.NAME")
-            _require(isinstance(values, (list, tuple)) and len(values) >= 1, f"sweep.{key}",
-                     values, "must be a non-empty list of values")
-            params[key] = tuple(values)
-        object.__setattr__(self, "parameters", params)
-        if self.mode == "zip" and params:
-            lengths = {k: len(v) for k, v in params.items()}
-            _require(len(set(lengths.values())) == 1, "sweep.mode", self.mode,
-                     f"'zip' needs lists of equal length, got {lengths}")
-        _require(self.num_points <= MAX_POINTS, "sweep.parameters", f"<{self.num_points} points>",
-                 f"at most {MAX_POINTS} points (each is built and checked when the config is "
-                 "read); split the sweep into several configs")
-        if self.labels is not None:
-            _require(len(self.labels) == self.num_points, "sweep.labels", list(self.labels),
-                     f"must have one label per point ({self.num_points})")
-
-    def __eq__(self, other: object) -> bool:
-        # The order of the axes is the order of the points: {a, b} != {b, a}.
-        if not isinstance(other, SweepConfig):
-            return NotImplemented
-        return ((self.mode, list(self.parameters.items()), self.labels)
-                == (other.mode, list(other.parameters.items()), other.labels))
-
-    @property
-    def num_points(self) -> int:
-        """Number of points the sweep defines (1 without parameters)."""
-        if not self.parameters:
-            return 1
-        lengths = [len(v) for v in self.parameters.values()]
-        return lengths[0] if self.mode == "zip" else math.prod(lengths)
-
-    def assignments(self) -> list[dict[str, Any]]:
-        """One ``{dotted_name: value}`` dict per point, in point order."""
-        if not self.parameters:
-            return [{}]
-        keys = list(self.parameters)
-        if self.mode == "zip":
-            rows = zip(*(self.parameters[k] for k in keys))
-        else:
-            rows = itertools.product(*(self.parameters[k] for k in keys))
-        return [dict(zip(keys, row)) for row in rows]
-
-
-#: Fields that may differ between the points of one run.
-SWEEPABLE = frozenset(
-    [f"traffic.{n}" for n in ("skew", "linear_spread", "zipf_exponent", "noise_scale",
-                              "seq_correlation", "drift_std", "drift_amplitude",
-                              "drift_period", "topic_spread")]
-    + [f"controller.{n}" for n in ("type", "bias_update_rate", "momentum", "bias_cap",
-                                   "warmup_steps", "tanh_scale", "quantile_ema")]
-    + [f"penalty.{n}" for n in ("type", "alpha", "z_loss", "learning_rate", "importance_loss",
-                                "load_loss", "affinity_scale", "quality_strength")]
-)
-
-#: Dotted prefix of a law's parameters, sweepable by name (``controller.params.ki``).
-LAW_PARAMS = "controller.params."
-
-
-def is_sweepable(key: str) -> bool:
-    """True for a field of :data:`SWEEPABLE` or a law parameter ``controller.params.NAME``.
-
-    Examples
-    --------
-    >>> is_sweepable("controller.params.ki"), is_sweepable("router.topk")
-    (True, False)
-    """
-    return key in SWEEPABLE or (key.startswith(LAW_PARAMS)
-                                and key[len(LAW_PARAMS):].isidentifier())
+__all__ = ["Config", "load_config", "config_from_dict"]
 
 
 def _replace_section(section: Any, changes: dict[str, Any]) -> Any:
@@ -148,6 +55,26 @@ class Config:
     """A whole simulation: one instance of each section.
 
     Cross-section rules are checked here (for every point of the sweep).
+
+    Examples
+    --------
+    A sweep of two rates is two points, each a config without sweep:
+
+    >>> from routesim.config import RouterConfig, SweepConfig
+    >>> cfg = Config(sweep=SweepConfig(parameters={"controller.bias_update_rate": [1e-3, 1e-2]}))
+    >>> cfg.num_points, cfg.point_labels()
+    (2, ('bias_update_rate=0.001', 'bias_update_rate=0.01'))
+    >>> cfg.points()[1].controller.bias_update_rate, cfg.points()[1].sweep.parameters
+    (0.01, {})
+    >>> config_from_dict(cfg.to_dict()) == cfg, cfg.replace(**{"router.topk": 2}).router.topk
+    (True, 2)
+
+    A rule across sections, refused with one line:
+
+    >>> Config(router=RouterConfig(router_type="expert_choice", capacity_factor=1.0))
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: router.capacity_factor = 1.0: Expert Choice fills every expert exactly; omit the capacity factor
     """
 
     run: RunConfig = field(default_factory=RunConfig)
@@ -418,13 +345,26 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return Config(**sections)
 
 
+def _resolve_trace(data: dict[str, Any], folder: Path) -> None:
+    """Make a relative ``traffic.trace`` path absolute, against the config file's folder.
+
+    The absolute path is what the config stores, so a run re-read from its
+    results finds the same file from any working directory.
+    """
+    traffic = data.get("traffic")
+    trace = traffic.get("trace") if isinstance(traffic, dict) else None
+    if isinstance(trace, str) and trace != "builtin" and not Path(trace).is_absolute():
+        traffic["trace"] = os.path.abspath(folder / trace)
+
+
 def load_config(path: str | Path) -> Config:
     """Read a TOML file into a validated :class:`Config`.
 
     Parameters
     ----------
     path : str or Path
-        The TOML file.
+        The TOML file. A relative ``traffic.trace`` path in it is read
+        against the file's folder and stored absolute.
 
     Returns
     -------
@@ -436,6 +376,19 @@ def load_config(path: str | Path) -> Config:
         If the file is missing, is not valid TOML, is empty, holds an invalid
         value, or sets a field that would have no effect (written fields count
         as set even at their default value; see ``routesim.config._ignored``).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "c.toml").write_text("[router]\\nnum_experts = 16\\ntopk = 2\\n")
+    >>> load_config(folder / "c.toml").router.num_experts
+    16
+    >>> _ = (folder / "typo.toml").write_text("[router]\\ntop_k = 2\\n")
+    >>> load_config(folder / "typo.toml")
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, group_topk, num_experts, num_groups, pre_softmax, router_type, score_function, token_drop_policy, topk, topk_scaling_factor
     """
     path = Path(path)
     try:
@@ -449,6 +402,7 @@ def load_config(path: str | Path) -> Config:
     if not data:
         raise ConfigError(f"config file {str(path)!r}: is empty; allowed: a TOML file with at "
                           "least one section, e.g. [router]")
+    _resolve_trace(data, path.parent)
     cfg = config_from_dict(data)
     # In a file, a written field counts as set even at its default value.
     written = {f"{s}.{k}" for s, table in data.items() if s != "sweep" for k in table}

@@ -83,6 +83,15 @@ class PenaltyConfig:
         centres, affinities, initial router, tokens, gate noise): a paired
         comparison of the points' treatments. False gives each point its own
         streams, as the exact engine does.
+
+    Examples
+    --------
+    >>> PenaltyConfig(learn=True, type="switch", alpha=0.01).alpha
+    0.01
+    >>> PenaltyConfig(type="aux")
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: penalty.type = 'aux': must be one of 'none', 'switch', 'sequence', 'global_batch'
     """
 
     learn: bool = False

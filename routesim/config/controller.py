@@ -1,0 +1,156 @@
+"""Config section ``[controller]``: the bias controller, its law and the law's parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal, Mapping
+
+from ..controllers.registry import get_law, import_law_module, registered
+from ..exceptions import ConfigError
+from ._checks import _DATACLASS, _check_types, _positive, _require
+
+__all__ = ["ControllerConfig", "LawParameters"]
+
+
+@dataclass(**_DATACLASS)
+class ControllerConfig:
+    """Bias controller (load balancing without gradients).
+
+    Attributes
+    ----------
+    type : str
+        A registered law (:func:`routesim.controllers.registered`): the
+        built-in ``none``, ``sign``, ``sign_centred``, ``proportional``,
+        ``ema``, ``rms``, ``momentum_tanh``, ``quantile``, or one added with
+        :func:`routesim.controllers.register`. See docs/controllers.md.
+    bias_update_rate : float >= 0
+        ``u``, the rate (Megatron ``moe_router_bias_update_rate``).
+    window : {"micro_batch", "global_batch", "steps"}
+        Loads are counted over this window and the bias is updated at its
+        end; ``steps`` updates every ``update_every`` steps.
+    update_every : int > 0
+        Steps per window when ``window = "steps"``.
+    momentum : float in [0, 1)
+        EMA momentum (``ema``) or momentum (``momentum_tanh``).
+    bias_cap : float >= 0
+        Clamp of the bias to [-cap, cap] (``ema``); 0 turns it off.
+    warmup_steps : int >= 0
+        Windows without update at the start (``ema``, ``momentum_tanh``).
+    tanh_scale : float > 0
+        Soft-clamp scale of ``momentum_tanh``: ``tanh(e / tanh_scale)``, so
+        SMEBU's ``tanh(kappa e)`` is ``tanh_scale = 1 / kappa`` (0.5 for kappa = 2).
+    quantile_ema : float in [0, 1)
+        Memory of the quantile-balancing dual (Megatron
+        ``moe_router_quantile_balancing_ema``).
+    params : table of str to float
+        Parameters of a registered law (``[controller.params]``), each
+        checked by the law's registration and sweepable as
+        ``controller.params.NAME``; unset ones take the law's defaults.
+    module : str or None
+        Module imported before ``type`` is looked up, for a law that it
+        registers: a dotted name (``mypkg.laws``) or a ``.py`` file path
+        (relative to the working directory). Stored with the config, so
+        sweep workers and re-read results register the law too.
+
+    Examples
+    --------
+    >>> ControllerConfig(type="ema", momentum=0.5).momentum
+    0.5
+    >>> ControllerConfig(momentum=1.0)
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: controller.momentum = 1.0: must be in [0, 1)
+    """
+
+    type: str = "sign"
+    bias_update_rate: float = 1e-3
+    window: Literal["micro_batch", "global_batch", "steps"] = "global_batch"
+    update_every: int = 1
+    momentum: float = 0.9
+    bias_cap: float = 0.0
+    warmup_steps: int = 0
+    tanh_scale: float = 0.1
+    quantile_ema: float = 0.0
+    params: Mapping[str, float] = field(default_factory=lambda: LawParameters({}))
+    module: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self, "controller")
+        self._check_law()
+        _positive(self, "controller", "bias_update_rate", "bias_cap", allow_zero=True)
+        _positive(self, "controller", "tanh_scale")
+        _require(self.update_every >= 1, "controller.update_every", self.update_every,
+                 "must be an integer >= 1")
+        _require(self.window == "steps" or self.update_every == 1, "controller.update_every",
+                 self.update_every, "must be 1 unless controller.window = 'steps'")
+        _require(0.0 <= self.momentum < 1.0, "controller.momentum", self.momentum,
+                 "must be in [0, 1)")
+        _require(0.0 <= self.quantile_ema < 1.0, "controller.quantile_ema", self.quantile_ema,
+                 "must be in [0, 1)")
+        _require(self.warmup_steps >= 0, "controller.warmup_steps", self.warmup_steps,
+                 "must be an integer >= 0")
+
+    def _check_law(self) -> None:
+        """``type`` against the registry, ``params`` against the law's checks."""
+        if self.module is not None:
+            try:
+                import_law_module(self.module)
+            except Exception as err:  # any failure of the user's module is a config error
+                raise ConfigError(f"controller.module = {self.module!r}: cannot be imported "
+                                  f"({type(err).__name__}: {err})") from None
+        names = registered()
+        _require(self.type in names, "controller.type", self.type,
+                 "must be a registered controller: " + ", ".join(names) + " (add one with "
+                 "routesim.controllers.register, or name the module that registers it in "
+                 "controller.module)")
+        if not isinstance(self.params, Mapping):
+            raise ConfigError(f"controller.params = {self.params!r}: must be a table of "
+                              "parameter names to numbers")
+        law = get_law(self.type)
+        values = {}
+        for key, value in self.params.items():
+            spec = law.params.get(key)
+            why = spec.problem(value) if spec is not None else None
+            if why is not None:
+                raise ConfigError(f"controller.params.{key} = {value!r}: {why} (parameter of "
+                                  f"controller.type = {self.type!r})")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            values[str(key)] = float(value) if number else value
+        object.__setattr__(self, "params", LawParameters(values))
+
+
+class LawParameters(Mapping):
+    """Frozen table of a law's parameters (``controller.params``): hashable, picklable.
+
+    Examples
+    --------
+    >>> p = LawParameters({"ki": 0.1})
+    >>> p["ki"], p == {"ki": 0.1}, dict(p)
+    (0.1, True, {'ki': 0.1})
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_data", dict(data))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._data.items()))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("LawParameters is frozen")
+
+    def __reduce__(self) -> tuple:
+        return (LawParameters, (self._data,))
+
+    def __repr__(self) -> str:
+        return repr(self._data)
