@@ -9,28 +9,14 @@ block). Here
 
 * ``p(b)`` is the expected-load map of :mod:`routesim.theory.expected_load`
   (the probability that a token picks each expert; it sums to K), linearised
-  around the last exact evaluation: ``p(b) = p(b0) + J (b - b0)`` with the
-  analytic Jacobian ``J = dp/db`` (plus ``dp/dmu (mu - mu0)`` when the
-  popularity drifts). A (point, replica) row is evaluated afresh when the
-  linear term predicts a relative change of some ``p_i`` above
-  ``tolerance`` (default 5 %: the neglected second-order term is then below
-  about 0.1 % of ``p_i``, see docs/meanfield.md). Directions that change
-  nothing (a common shift of an additive bias) never trigger it, since
-  ``J`` annihilates them;
+  around the last exact evaluation and evaluated afresh when it moved too
+  far (:mod:`routesim.engines.meanfield_reference`);
 * ``A A^T`` is the per-token covariance of top-K selection (K distinct
-  experts: its rows sum to zero), from
-  :func:`routesim.theory.expected_load.selection_covariance`, evaluated
-  afresh when some ``p_i`` moved by more than ``covariance_tolerance``
-  (25 %); in between, each expert's fluctuation is rescaled to the current
-  ``p_i (1 - p_i)``;
+  experts: its rows sum to zero), evaluated afresh when some ``p_i`` moved
+  by more than ``covariance_tolerance`` (25 %); in between, each expert's
+  fluctuation is rescaled to the current ``p_i (1 - p_i)``;
 * ``D = diag(sqrt(deff))`` is the within-sequence design effect
-  ``deff_i = 1 + (L - 1) icc_i``: tokens of a sequence share a logit
-  component with correlation ``rho``, and the selection indicators of two
-  such tokens then correlate with ``icc_i``, the tetrachoric correlation of a
-  latent-normal threshold model at the expert's own inclusion probability
-  ``p_i``: ``icc_i = (p_i - 2 T(t_i, a) - p_i^2) / (p_i (1 - p_i))`` with
-  ``t_i = Phi^-1(1 - p_i)``, ``a = sqrt((1 - rho) / (1 + rho))`` and Owen's
-  ``T``;
+  (:func:`~routesim.engines.meanfield_reference.threshold_design_effect`);
 * ``P = I - 1 1^T / N`` keeps the fluctuation's sum at zero.
 
 Rounding: the real loads are clipped at 0, rescaled to the exact total
@@ -56,24 +42,24 @@ Shape legend: P points, R replicas, X refreshed rows, B blocks, E experts.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-from scipy import special
 
 from .. import controllers, rng, traffic
 from .._backend import to_numpy
 from ..config import Config
 from ..exceptions import ConfigError
 from ..routing import capacity
-from ..theory.expected_load import jacobian, load_map, selection_covariance
 from ._common import (MeanFieldExtra, PointPlan, StepOutput, closes_after_micro_batch,
                       closes_after_step, initial_bias, make_plan, maxvio_compute,
                       update_controller)
+from .meanfield_compare import compare_engines, settling_step
+from .meanfield_reference import (COVARIANCE_TOLERANCE, DEFAULT_TOLERANCE, LoadReference,
+                                  current_p, threshold_design_effect)
 
 __all__ = [
     "COVARIANCE_TOLERANCE",
@@ -87,59 +73,6 @@ __all__ = [
     "compare_engines",
     "DEFAULT_TOLERANCE",
 ]
-
-#: Relative change of some ``p_i``, as predicted by the linear term, that
-#: triggers a fresh evaluation of a row's load map and Jacobian.
-DEFAULT_TOLERANCE = 0.05
-#: Relative change of some ``p_i`` since the covariance was evaluated that
-#: triggers a fresh evaluation of the selection covariance.
-COVARIANCE_TOLERANCE = 0.25
-
-
-def threshold_design_effect(p_E: np.ndarray, rho: float | np.ndarray,
-                            seq_length: int) -> np.ndarray:
-    """Within-sequence design effect ``1 + (L - 1) icc`` of each expert's load (closed form).
-
-    ``icc`` is the tetrachoric correlation of a latent-normal threshold model
-    at the expert's own inclusion probability. It treats the other experts'
-    competition as a fixed threshold and so overstates the extra variance a
-    little (by 4-14 % against the Monte Carlo estimate of
-    :func:`routesim.theory.maxvio.design_effect`, which is exact in the limit
-    but needs hundreds of load-map evaluations); it costs microseconds.
-
-    Parameters
-    ----------
-    p_E : array (..., E)
-        Inclusion probability of each expert (in [0, 1]).
-    rho : float in [0, 1) or array broadcasting against ``p_E``
-        Correlation of the logits of two tokens of one sequence.
-    seq_length : int > 0
-        ``L``, tokens per sequence.
-
-    Returns
-    -------
-    array (..., E)
-        ``deff >= 1``; 1 where ``rho = 0`` or ``p`` is 0 or 1.
-
-    Examples
-    --------
-    >>> float(threshold_design_effect(np.array([0.5]), 0.0, 256)[0])
-    1.0
-    >>> # p = 1/2: icc = 2 asin(rho) / pi = 1/3 for rho = 1/2
-    >>> round(float(threshold_design_effect(np.array([0.5]), 0.5, 4)[0]), 12)
-    2.0
-    """
-    p = np.asarray(p_E, dtype=np.float64)
-    q = np.minimum(p, 1.0 - p)  # the complement indicator has the same correlation
-    valid = q > 0
-    q = np.where(valid, q, 0.5)
-    rho = np.asarray(rho, dtype=np.float64)
-    t = -special.ndtri(q)
-    a = np.sqrt((1.0 - rho) / (1.0 + rho))
-    both = q - 2.0 * special.owens_t(t, a)  # P(two tokens of a sequence both pick i)
-    icc = np.where(valid, np.clip((both - q * q) / (q * (1.0 - q)), 0.0, 1.0), 0.0)
-    return 1.0 + (seq_length - 1) * icc
-
 
 def round_to_total(xp: ModuleType, x: Any, total: int) -> Any:
     """Round real loads to integers >= 0 that sum to ``total`` along the last axis.
@@ -163,21 +96,6 @@ def round_to_total(xp: ModuleType, x: Any, total: int) -> Any:
 
 
 @dataclass(frozen=True)
-class _Reference:
-    """Where each (point, replica) row was last evaluated exactly (host arrays)."""
-
-    bias_PRE: np.ndarray       # b0
-    mu_PRE: np.ndarray         # popularity at b0's evaluation
-    p_PRE: np.ndarray          # p(b0), sums to K
-    jac_PREE: np.ndarray       # dp_i / db_j at b0
-    jac_mu_PREE: np.ndarray | None  # dp_i / dmu_j at b0 (only with drift)
-    sqrt_deff_PRE: np.ndarray  # sqrt of the design effect at p(b0)
-    cov_p_PRE: np.ndarray      # p where the covariance was evaluated
-    factor_T_PREE: np.ndarray  # A^T, with A A^T = per-token selection covariance there
-    scale_PRE: np.ndarray      # sqrt(deff / (p (1 - p))) at the covariance's p (0 if p(1-p) = 0)
-
-
-@dataclass(frozen=True)
 class MeanFieldState:
     """What the surrogate carries between steps.
 
@@ -193,10 +111,21 @@ class MeanFieldState:
         Micro-batches in the window; windows completed.
     traffic : traffic.TrafficState
         Popularity (and its drift).
-    reference : _Reference or None
+    reference : LoadReference or None
         Linearisation points (None before the first step).
     evaluations_PR : int array (P, R)
         Exact evaluations (load map and Jacobian) of each row so far.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"run": {"engine": "meanfield"},
+    ...     "batch": {"num_sequences": 4, "seq_length": 16},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> init, step = make_meanfield_simulator(cfg)
+    >>> state, out = step(init())
+    >>> state.step, state.evaluations, int(out.load_PRE.sum())  # 64 tokens x 2 experts
+    (1, 1, 128)
     """
 
     step: int
@@ -206,7 +135,7 @@ class MeanFieldState:
     window_batches: int
     windows_done: int
     traffic: traffic.TrafficState
-    reference: _Reference | None
+    reference: LoadReference | None
     evaluations_PR: np.ndarray
 
     @property
@@ -246,15 +175,6 @@ def _block_sequences(cfg: Config) -> int:
     return math.gcd(cfg.batch.sequences_per_micro_batch, *cfg.batch.computation_batch_sizes)
 
 
-def _relative(dp: np.ndarray, p: np.ndarray, floor: float) -> np.ndarray:
-    """``max_i |dp_i| / max(p_i, floor)`` per row.
-
-    The floor (1 % of the balanced share ``K / N``) keeps nearly dead experts,
-    whose loads are negligible, from forcing re-evaluations.
-    """
-    return np.max(np.abs(dp) / np.maximum(p, floor), axis=-1)
-
-
 @dataclass(frozen=True)
 class MeanFieldPlan:
     """What the surrogate fixes once per run (see :func:`make_plan_meanfield`).
@@ -273,6 +193,31 @@ class MeanFieldPlan:
         Re-evaluation thresholds.
     map_args : dict
         Keyword arguments of the load map, covariance and Jacobian.
+    cfg : Config
+        The first point's config (fields that cannot be swept).
+    drift : bool
+        Whether the popularity drifts (the map is then linearised in it too).
+    blocks_mb : int
+        Blocks per micro-batch.
+    p_floor : float
+        1 % of the balanced share ``K / N``
+        (see :func:`routesim.engines.meanfield_reference.relative_change`).
+    capped : bool
+        Whether the capacity can cut a micro-batch's loads.
+    rows_per_batch : tuple of int
+        Blocks per computation batch, per size.
+    displaced_PR : float array (P, R)
+        NaN: the surrogate has no tokens to measure displacement on.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"run": {"engine": "meanfield"},
+    ...     "batch": {"num_sequences": 4, "seq_length": 16, "micro_batch_size": 2},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> plan = make_plan_meanfield(cfg)
+    >>> plan.block_seqs, plan.blocks_mb, plan.p_floor  # 0.01 * 2 / 4
+    (2, 1, 0.005)
     """
 
     points: PointPlan
@@ -285,33 +230,31 @@ class MeanFieldPlan:
     tolerance: float
     covariance_tolerance: float
     map_args: dict
-
-    @property
-    def cfg(self) -> Config:
-        """The first point's config (fields that cannot be swept)."""
-        return self.points.first
-
-    @property
-    def drift(self) -> bool:
-        """Whether the popularity drifts (the map is then linearised in it too)."""
-        return self.tparams.drift != "none"
-
-    @property
-    def blocks_mb(self) -> int:
-        """Blocks per micro-batch."""
-        return self.cfg.batch.sequences_per_micro_batch // self.block_seqs
-
-    @property
-    def p_floor(self) -> float:
-        """1 % of the balanced share ``K / N`` (see :func:`_relative`)."""
-        return 0.01 * self.cfg.router.topk / self.cfg.router.num_experts
+    cfg: Config
+    drift: bool
+    blocks_mb: int
+    p_floor: float
+    capped: bool
+    rows_per_batch: tuple[int, ...]
+    displaced_PR: Any
 
 
 def make_plan_meanfield(config: Config, point_indices: Sequence[int] | None = None, *,
                         tolerance: float = DEFAULT_TOLERANCE,
                         covariance_tolerance: float = COVARIANCE_TOLERANCE,
                         xp: ModuleType | None = None) -> MeanFieldPlan:
-    """Check the points and the tolerances; fix everything the surrogate needs."""
+    """Check the points and the tolerances; fix everything the surrogate needs.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"run": {"engine": "meanfield"},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> make_plan_meanfield(cfg, tolerance=0)
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: tolerance = 0: must be a finite number > 0
+    """
     pp = make_plan(config, point_indices, xp)
     for name, value in (("tolerance", tolerance), ("covariance_tolerance", covariance_tolerance)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -322,96 +265,23 @@ def make_plan_meanfield(config: Config, point_indices: Sequence[int] | None = No
     P, R = pp.shape_PRE[:2]
     tparams = traffic.make_traffic_params(pp.points)
     seqs_mb, L = cfg.batch.sequences_per_micro_batch, cfg.batch.seq_length
-    router = cfg.router
+    router, block_seqs = cfg.router, _block_sequences(cfg)
+    cap = capacity(seqs_mb * L, router.topk, router.num_experts, router.capacity_factor)
     return MeanFieldPlan(
         points=pp, tparams=tparams, cparams=controllers.make_controller_params(pp.points),
         scale_PR=np.broadcast_to(tparams.noise_scale_P[:, None], (P, R)),
         rho_PR=np.broadcast_to(tparams.rho_P[:, None], (P, R)),
-        block_seqs=_block_sequences(cfg),
-        cap=capacity(seqs_mb * L, router.topk, router.num_experts, router.capacity_factor),
+        block_seqs=block_seqs, cap=cap,
         tolerance=tolerance, covariance_tolerance=covariance_tolerance,
         map_args=dict(topk=router.topk, score_function=router.score_function,
-                      noise=cfg.traffic.noise, bias_mode=router.bias_mode, bias_on="scores"))
+                      noise=cfg.traffic.noise, bias_mode=router.bias_mode, bias_on="scores"),
+        cfg=cfg, drift=tparams.drift != "none", blocks_mb=seqs_mb // block_seqs,
+        p_floor=0.01 * router.topk / router.num_experts, capped=cap < seqs_mb * L,
+        rows_per_batch=tuple(size // block_seqs for size in cfg.batch.computation_batch_sizes),
+        displaced_PR=pp.xp.full((P, R), float("nan"), dtype=pp.xp.float64))
 
 
-def _put(full: np.ndarray, rows: tuple[np.ndarray, np.ndarray], value: np.ndarray) -> np.ndarray:
-    out = full.copy()
-    out[rows] = value
-    return out
-
-
-def _noise_scale(ref: _Reference) -> np.ndarray:
-    var = ref.cov_p_PRE * (1.0 - ref.cov_p_PRE)
-    return np.where(var > 0, ref.sqrt_deff_PRE / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
-
-
-def _covariance_factor(plan: MeanFieldPlan, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
-                       crows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """``A^T`` with ``A A^T`` the per-token selection covariance, at rows ``crows``."""
-    cov = selection_covariance(mu_PRE[crows], bias_PRE[crows],
-                               noise_scale=plan.scale_PR[crows], **plan.map_args)
-    lam, vec = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, -1, -2)))
-    factor = vec * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
-    return np.swapaxes(factor, -1, -2)
-
-
-def evaluate(plan: MeanFieldPlan, ref: _Reference, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
-             rows_PR: np.ndarray, cov_PR: np.ndarray) -> _Reference:
-    """Exact load map and Jacobian(s) at ``rows``; covariance at ``cov`` (a subset)."""
-    kw = plan.map_args
-    rows = np.nonzero(rows_PR)
-    mu, b, s = mu_PRE[rows], bias_PRE[rows], plan.scale_PR[rows]
-    p0 = load_map(mu, b, noise_scale=s, **kw)
-    deff = threshold_design_effect(p0, plan.rho_PR[rows][:, None], plan.cfg.batch.seq_length)
-    new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu, sqrt_deff_PRE=np.sqrt(deff),
-               jac_PREE=jacobian(mu, b, noise_scale=s, wrt="bias", **kw))
-    if plan.drift:
-        new["jac_mu_PREE"] = jacobian(mu, b, noise_scale=s, wrt="mu", **kw)
-    changes = {name: _put(getattr(ref, name), rows, v) for name, v in new.items()}
-    crows = np.nonzero(cov_PR)
-    if crows[0].size:
-        changes["factor_T_PREE"] = _put(ref.factor_T_PREE, crows,
-                                        _covariance_factor(plan, mu_PRE, bias_PRE, crows))
-        changes["cov_p_PRE"] = _put(ref.cov_p_PRE, crows, changes["p_PRE"][crows])
-    ref = dataclasses.replace(ref, **changes)
-    return dataclasses.replace(ref, scale_PRE=_noise_scale(ref))
-
-
-def _blank(plan: MeanFieldPlan) -> _Reference:
-    P, R, n = plan.points.shape_PRE
-    vec, mat = np.zeros((P, R, n)), np.zeros((P, R, n, n))
-    return _Reference(bias_PRE=vec, mu_PRE=vec, p_PRE=vec, jac_PREE=mat,
-                      jac_mu_PREE=mat if plan.drift else None, sqrt_deff_PRE=vec,
-                      cov_p_PRE=vec, factor_T_PREE=mat, scale_PRE=vec)
-
-
-def current_p(plan: MeanFieldPlan, ref: _Reference | None, bias_PRE: Any,
-              mu_PRE: np.ndarray) -> tuple[_Reference, np.ndarray, np.ndarray]:
-    """Linearised ``p`` of every row, re-evaluating rows that moved too far.
-
-    Returns the (possibly updated) reference, ``p`` and the rows evaluated
-    (bool (P, R)).
-    """
-    bias = to_numpy(bias_PRE).astype(np.float64)
-    if ref is None:
-        every = np.ones(plan.points.shape_PRE[:2], dtype=bool)
-        ref = evaluate(plan, _blank(plan), mu_PRE, bias, every, every)
-        return ref, ref.p_PRE, every
-    dp = (ref.jac_PREE @ (bias - ref.bias_PRE)[..., None])[..., 0]
-    if plan.drift:
-        dp += (ref.jac_mu_PREE @ (mu_PRE - ref.mu_PRE)[..., None])[..., 0]
-    p = ref.p_PRE + dp
-    stale = _relative(dp, ref.p_PRE, plan.p_floor) > plan.tolerance
-    stale_cov = (_relative(p - ref.cov_p_PRE, ref.cov_p_PRE, plan.p_floor)
-                 > plan.covariance_tolerance)
-    rows = stale | stale_cov
-    if not rows.any():
-        return ref, p, rows
-    ref = evaluate(plan, ref, mu_PRE, bias, rows, stale_cov)
-    return ref, np.where(rows[..., None], ref.p_PRE, p), rows
-
-
-def draw(plan: MeanFieldPlan, ref: _Reference, p_PRE: np.ndarray, t: int,
+def draw(plan: MeanFieldPlan, ref: LoadReference, p_PRE: np.ndarray, t: int,
          first_block: int) -> Any:
     """Loads of one micro-batch's blocks, int array (P, R, B, E)."""
     xp, k, n = plan.points.xp, plan.cfg.router.topk, plan.cfg.router.num_experts
@@ -440,59 +310,62 @@ def init_state(plan: MeanFieldPlan) -> MeanFieldState:
                           evaluations_PR=np.zeros(pp.shape_PRE[:2], dtype=np.int64))
 
 
-def close_window(plan: MeanFieldPlan, state: MeanFieldState) -> MeanFieldState:
-    """Apply the controller to the window's loads and open a new window."""
-    bias, memory = update_controller(plan.points.xp, plan.cparams, state.bias_PRE,
-                                     state.memory_PRE, state.window_load_PRE, None,
-                                     state.windows_done)
-    return dataclasses.replace(state, bias_PRE=bias, memory_PRE=memory,
-                               window_load_PRE=plan.points.xp.zeros_like(state.window_load_PRE),
-                               window_batches=0, windows_done=state.windows_done + 1)
+def close_window(plan: MeanFieldPlan, bias_PRE: Any, memory_PRE: Any, window_load_PRE: Any,
+                 windows_done: int) -> tuple[Any, Any, Any, int]:
+    """Apply the controller to the window's loads: bias, memory, an empty window, windows done."""
+    xp = plan.points.xp
+    bias, memory = update_controller(xp, plan.cparams, bias_PRE, memory_PRE, window_load_PRE,
+                                     None, windows_done)
+    return bias, memory, xp.zeros_like(window_load_PRE), windows_done + 1
 
 
-def micro_batch(plan: MeanFieldPlan, state: MeanFieldState, mu_PRE: np.ndarray,
-                mb: int) -> tuple[MeanFieldState, Any, Any, np.ndarray]:
-    """Draw micro-batch ``mb``: the state, block loads (P, R, B, E), kept loads and
-    the rows evaluated exactly."""
-    xp, cfg = plan.points.xp, plan.cfg
-    ref, p, evaluated = current_p(plan, state.reference, state.bias_PRE, mu_PRE)
-    loads = draw(plan, ref, p, state.step, mb * plan.blocks_mb)
-    kept = xp.sum(loads, axis=2)
-    if plan.cap < cfg.batch.sequences_per_micro_batch * cfg.batch.seq_length:
-        kept = xp.minimum(kept, plan.cap)
-    state = dataclasses.replace(state, reference=ref, window_load_PRE=state.window_load_PRE + kept,
-                                window_batches=state.window_batches + 1)
-    if closes_after_micro_batch(cfg.controller):
-        state = close_window(plan, state)
-    return state, loads, kept, evaluated
+def micro_batch(plan: MeanFieldPlan, ref: LoadReference | None, bias_PRE: Any,
+                mu_PRE: np.ndarray, t: int, mb: int
+                ) -> tuple[LoadReference, Any, Any, np.ndarray]:
+    """Draw micro-batch ``mb`` of step ``t``: the reference, block loads (P, R, B, E),
+    kept loads (P, R, E) and the rows evaluated exactly (bool (P, R))."""
+    ref, p, evaluated = current_p(plan, ref, bias_PRE, mu_PRE)
+    loads = draw(plan, ref, p, t, mb * plan.blocks_mb)
+    kept = plan.points.xp.sum(loads, axis=2)
+    if plan.capped:
+        kept = plan.points.xp.minimum(kept, plan.cap)
+    return ref, loads, kept, evaluated
 
 
 def step_state(plan: MeanFieldPlan, state: MeanFieldState
                ) -> tuple[MeanFieldState, StepOutput]:
-    """One global batch: each micro-batch's loads drawn, the controller in the loop."""
-    pp, cfg, t = plan.points, plan.cfg, state.step
+    """One global batch: each micro-batch's loads drawn, the controller in the loop.
+
+    The window's bookkeeping stays in locals and the state is built once: the
+    steady step is a few hundred microseconds, so per-step overheads count.
+    """
+    pp, ctrl, t = plan.points, plan.cfg.controller, state.step
     xp = pp.xp
     tstate = traffic.advance_traffic(xp, plan.tparams, state.traffic, pp.keys_PR, t)
     mu_PRE = to_numpy(tstate.mu_PRE).astype(np.float64)
-    first_bias = state.bias_PRE
-    state = dataclasses.replace(state, traffic=tstate)
-    blocks, kept_total, evaluated_PR = [], None, np.zeros(pp.shape_PRE[:2], dtype=np.int64)
-    for mb in range(cfg.batch.num_micro_batches):
-        state, loads, kept, evaluated = micro_batch(plan, state, mu_PRE, mb)
+    bias, memory, ref = state.bias_PRE, state.memory_PRE, state.reference
+    window, batches, done = state.window_load_PRE, state.window_batches, state.windows_done
+    blocks, kept_total, evaluated_PR = [], None, 0
+    for mb in range(plan.cfg.batch.num_micro_batches):
+        ref, loads, kept, evaluated = micro_batch(plan, ref, bias, mu_PRE, t, mb)
         blocks.append(loads)
         kept_total = kept if kept_total is None else kept_total + kept
-        evaluated_PR = evaluated_PR + evaluated
-    if closes_after_step(cfg.controller, t):
-        state = close_window(plan, state)
+        evaluated_PR = evaluated_PR + evaluated.astype(np.int64)
+        window, batches = window + kept, batches + 1
+        if closes_after_micro_batch(ctrl):
+            bias, memory, window, done = close_window(plan, bias, memory, window, done)
+            batches = 0
+    if closes_after_step(ctrl, t):
+        bias, memory, window, done = close_window(plan, bias, memory, window, done)
+        batches = 0
     block_loads = xp.concat(blocks, axis=2) if len(blocks) > 1 else blocks[0]
-    rows_per_batch = [size // plan.block_seqs for size in cfg.batch.computation_batch_sizes]
-    out = StepOutput(bias_PRE=first_bias, load_PRE=xp.sum(block_loads, axis=2),
-                     kept_PRE=kept_total,
-                     displaced_PR=xp.full(pp.shape_PRE[:2], float("nan"), dtype=xp.float64),
-                     maxvio_compute_PRC=maxvio_compute(xp, block_loads, rows_per_batch),
+    out = StepOutput(bias_PRE=state.bias_PRE, load_PRE=xp.sum(block_loads, axis=2),
+                     kept_PRE=kept_total, displaced_PR=plan.displaced_PR,
+                     maxvio_compute_PRC=maxvio_compute(xp, block_loads, plan.rows_per_batch),
                      extra=MeanFieldExtra(evaluations_PR=evaluated_PR))
-    return dataclasses.replace(state, step=t + 1,
-                               evaluations_PR=state.evaluations_PR + evaluated_PR), out
+    return MeanFieldState(step=t + 1, bias_PRE=bias, memory_PRE=memory, window_load_PRE=window,
+                          window_batches=batches, windows_done=done, traffic=tstate,
+                          reference=ref, evaluations_PR=state.evaluations_PR + evaluated_PR), out
 
 
 def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None = None, *,
@@ -522,74 +395,20 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
     init : callable () -> MeanFieldState
     step : callable (MeanFieldState) -> (MeanFieldState, StepOutput)
         The output's ``extra`` is a :class:`~routesim.engines._common.MeanFieldExtra`.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"run": {"engine": "meanfield", "replicas": 2},
+    ...     "batch": {"num_sequences": 4, "seq_length": 16},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> init, step = make_meanfield_simulator(cfg)
+    >>> state, out = step(init())
+    >>> out.load_PRE.sum(axis=-1).tolist()  # every replica routes 64 tokens x 2 experts
+    [[128, 128]]
+    >>> out.extra.evaluations_PR.tolist()  # the first step evaluates every row exactly
+    [[1, 1]]
     """
     plan = make_plan_meanfield(config, point_indices, tolerance=tolerance,
                                covariance_tolerance=covariance_tolerance, xp=xp)
     return (lambda: init_state(plan)), (lambda state: step_state(plan, state))
-
-
-def settling_step(curve_S: np.ndarray, level: float, smooth: int = 5) -> int:
-    """First step at which the trailing mean of ``curve`` is at or below ``level``.
-
-    Parameters
-    ----------
-    curve_S : array (S,)
-        A metric per step, e.g. the replica mean of ``maxvio_batch``.
-    level : float
-        The settling level.
-    smooth : int > 0
-        Width of the trailing mean (fewer steps at the start).
-
-    Returns
-    -------
-    int
-        The step, or ``S`` if the curve never settles.
-
-    Examples
-    --------
-    >>> settling_step(np.array([1.0, 0.8, 0.5, 0.2, 0.1, 0.1]), 0.3, smooth=1)
-    3
-    """
-    c = np.cumsum(np.asarray(curve_S, dtype=np.float64))
-    width = np.minimum(np.arange(1, c.size + 1), smooth)
-    prev = np.concatenate([np.zeros(smooth), c])[: c.size]
-    mean = (c - prev) / width
-    below = np.nonzero(mean <= level)[0]
-    return int(below[0]) if below.size else int(c.size)
-
-
-def compare_engines(exact, meanfield, *, burn_in: int, settle_fraction: float = 0.1,
-                    smooth: int = 5) -> dict[str, tuple[float, float]]:
-    """Balance statistics of two result Datasets of the same config and point.
-
-    Parameters
-    ----------
-    exact, meanfield : xarray.Dataset
-        Results of :func:`routesim.simulate` with ``run.engine`` ``exact`` and
-        ``meanfield`` (one point; replicas pooled).
-    burn_in : int >= 0
-        Steps left out of the steady-state statistics.
-    settle_fraction : float in (0, 1)
-        Settling level: ``steady + fraction * (initial - steady)`` of the exact
-        engine's replica-mean MaxVio_batch, applied to both engines.
-    smooth : int > 0
-        Trailing-mean width for the settling step.
-
-    Returns
-    -------
-    dict
-        ``{"maxvio_mean": (exact, meanfield), "maxvio_std": (...),
-        "settling_step": (...)}``.
-    """
-    curves, stats = {}, {}
-    for name, ds in (("exact", exact), ("meanfield", meanfield)):
-        mv = np.asarray(ds["maxvio_batch"].values, dtype=np.float64)[:, 0, :]  # (S, R)
-        curves[name] = mv.mean(axis=1)
-        tail = mv[burn_in:]
-        stats[name] = (float(tail.mean()), float(tail.std(ddof=1)))
-    steady = stats["exact"][0]
-    level = steady + settle_fraction * (curves["exact"][0] - steady)
-    settle = {n: settling_step(c, level, smooth) for n, c in curves.items()}
-    return {"maxvio_mean": (stats["exact"][0], stats["meanfield"][0]),
-            "maxvio_std": (stats["exact"][1], stats["meanfield"][1]),
-            "settling_step": (float(settle["exact"]), float(settle["meanfield"]))}

@@ -1,0 +1,272 @@
+"""The mean-field surrogate's linearised expected-load map (see :mod:`routesim.engines.meanfield`).
+
+Each (point, replica) row keeps a reference: where the load map ``p(b)``, its
+Jacobian and the selection covariance were last evaluated exactly. Between
+evaluations ``p(b) = p(b0) + J (b - b0)`` (plus ``dp/dmu (mu - mu0)`` when the
+popularity drifts); a row is evaluated afresh when the linear term predicts a
+relative change of some ``p_i`` above ``tolerance``, its covariance when some
+``p_i`` moved by more than ``covariance_tolerance`` since.
+
+* ``J = dp/db`` is analytic; ``tolerance`` defaults to 5 %, where the
+  neglected second-order term is below about 0.1 % of ``p_i`` (see
+  docs/meanfield.md). Directions that change nothing (a common shift of an
+  additive bias) never trigger an evaluation, since ``J`` annihilates them.
+* The covariance is :func:`routesim.theory.expected_load.selection_covariance`.
+* The design effect ``deff_i = 1 + (L - 1) icc_i``: tokens of a sequence
+  share a logit component with correlation ``rho``, and the selection
+  indicators of two such tokens then correlate with ``icc_i``, the
+  tetrachoric correlation of a latent-normal threshold model at the expert's
+  own inclusion probability ``p_i``:
+  ``icc_i = (p_i - 2 T(t_i, a) - p_i^2) / (p_i (1 - p_i))`` with
+  ``t_i = Phi^-1(1 - p_i)``, ``a = sqrt((1 - rho) / (1 + rho))`` and Owen's ``T``.
+
+Shape legend: P points, R replicas, E experts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import special
+
+from .._backend import to_numpy
+from ..theory.expected_load import jacobian, load_map, selection_covariance
+
+if TYPE_CHECKING:
+    from .meanfield import MeanFieldPlan
+
+__all__ = [
+    "COVARIANCE_TOLERANCE",
+    "DEFAULT_TOLERANCE",
+    "LoadReference",
+    "blank_reference",
+    "current_p",
+    "evaluate",
+    "relative_change",
+    "threshold_design_effect",
+]
+
+#: Relative change of some ``p_i``, as predicted by the linear term, that
+#: triggers a fresh evaluation of a row's load map and Jacobian.
+DEFAULT_TOLERANCE = 0.05
+#: Relative change of some ``p_i`` since the covariance was evaluated that
+#: triggers a fresh evaluation of the selection covariance.
+COVARIANCE_TOLERANCE = 0.25
+
+
+def threshold_design_effect(p_E: np.ndarray, rho: float | np.ndarray,
+                            seq_length: int) -> np.ndarray:
+    """Within-sequence design effect ``1 + (L - 1) icc`` of each expert's load (closed form).
+
+    ``icc`` is the tetrachoric correlation of a latent-normal threshold model
+    at the expert's own inclusion probability. It treats the other experts'
+    competition as a fixed threshold and so overstates the extra variance a
+    little (by 4-14 % against the Monte Carlo estimate of
+    :func:`routesim.theory.maxvio.design_effect`, which is exact in the limit
+    but needs hundreds of load-map evaluations); it costs microseconds.
+
+    Parameters
+    ----------
+    p_E : array (..., E)
+        Inclusion probability of each expert (in [0, 1]).
+    rho : float in [0, 1) or array broadcasting against ``p_E``
+        Correlation of the logits of two tokens of one sequence.
+    seq_length : int > 0
+        ``L``, tokens per sequence.
+
+    Returns
+    -------
+    array (..., E)
+        ``deff >= 1``; 1 where ``rho = 0`` or ``p`` is 0 or 1.
+
+    Examples
+    --------
+    >>> float(threshold_design_effect(np.array([0.5]), 0.0, 256)[0])
+    1.0
+    >>> # p = 1/2: icc = 2 asin(rho) / pi = 1/3 for rho = 1/2
+    >>> round(float(threshold_design_effect(np.array([0.5]), 0.5, 4)[0]), 12)
+    2.0
+    """
+    p = np.asarray(p_E, dtype=np.float64)
+    q = np.minimum(p, 1.0 - p)  # the complement indicator has the same correlation
+    valid = q > 0
+    q = np.where(valid, q, 0.5)
+    rho = np.asarray(rho, dtype=np.float64)
+    t = -special.ndtri(q)
+    a = np.sqrt((1.0 - rho) / (1.0 + rho))
+    both = q - 2.0 * special.owens_t(t, a)  # P(two tokens of a sequence both pick i)
+    icc = np.where(valid, np.clip((both - q * q) / (q * (1.0 - q)), 0.0, 1.0), 0.0)
+    return 1.0 + (seq_length - 1) * icc
+
+
+@dataclass(frozen=True)
+class LoadReference:
+    """Where each (point, replica) row was last evaluated exactly (host arrays).
+
+    Attributes
+    ----------
+    bias_PRE, mu_PRE : bias ``b0`` and popularity at the last evaluation.
+    p_PRE : ``p(b0)``, sums to K.
+    jac_PREE : ``dp_i / db_j`` at ``b0``.
+    jac_mu_PREE : ``dp_i / dmu_j`` at ``b0`` (None without drift).
+    sqrt_deff_PRE : square root of the design effect at ``p(b0)``.
+    cov_p_PRE : ``p`` where the covariance was evaluated.
+    factor_T_PREE : ``A^T``, with ``A A^T`` the per-token selection covariance there.
+    scale_PRE : ``sqrt(deff / (p (1 - p)))`` at the covariance's ``p`` (0 if ``p (1 - p) = 0``).
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> from routesim.engines.meanfield import make_plan_meanfield
+    >>> cfg = config_from_dict({"run": {"engine": "meanfield"},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> ref = blank_reference(make_plan_meanfield(cfg))
+    >>> ref.p_PRE.shape, ref.jac_PREE.shape, ref.jac_mu_PREE is None
+    ((1, 1, 4), (1, 1, 4, 4), True)
+    """
+
+    bias_PRE: np.ndarray
+    mu_PRE: np.ndarray
+    p_PRE: np.ndarray
+    jac_PREE: np.ndarray
+    jac_mu_PREE: np.ndarray | None
+    sqrt_deff_PRE: np.ndarray
+    cov_p_PRE: np.ndarray
+    factor_T_PREE: np.ndarray
+    scale_PRE: np.ndarray
+
+
+def relative_change(dp: np.ndarray, p: np.ndarray, floor: float) -> np.ndarray:
+    """``max_i |dp_i| / max(p_i, floor)`` per row.
+
+    The floor (1 % of the balanced share ``K / N``) keeps nearly dead experts,
+    whose loads are negligible, from forcing re-evaluations.
+
+    Examples
+    --------
+    >>> relative_change(np.array([[0.01, -0.02], [0.0, 0.001]]),
+    ...                 np.array([[0.5, 0.5], [0.5, 0.0]]), 0.01).tolist()
+    [0.04, 0.1]
+    """
+    return np.max(np.abs(dp) / np.maximum(p, floor), axis=-1)
+
+
+def _put(full: np.ndarray, rows: tuple[np.ndarray, np.ndarray], value: np.ndarray) -> np.ndarray:
+    out = full.copy()
+    out[rows] = value
+    return out
+
+
+def _noise_scale(ref: LoadReference) -> np.ndarray:
+    var = ref.cov_p_PRE * (1.0 - ref.cov_p_PRE)
+    return np.where(var > 0, ref.sqrt_deff_PRE / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
+
+
+def _covariance_factor(plan: MeanFieldPlan, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
+                       crows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``A^T`` with ``A A^T`` the per-token selection covariance, at rows ``crows``."""
+    cov = selection_covariance(mu_PRE[crows], bias_PRE[crows],
+                               noise_scale=plan.scale_PR[crows], **plan.map_args)
+    lam, vec = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, -1, -2)))
+    factor = vec * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
+    return np.swapaxes(factor, -1, -2)
+
+
+def evaluate(plan: MeanFieldPlan, ref: LoadReference, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
+             rows_PR: np.ndarray, cov_PR: np.ndarray) -> LoadReference:
+    """Exact load map and Jacobian(s) at ``rows``; covariance at ``cov`` (a subset).
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> from routesim.engines.meanfield import make_plan_meanfield
+    >>> cfg = config_from_dict({"run": {"engine": "meanfield"},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> plan = make_plan_meanfield(cfg)
+    >>> every = np.ones((1, 1), dtype=bool)
+    >>> zero = np.zeros((1, 1, 4))
+    >>> ref = evaluate(plan, blank_reference(plan), zero, zero, every, every)
+    >>> ref.p_PRE.round(6).tolist()  # equal experts: each is picked with K / N
+    [[[0.5, 0.5, 0.5, 0.5]]]
+    """
+    kw = plan.map_args
+    rows = np.nonzero(rows_PR)
+    mu, b, s = mu_PRE[rows], bias_PRE[rows], plan.scale_PR[rows]
+    p0 = load_map(mu, b, noise_scale=s, **kw)
+    deff = threshold_design_effect(p0, plan.rho_PR[rows][:, None], plan.cfg.batch.seq_length)
+    new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu, sqrt_deff_PRE=np.sqrt(deff),
+               jac_PREE=jacobian(mu, b, noise_scale=s, wrt="bias", **kw))
+    if plan.drift:
+        new["jac_mu_PREE"] = jacobian(mu, b, noise_scale=s, wrt="mu", **kw)
+    changes = {name: _put(getattr(ref, name), rows, v) for name, v in new.items()}
+    crows = np.nonzero(cov_PR)
+    if crows[0].size:
+        changes["factor_T_PREE"] = _put(ref.factor_T_PREE, crows,
+                                        _covariance_factor(plan, mu_PRE, bias_PRE, crows))
+        changes["cov_p_PRE"] = _put(ref.cov_p_PRE, crows, changes["p_PRE"][crows])
+    ref = dataclasses.replace(ref, **changes)
+    return dataclasses.replace(ref, scale_PRE=_noise_scale(ref))
+
+
+def blank_reference(plan: MeanFieldPlan) -> LoadReference:
+    """A reference of zeros, to be evaluated at every row before the first step.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> from routesim.engines.meanfield import make_plan_meanfield
+    >>> cfg = config_from_dict({"run": {"engine": "meanfield"},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> float(blank_reference(make_plan_meanfield(cfg)).factor_T_PREE.sum())
+    0.0
+    """
+    P, R, n = plan.points.shape_PRE
+    vec, mat = np.zeros((P, R, n)), np.zeros((P, R, n, n))
+    return LoadReference(bias_PRE=vec, mu_PRE=vec, p_PRE=vec, jac_PREE=mat,
+                         jac_mu_PREE=mat if plan.drift else None, sqrt_deff_PRE=vec,
+                         cov_p_PRE=vec, factor_T_PREE=mat, scale_PRE=vec)
+
+
+def current_p(plan: MeanFieldPlan, ref: LoadReference | None, bias_PRE: Any,
+              mu_PRE: np.ndarray) -> tuple[LoadReference, np.ndarray, np.ndarray]:
+    """Linearised ``p`` of every row, re-evaluating rows that moved too far.
+
+    Returns the (possibly updated) reference, ``p`` and the rows evaluated
+    (bool (P, R)).
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> from routesim.engines.meanfield import make_plan_meanfield
+    >>> cfg = config_from_dict({"run": {"engine": "meanfield"},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> plan = make_plan_meanfield(cfg)
+    >>> zero = np.zeros((1, 1, 4))
+    >>> ref, p, rows = current_p(plan, None, zero, zero)  # the first call evaluates
+    >>> rows.tolist(), round(float(p.sum()), 6)
+    ([[True]], 2.0)
+    >>> # a common shift of an additive bias changes nothing: no re-evaluation
+    >>> ref, p, rows = current_p(plan, ref, zero + 0.3, zero)
+    >>> rows.tolist(), p.round(6).tolist()
+    ([[False]], [[[0.5, 0.5, 0.5, 0.5]]])
+    """
+    bias = to_numpy(bias_PRE).astype(np.float64)
+    if ref is None:
+        every = np.ones(plan.points.shape_PRE[:2], dtype=bool)
+        ref = evaluate(plan, blank_reference(plan), mu_PRE, bias, every, every)
+        return ref, ref.p_PRE, every
+    dp = (ref.jac_PREE @ (bias - ref.bias_PRE)[..., None])[..., 0]
+    if plan.drift:
+        dp += (ref.jac_mu_PREE @ (mu_PRE - ref.mu_PRE)[..., None])[..., 0]
+    p = ref.p_PRE + dp
+    stale = relative_change(dp, ref.p_PRE, plan.p_floor) > plan.tolerance
+    stale_cov = (relative_change(p - ref.cov_p_PRE, ref.cov_p_PRE, plan.p_floor)
+                 > plan.covariance_tolerance)
+    rows = stale | stale_cov
+    if not rows.any():
+        return ref, p, rows
+    ref = evaluate(plan, ref, mu_PRE, bias, rows, stale_cov)
+    return ref, np.where(rows[..., None], ref.p_PRE, p), rows
