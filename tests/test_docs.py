@@ -70,7 +70,6 @@ _EXAMPLES_PENDING = frozenset({
     "routesim.engines.learner",
     "routesim.run",
     "routesim.engines.meanfield",
-    "routesim.learning.task_proxy",
 })
 
 

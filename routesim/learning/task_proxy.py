@@ -93,6 +93,18 @@ def draw_affinity(xp: ModuleType, keys_PR: Any, num_topics: int, num_experts: in
     scale_P : array (P,)
         ``affinity_scale`` of each point.
     dtype : floating dtype, optional (default float64)
+
+    Examples
+    --------
+    A point's affinities depend only on its own key, and scale linearly:
+
+    >>> import numpy as np
+    >>> keys = rng.point_keys(0, [0, 1], 1)  # (P, R) = (2, 1)
+    >>> a = draw_affinity(np, keys, 3, 4, np.array([1.0, 2.0]))
+    >>> a.shape, bool(np.array_equal(draw_affinity(np, keys[1:], 3, 4, np.array([2.0])), a[1:]))
+    ((2, 1, 3, 4), True)
+    >>> bool(np.array_equal(draw_affinity(np, keys, 3, 4, np.array([2.0, 2.0]))[0], 2 * a[0]))
+    True
     """
     dtype = dtype or xp.float64
     z = rng.standard_normal(xp, keys_PR, -1, AFFINITY_STREAM,
@@ -101,7 +113,18 @@ def draw_affinity(xp: ModuleType, keys_PR: Any, num_topics: int, num_experts: in
 
 
 def token_values(xp: ModuleType, topic_PRT: Any, affinity_PRME: Any, quality_PRE: Any) -> Any:
-    """Value ``A[m(t), i] + q_i`` of each expert for each token: (P, R, T, E)."""
+    """Value ``A[m(t), i] + q_i`` of each expert for each token: (P, R, T, E).
+
+    Examples
+    --------
+    Tokens of topics 0, 1, 1; expert 2 has quality 0.5:
+
+    >>> import numpy as np
+    >>> topic = np.array([[[0, 1, 1]]])
+    >>> affinity = np.array([[[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]]])
+    >>> token_values(np, topic, affinity, np.array([[[0.0, 0.0, 0.5]]])).tolist()
+    [[[[1.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.0, 2.0, 0.5]]]]
+    """
     m = affinity_PRME.shape[-2]
     onehot = xp.astype(topic_PRT[..., None] == xp.arange(m), affinity_PRME.dtype)
     return xp.matmul(onehot, affinity_PRME) + quality_PRE[:, :, None, :]
@@ -150,6 +173,18 @@ def mixing_weights_vjp(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk:
     ``K > 1``: ``m_j c s_j (1 - s_j) (u_j - sum_i m_i u_i s_i / S) / S`` with
     ``S`` the chosen scores' sum; ``K = 1``: ``m_j c s_j (1 - s_j) u_j``;
     ``noisy``: :func:`routesim.learning.noisy_gate.topk_softmax_vjp`.
+
+    Examples
+    --------
+    At ``z = 0`` a lone sigmoid choice has slope ``s (1 - s) = 0.25``; two
+    tied softmax choices trade weight one for one:
+
+    >>> import numpy as np
+    >>> z = np.zeros((1, 3)); u = np.array([[1.0, 0.0, 0.0]])
+    >>> mixing_weights_vjp(np, "sigmoid", z, np.array([[True, False, False]]), 1, None, u).tolist()
+    [[0.25, 0.0, 0.0]]
+    >>> mixing_weights_vjp(np, "softmax", z, np.array([[True, True, False]]), 2, None, u).tolist()
+    [[0.25, -0.25, 0.0]]
     """
     return _weights_and_vjp(xp, gate, z_TE, mask_TE, topk, scaling, upstream_TE,
                             pre_softmax)[1]
