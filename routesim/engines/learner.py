@@ -49,9 +49,11 @@ import numpy as np
 from ..learning import noisy_gate, optim, penalties, task_proxy
 from .. import controllers, rng, routing, traffic
 from .._backend import one_hot
+from .._math import sigmoid
 from ..config import Config
 from ..exceptions import ConfigError
 from ..gates import gate
+from .learner_penalty import penalty_terms, per_point
 from ._common import (LearnerExtra, PointPlan, StepOutput, closes_after_micro_batch,
                       closes_after_step, initial_bias, make_plan, maxvio_compute,
                       update_controller)
@@ -168,18 +170,6 @@ def make_plan_learner(config: Config, point_indices: Sequence[int] | None = None
                        gamma_P=col("quality_strength"), affinity_P=col("affinity_scale"))
 
 
-def _per_point(plan: LearnerPlan, values_P: np.ndarray, ndim: int) -> Any:
-    xp = plan.points.xp
-    return xp.reshape(xp.asarray(values_P, dtype=xp.float64), (-1,) + (1,) * (ndim - 1))
-
-
-def _coef(plan: LearnerPlan, kind: str, t: int) -> float:
-    pen = plan.cfg.penalty
-    return optim.weight_at(kind, t, 1.0, steps=pen.schedule_steps or plan.cfg.run.steps,
-                           final_fraction=pen.schedule_final_fraction,
-                           delay=pen.schedule_delay, width=pen.schedule_width)
-
-
 def _lr_factor(plan: LearnerPlan, t: int) -> float:
     pen = plan.cfg.penalty
     return optim.lr_at(pen.lr_schedule, t, 1.0, total=plan.cfg.run.steps,
@@ -252,65 +242,10 @@ def route(plan: LearnerPlan, state: LearnerState, s: Any, plain_idx: Any, t: int
     return state, xp.concat(masks, axis=2), xp.concat(counts, axis=2), displaced
 
 
-def _balance_terms(plan: LearnerPlan, h: Any, fmap: Any, w_bal: float, acc: dict) -> None:
-    """Add the weighted balance losses of the points that have one (in place on ``acc``)."""
-    xp, cfg = plan.points.xp, plan.cfg
-    for typ, groups in (("switch", cfg.batch.num_micro_batches),
-                        ("sequence", cfg.batch.num_sequences), ("global_batch", 1)):
-        chosen = plan.types_P == typ
-        if not chosen.any():
-            continue
-        val, grad = penalties.balance_loss(xp, h, fmap, plan.aux_gate, cfg.router.topk, groups,
-                                           cfg.penalty.normalization)
-        c_P = np.where(chosen, plan.alpha_P * w_bal, 0.0)
-        acc["value"] = acc["value"] + _per_point(plan, c_P, 2) * val
-        acc["d_h"] = acc["d_h"] + _per_point(plan, c_P, 4) * grad
-        acc["balance_loss"] = xp.where(_per_point(plan, chosen, 2) > 0, val,
-                                       acc["balance_loss"])
-
-
-def penalty_terms(plan: LearnerPlan, t: int, h: Any, mask: Any, unbiased: Any, clean: Any,
-                  raw: Any, eps: Any) -> tuple[Any, Any, Any, dict]:
-    """Weighted penalty value, its gradients on h, on clean logits and on raw noise."""
-    xp, pen = plan.points.xp, plan.cfg.penalty
-    zero_PR = xp.zeros(plan.points.shape_PRE[:2], dtype=xp.float64)
-    acc = {"value": zero_PR, "d_h": xp.zeros_like(h), "balance_loss": zero_PR}
-    logs = {"z_loss_value": zero_PR}
-    d_clean = d_raw = None
-    w_bal, w_z = _coef(plan, pen.alpha_schedule, t), _coef(plan, pen.z_loss_schedule, t)
-    if np.any(plan.types_P != "none"):
-        fmap = unbiased if pen.f_map == "unbiased" else mask
-        _balance_terms(plan, h, fmap, w_bal, acc)
-    value, d_h = acc["value"], acc["d_h"]
-    zcoef_P = plan.zcoef_P
-    if np.any(zcoef_P > 0):
-        val, grad = penalties.z_loss(xp, h)
-        value = value + _per_point(plan, zcoef_P * w_z, 2) * val
-        d_h = d_h + _per_point(plan, zcoef_P * w_z, 4) * grad
-        # 0 where the point has no z-loss, as if it ran alone
-        logs["z_loss_value"] = xp.where(_per_point(plan, zcoef_P > 0, 2) > 0, val, zero_PR)
-    if pen.noisy_gate:
-        n_mb = plan.cfg.batch.num_micro_batches
-        val, grad = noisy_gate.importance_loss(xp, h, mask, n_mb)
-        value = value + _per_point(plan, plan.imp_P * w_bal, 2) * val
-        d_h = d_h + _per_point(plan, plan.imp_P * w_bal, 4) * grad
-        logs["importance_cv2"] = val
-        val, d_clean, d_raw = noisy_gate.load_loss(xp, clean, raw, eps, plan.cfg.router.topk,
-                                                   n_mb)
-        value = value + _per_point(plan, plan.loadw_P * w_bal, 2) * val
-        d_clean = _per_point(plan, plan.loadw_P * w_bal, 4) * d_clean
-        d_raw = _per_point(plan, plan.loadw_P * w_bal, 4) * d_raw
-        logs["load_cv2"] = val
-    logs["balance_loss"] = acc["balance_loss"]
-    logs["alpha_t"] = xp.asarray(plan.alpha_P * w_bal, dtype=xp.float64)
-    logs["z_loss_t"] = xp.asarray(zcoef_P * w_z, dtype=xp.float64)
-    return value, d_h, (d_clean, d_raw), logs
-
-
 def optimize(plan: LearnerPlan, state: LearnerState, t: int, grads: tuple) -> LearnerState:
     """One SGD or Adam step on ``W`` (and ``W_noise``)."""
     xp, pen = plan.points.xp, plan.cfg.penalty
-    lr = _per_point(plan, plan.lr_P * _lr_factor(plan, t), 4)
+    lr = per_point(plan, plan.lr_P * _lr_factor(plan, t), 4)
     params = (state.weight_PRED,) if grads[1] is None else (state.weight_PRED,
                                                              state.noise_weight_PRED)
     new, moments = [], []
@@ -361,7 +296,7 @@ def forward(plan: LearnerPlan, state: LearnerState, t: int) -> _Forward:
     else:
         h = clean
         s = penalties.aux_probabilities(xp, plan.aux_gate, h)[0] \
-            if plan.aux_gate == "softmax" else penalties._sigmoid(xp, h)
+            if plan.aux_gate == "softmax" else sigmoid(xp, h)
     return _Forward(x=x, topic=topic, clean=clean, raw=raw, eps=eps, h=h, sigma=sigma, s=s)
 
 
@@ -374,7 +309,7 @@ def _gradients(plan: LearnerPlan, fw: _Forward, d_task: Any, d_pen: Any,
         xp, d_pen if d_clean_load is None else d_pen + d_clean_load, fw.x)
     grads: tuple = (g_task + g_pen, None)
     if fw.raw is not None:
-        d_raw = (d_task + d_pen) * fw.eps * penalties._sigmoid(xp, fw.raw) + d_raw_load
+        d_raw = (d_task + d_pen) * fw.eps * sigmoid(xp, fw.raw) + d_raw_load
         grads = (g_task + g_pen, penalties.weight_grad(xp, d_raw, fw.x))
     cos, cancelled = penalties.interference(xp, g_task, g_pen)
     return grads, cos, cancelled
@@ -408,7 +343,7 @@ def step_state(plan: LearnerPlan, state: LearnerState) -> tuple[LearnerState, St
                 else penalties.topk_map(xp, fw.h, k))
     state, mask, routed_seq, displaced = route(plan, state, fw.s, plain_idx, t)
     load = xp.sum(routed_seq, axis=2)
-    quality = _per_point(plan, plan.gamma_P, 3) * (state.usage_PRE - 1.0)
+    quality = per_point(plan, plan.gamma_P, 3) * (state.usage_PRE - 1.0)
     values = task_proxy.token_values(xp, fw.topic, state.affinity_PRME, quality)
     proxy, d_task, weights = task_proxy.task_loss(
         xp, "noisy" if cfg.penalty.noisy_gate else router.score_function, fw.h, mask, values,

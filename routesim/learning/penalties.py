@@ -70,9 +70,6 @@ PENALTY_TYPES = ("none", "switch", "sequence", "global_batch")
 #: Gates whose balance-loss and z-loss gradients are written out.
 PENALTY_GATES = ("softmax", "sigmoid")
 
-# Old private name, still read by routesim.engines.learner; the function is routesim._math.sigmoid.
-_sigmoid = sigmoid
-
 
 def aux_probabilities(xp: ModuleType, score_function: str, z_TE: Any) -> tuple[Any, Any]:
     """Full-distribution probabilities ``p`` and their derivative factor ``a``.
