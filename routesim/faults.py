@@ -75,6 +75,14 @@ def checked_arrays(state: Any, out: Any) -> Iterator[tuple[str, Any]]:
     Every array has the point axis first. Attributes an engine does not have
     are skipped, so one function serves the exact, mean-field and learning
     engines.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> state = SimpleNamespace(bias_PRE=np.zeros((1, 1, 2)))
+    >>> out = SimpleNamespace(load_PRE=np.ones((1, 1, 2)))
+    >>> [name for name, _ in checked_arrays(state, out)]
+    ['bias']
     """
     for attr, name in (("bias_PRE", "bias"), ("memory_PRE", "controller memory"),
                        ("window_estimate_PRE", "quantile estimate"),
@@ -140,6 +148,18 @@ def make_step_check(config: Any, point_indices: Sequence[int] | None,
     NumericalFault
         From the returned function, with the step, the point label and
         index, the variable, ``nan`` or ``inf`` and the likely cause.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"router": {"num_experts": 2, "topk": 1}})
+    >>> check = make_step_check(cfg, None, np)
+    >>> check(SimpleNamespace(step=1, bias_PRE=np.zeros((1, 1, 2))), None)  # finite: silent
+    >>> check(SimpleNamespace(step=5, bias_PRE=np.full((1, 1, 2), np.nan)), None)
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.NumericalFault: step 4, point ...: bias is nan; likely cause: ...
     """
     labels = config.point_labels()
     indices = list(range(len(labels)) if point_indices is None else point_indices)

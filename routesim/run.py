@@ -44,6 +44,11 @@ class Engine:
         Label of the progress bar.
     attrs : callable (**options) -> dict
         Dataset attributes the engine adds (its settings).
+
+    Examples
+    --------
+    >>> ENGINES["meanfield"].desc, ENGINES["exact"].attrs()
+    ('routesim meanfield', {})
     """
 
     make_simulator: Callable[..., Any]
@@ -67,7 +72,17 @@ ENGINES = {
 
 
 def engine_of(config: Config) -> str:
-    """The :data:`ENGINES` key that runs ``config``."""
+    """The :data:`ENGINES` key that runs ``config``.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> engine_of(config_from_dict({"router": {"num_experts": 4, "topk": 1}}))
+    'exact'
+    >>> engine_of(config_from_dict({"traffic": {"kind": "features"},
+    ...                             "penalty": {"learn": True}}))
+    'learner'
+    """
     return "learner" if config.penalty.learn else config.run.engine
 
 
@@ -127,6 +142,16 @@ def run_engine(config: Config, name: str, *, point_indices: Sequence[int] | None
 
     ``options`` go to the engine's ``make_simulator`` (e.g. the mean-field
     tolerances) and into its Dataset attributes.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"run": {"steps": 3, "engine": "meanfield"},
+    ...     "batch": {"num_sequences": 4, "seq_length": 16},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> ds = run_engine(cfg, "meanfield", progress=False)
+    >>> ds.sizes["step"], ds.attrs["meanfield_tolerance"]
+    (3, 0.05)
     """
     engine = ENGINES[name]
     progress = resources.check(config, point_indices, progress)
@@ -168,6 +193,16 @@ def simulate_meanfield(config: Config, *, point_indices: Sequence[int] | None = 
         ``meanfield_evaluations`` (point, replica) counts the exact
         evaluations of each row's load map, and the attrs add the two
         tolerances.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"run": {"steps": 2},
+    ...     "batch": {"num_sequences": 4, "seq_length": 16},
+    ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
+    >>> ds = simulate_meanfield(cfg, progress=False)
+    >>> ds["meanfield_evaluations"].values.tolist()  # the first step evaluates the row
+    [[1]]
     """
     return run_engine(config, "meanfield", point_indices=point_indices, progress=progress,
                       tolerance=tolerance, covariance_tolerance=covariance_tolerance)
@@ -201,6 +236,16 @@ def simulate_learner(config: Config, *, point_indices: Sequence[int] | None = No
         ``eval_load``, ``maxvio_global_eval`` (trailing
         ``run.global_window`` steps of ``eval_load``),
         ``maxvio_global_eval_run`` and ``load_ratio_eval``.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"run": {"steps": 2}, "traffic": {"kind": "features"},
+    ...     "penalty": {"learn": True}, "batch": {"num_sequences": 2, "seq_length": 4},
+    ...     "router": {"num_experts": 4, "topk": 1}})
+    >>> ds = simulate_learner(cfg, progress=False)
+    >>> ds["load"].sum("expert").values.tolist()  # 8 tokens per step, one expert each
+    [[[8]], [[8]]]
     """
     return run_engine(config, "learner", point_indices=point_indices, progress=progress)
 
@@ -239,6 +284,15 @@ def run_steps(step: Callable[[Any], tuple[Any, StepOutput]], state: Any, steps: 
         leading step axis (None where the engine reports None), and
         ``"extra"``: the engine's extension with its fields stacked the same
         way (None without one).
+
+    Examples
+    --------
+    >>> def count(state):  # a toy engine: the state is the step index
+    ...     return state + 1, StepOutput(bias_PRE=state, load_PRE=2 * state, kept_PRE=None,
+    ...                                  displaced_PR=None, maxvio_compute_PRC=None)
+    >>> state, rec = run_steps(count, 0, 3, False, "toy")
+    >>> state, rec["load_PRE"].tolist(), rec["kept_PRE"], rec["extra"]
+    (3, [0, 2, 4], None, None)
     """
     rows: dict[str, list] = {f: [] for f in _FIELDS}
     extras: list = []

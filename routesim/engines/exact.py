@@ -72,6 +72,15 @@ class SimState:
     windows_done : int
         Controller windows completed (for warm-up).
     traffic : traffic.TrafficState
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"batch": {"num_sequences": 2, "seq_length": 8},
+    ...     "router": {"num_experts": 4, "topk": 2}, "run": {"kernel": "generic"}})
+    >>> state = init_state(make_plan_exact(cfg))
+    >>> state.step, state.bias_PRE.shape, int(state.window_load_PRE.sum())
+    (0, (1, 1, 4), 0)
     """
 
     step: int
@@ -105,6 +114,15 @@ class ExactPlan:
         Expert capacity per micro-batch.
     ec_block : int or None
         Expert Choice block in tokens (None for token choice).
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"batch": {"num_sequences": 2, "seq_length": 8},
+    ...     "router": {"num_experts": 4, "topk": 2}, "run": {"kernel": "generic"}})
+    >>> plan = make_plan_exact(cfg)
+    >>> plan.points.shape_PRE, plan.points.indices
+    ((1, 1, 4), (0,))
     """
 
     points: PointPlan
@@ -143,7 +161,18 @@ def _chunk_sequences(cfg: Config, num_points: int, any_quantile: bool) -> int:
 
 def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
                     xp: ModuleType | None = None) -> ExactPlan:
-    """Check the points and fix everything the exact engine needs for the run."""
+    """Check the points and fix everything the exact engine needs for the run.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"batch": {"num_sequences": 2, "seq_length": 8},
+    ...     "router": {"num_experts": 4, "topk": 2}, "run": {"kernel": "generic"}})
+    >>> make_plan_exact(cfg, [3])
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: point_indices: 3 is not a point index in [0, 1)
+    """
     pp = make_plan(config, point_indices, xp)
     cfg, xp = pp.first, pp.xp
     batch, router = cfg.batch, cfg.router
@@ -168,7 +197,16 @@ def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
 
 
 def init_state(plan: ExactPlan) -> SimState:
-    """The state before the first step."""
+    """The state before the first step.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"batch": {"num_sequences": 2, "seq_length": 8},
+    ...     "router": {"num_experts": 4, "topk": 2}, "run": {"kernel": "generic"}})
+    >>> init_state(make_plan_exact(cfg)).bias_PRE.tolist()  # additive bias starts at 0
+    [[[0.0, 0.0, 0.0, 0.0]]]
+    """
     pp = plan.points
     xp = pp.xp
     zeros = xp.zeros(pp.shape_PRE, dtype=pp.dtype)
@@ -287,7 +325,18 @@ def count_micro_batch(plan: ExactPlan, state: SimState, part: _MicroBatch) -> Si
 
 
 def step_state(plan: ExactPlan, state: SimState) -> tuple[SimState, StepOutput]:
-    """One global batch: every micro-batch routed in order, then the step's report."""
+    """One global batch: every micro-batch routed in order, then the step's report.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"batch": {"num_sequences": 2, "seq_length": 8},
+    ...     "router": {"num_experts": 4, "topk": 2}, "run": {"kernel": "generic"}})
+    >>> plan = make_plan_exact(cfg)
+    >>> state, out = step_state(plan, init_state(plan))
+    >>> state.step, int(out.load_PRE.sum())  # 16 tokens x 2 experts each
+    (1, 32)
+    """
     xp, t = plan.points.xp, state.step
     tstate = traffic.advance_traffic(xp, plan.tparams, state.traffic, plan.points.keys_PR, t)
     state = dataclasses.replace(state, traffic=tstate)
@@ -352,6 +401,16 @@ def make_simulator(config: Config, point_indices: Sequence[int] | None = None,
     -------
     init : callable () -> SimState
     step : callable (SimState) -> (SimState, StepOutput)
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"batch": {"num_sequences": 2, "seq_length": 8},
+    ...     "router": {"num_experts": 4, "topk": 2}, "run": {"kernel": "generic"}})
+    >>> init, step = make_simulator(cfg)
+    >>> state, out = step(init())
+    >>> int(out.kept_PRE.sum()), out.maxvio_compute_PRC.shape  # dropless: all 32 kept
+    (32, (1, 1, 0))
     """
     plan = make_plan_exact(config, point_indices, xp)
     return (lambda: init_state(plan)), (lambda state: step_state(plan, state))

@@ -93,6 +93,16 @@ class LearnerState:
     affinity_PRME : array (P, R, M, E)
         Topic-expert affinities of the task proxy.
     traffic : traffic.TrafficState
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"traffic": {"kind": "features"}, "penalty": {"learn": True},
+    ...     "batch": {"num_sequences": 2, "seq_length": 4},
+    ...     "router": {"num_experts": 4, "topk": 1}})
+    >>> state = init_state(make_plan_learner(cfg))
+    >>> state.step, state.bias_PRE.shape, state.noise_weight_PRED is None
+    (0, (1, 1, 4), True)
     """
 
     step: int
@@ -125,6 +135,16 @@ class LearnerPlan:
     alpha_P, zcoef_P, lr_P, imp_P, loadw_P, gamma_P, affinity_P : float arrays (P,)
         Per-point penalty weights, learning rate, rich-get-richer strength and
         affinity scale.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"traffic": {"kind": "features"}, "penalty": {"learn": True},
+    ...     "batch": {"num_sequences": 2, "seq_length": 4},
+    ...     "router": {"num_experts": 4, "topk": 1}})
+    >>> plan = make_plan_learner(cfg)
+    >>> plan.types_P.tolist(), plan.alpha_P.shape
+    (['none'], (1,))
     """
 
     points: PointPlan
@@ -152,7 +172,16 @@ class LearnerPlan:
 
 def make_plan_learner(config: Config, point_indices: Sequence[int] | None = None,
                       xp: ModuleType | None = None) -> LearnerPlan:
-    """Check the points and fix everything the learning engine needs for the run."""
+    """Check the points and fix everything the learning engine needs for the run.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> make_plan_learner(config_from_dict({"router": {"num_experts": 4, "topk": 1}}))
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: penalty.learn = False: the learning engine needs penalty.learn = true
+    """
     # common random numbers: every point draws replica r's numbers (point 0's keys)
     pp = make_plan(config, point_indices, xp,
                    common_random_numbers=config.penalty.common_random_numbers)
@@ -177,7 +206,17 @@ def _lr_factor(plan: LearnerPlan, t: int) -> float:
 
 
 def init_state(plan: LearnerPlan) -> LearnerState:
-    """The state before the first step."""
+    """The state before the first step.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"traffic": {"kind": "features"}, "penalty": {"learn": True},
+    ...     "batch": {"num_sequences": 2, "seq_length": 4},
+    ...     "router": {"num_experts": 4, "topk": 1}})
+    >>> float(init_state(make_plan_learner(cfg)).usage_PRE.sum())  # usage starts at 1
+    4.0
+    """
     pp, cfg = plan.points, plan.cfg
     xp, f64, pen, n = pp.xp, pp.xp.float64, cfg.penalty, cfg.router.num_experts
     tstate = traffic.init_traffic(xp, plan.tparams, pp.keys_PR)
@@ -329,7 +368,19 @@ def _eval_pass(plan: LearnerPlan, fw: _Forward, first_bias: Any) -> tuple[Any, A
 
 
 def step_state(plan: LearnerPlan, state: LearnerState) -> tuple[LearnerState, StepOutput]:
-    """One global batch and one optimizer step."""
+    """One global batch and one optimizer step.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"traffic": {"kind": "features"}, "penalty": {"learn": True},
+    ...     "batch": {"num_sequences": 2, "seq_length": 4},
+    ...     "router": {"num_experts": 4, "topk": 1}})
+    >>> plan = make_plan_learner(cfg)
+    >>> state, out = step_state(plan, init_state(plan))
+    >>> state.step, int(out.load_PRE.sum())  # 8 tokens, one expert each
+    (1, 8)
+    """
     pp, cfg, t = plan.points, plan.cfg, state.step
     xp, router = pp.xp, cfg.router
     k, n = router.topk, router.num_experts
