@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from ..exceptions import ConfigError
 
-_DATACLASS = dict(frozen=True, kw_only=True, slots=True)
+__all__ = ["DATACLASS", "check_types", "require", "positive"]
+
+DATACLASS = dict(frozen=True, kw_only=True, slots=True)
 
 
 # ----------------------------------------------------------------------------
@@ -87,7 +89,30 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _check_types(obj: Any, section: str) -> None:
+def check_types(obj: Any, section: str) -> None:
+    """Check and coerce every field of a config dataclass against its annotation.
+
+    Parameters
+    ----------
+    obj : dataclass instance
+        The section; coerced values (an int where a float is declared) are
+        written back in place, which is why this runs in ``__post_init__``.
+    section : str
+        Section name used in messages (``router``).
+
+    Raises
+    ------
+    ConfigError
+        Naming ``section.field``, the value and the type allowed.
+
+    Examples
+    --------
+    >>> from routesim.config import RouterConfig
+    >>> RouterConfig(topk="2")
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: router.topk = '2': must be an integer
+    """
     hints = _type_hints(type(obj))
     for f in fields(obj):
         value = getattr(obj, f.name)
@@ -96,19 +121,62 @@ def _check_types(obj: Any, section: str) -> None:
             object.__setattr__(obj, f.name, checked)
 
 
-def _require(cond: bool, path: str, value: Any, allowed: str) -> None:
+def require(cond: bool, path: str, value: Any, allowed: str) -> None:
+    """Raise the one-line ConfigError ``path = value: allowed`` unless ``cond`` holds.
+
+    Parameters
+    ----------
+    cond : bool
+        The check.
+    path : str
+        Dotted field name.
+    value : object
+        The value given.
+    allowed : str
+        What is allowed, as the end of the message.
+
+    Examples
+    --------
+    >>> require(3 > 0, "run.steps", 3, "must be >= 1")
+    >>> require(0 > 0, "run.steps", 0, "must be an integer >= 1")
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: run.steps = 0: must be an integer >= 1
+    """
     if not cond:
         raise ConfigError(f"{path} = {value!r}: {allowed}")
 
 
-def _positive(obj: Any, section: str, *names: str, allow_zero: bool = False) -> None:
+def positive(obj: Any, section: str, *names: str, allow_zero: bool = False) -> None:
+    """Require the named fields of ``obj`` to be finite and > 0 (or >= 0); None passes.
+
+    Parameters
+    ----------
+    obj : object
+        The section.
+    section : str
+        Section name used in messages.
+    *names : str
+        Fields to check.
+    allow_zero : bool
+        Accept 0 as well.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> positive(SimpleNamespace(rate=0.0), "controller", "rate", allow_zero=True)
+    >>> positive(SimpleNamespace(rate=float("inf")), "controller", "rate")
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: controller.rate = inf: must be a finite number > 0
+    """
     for name in names:
         value = getattr(obj, name)
         if value is None:
             continue
         if allow_zero:
-            _require(value >= 0 and math.isfinite(value), f"{section}.{name}", value,
+            require(value >= 0 and math.isfinite(value), f"{section}.{name}", value,
                      "must be a finite number >= 0")
         else:
-            _require(value > 0 and math.isfinite(value), f"{section}.{name}", value,
+            require(value > 0 and math.isfinite(value), f"{section}.{name}", value,
                      "must be a finite number > 0")

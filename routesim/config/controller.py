@@ -7,12 +7,12 @@ from typing import Any, Iterator, Literal, Mapping
 
 from ..controllers.registry import get_law, import_law_module, registered
 from ..exceptions import ConfigError
-from ._checks import _DATACLASS, _check_types, _positive, _require
+from ._checks import DATACLASS, check_types, positive, require
 
 __all__ = ["ControllerConfig", "LawParameters"]
 
 
-@dataclass(**_DATACLASS)
+@dataclass(**DATACLASS)
 class ControllerConfig:
     """Bias controller (load balancing without gradients).
 
@@ -75,19 +75,19 @@ class ControllerConfig:
     module: str | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self, "controller")
+        check_types(self, "controller")
         self._check_law()
-        _positive(self, "controller", "bias_update_rate", "bias_cap", allow_zero=True)
-        _positive(self, "controller", "tanh_scale")
-        _require(self.update_every >= 1, "controller.update_every", self.update_every,
+        positive(self, "controller", "bias_update_rate", "bias_cap", allow_zero=True)
+        positive(self, "controller", "tanh_scale")
+        require(self.update_every >= 1, "controller.update_every", self.update_every,
                  "must be an integer >= 1")
-        _require(self.window == "steps" or self.update_every == 1, "controller.update_every",
+        require(self.window == "steps" or self.update_every == 1, "controller.update_every",
                  self.update_every, "must be 1 unless controller.window = 'steps'")
-        _require(0.0 <= self.momentum < 1.0, "controller.momentum", self.momentum,
+        require(0.0 <= self.momentum < 1.0, "controller.momentum", self.momentum,
                  "must be in [0, 1)")
-        _require(0.0 <= self.quantile_ema < 1.0, "controller.quantile_ema", self.quantile_ema,
+        require(0.0 <= self.quantile_ema < 1.0, "controller.quantile_ema", self.quantile_ema,
                  "must be in [0, 1)")
-        _require(self.warmup_steps >= 0, "controller.warmup_steps", self.warmup_steps,
+        require(self.warmup_steps >= 0, "controller.warmup_steps", self.warmup_steps,
                  "must be an integer >= 0")
 
     def _check_law(self) -> None:
@@ -99,7 +99,7 @@ class ControllerConfig:
                 raise ConfigError(f"controller.module = {self.module!r}: cannot be imported "
                                   f"({type(err).__name__}: {err})") from None
         names = registered()
-        _require(self.type in names, "controller.type", self.type,
+        require(self.type in names, "controller.type", self.type,
                  "must be a registered controller: " + ", ".join(names) + " (add one with "
                  "routesim.controllers.register, or name the module that registers it in "
                  "controller.module)")

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..controllers.registry import get_law
 from ..exceptions import ConfigError
-from ._checks import _DATACLASS, _check_types, _require
+from ._checks import DATACLASS, check_types, require
 from ._numerics import check_numerics
 from ._ignored import check_ignored, check_kernel, set_fields_by_value
 from ._trace import check_trace
@@ -50,7 +50,7 @@ _SECTIONS = {
 }
 
 
-@dataclass(**_DATACLASS)
+@dataclass(**DATACLASS)
 class Config:
     """A whole simulation: one instance of each section.
 
@@ -106,27 +106,27 @@ class Config:
         law = get_law(c.type)
         dual = law.needs_dual_estimate or law.bias_on_logits  # quantile balancing and kin
         if dual:
-            _require(tokens_mb * r.topk % r.num_experts == 0, "controller.type", c.type,
+            require(tokens_mb * r.topk % r.num_experts == 0, "controller.type", c.type,
                      f"quantile balancing needs tokens per micro-batch x topk "
                      f"({tokens_mb} x {r.topk}) divisible by router.num_experts "
                      f"({r.num_experts})")
-            _require(r.num_groups is None, "controller.type", c.type,
+            require(r.num_groups is None, "controller.type", c.type,
                      "quantile balancing cannot be combined with group-limited routing "
                      "(router.num_groups)")
-            _require(r.bias_mode == "additive", "controller.type", c.type,
+            require(r.bias_mode == "additive", "controller.type", c.type,
                      "quantile balancing needs router.bias_mode = 'additive'")
         if r.router_type == "expert_choice":
             block = r.expert_choice_block or tokens_mb
-            _require(tokens_mb % block == 0, "router.expert_choice_block", block,
+            require(tokens_mb % block == 0, "router.expert_choice_block", block,
                      f"must divide the tokens per micro-batch ({tokens_mb})")
-            _require(block * r.topk % r.num_experts == 0, "router.expert_choice_block", block,
+            require(block * r.topk % r.num_experts == 0, "router.expert_choice_block", block,
                      f"K*T/N = {r.topk}*{block}/{r.num_experts} must be an integer")
-            _require(r.dropless, "router.capacity_factor", r.capacity_factor,
+            require(r.dropless, "router.capacity_factor", r.capacity_factor,
                      "Expert Choice fills every expert exactly; omit the capacity factor")
-            _require(not dual, "controller.type", c.type,
+            require(not dual, "controller.type", c.type,
                      "Expert Choice takes no quantile dual; use another controller or none")
         if self.penalty.learn or self.penalty.type != "none" or self.penalty.z_loss > 0:
-            _require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
+            require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
                      "a learnable router or a penalty needs traffic.kind = 'features'")
         self._check_learning()
         check_numerics(self)
@@ -138,35 +138,35 @@ class Config:
             if pen.active:
                 field_name = "type" if pen.type != "none" else next(
                     n for n in ("z_loss", "importance_loss", "load_loss") if getattr(pen, n) > 0)
-                _require(False, f"penalty.{field_name}", getattr(pen, field_name),
+                require(False, f"penalty.{field_name}", getattr(pen, field_name),
                          "a penalty acts through a learning router: set penalty.learn = true")
-            _require(not pen.noisy_gate, "penalty.noisy_gate", pen.noisy_gate,
+            require(not pen.noisy_gate, "penalty.noisy_gate", pen.noisy_gate,
                      "the noisy gate belongs to a learning router: set penalty.learn = true")
             return
         gates = ("softmax", "sigmoid")
         if pen.type != "none":
-            _require(r.score_function in gates, "penalty.type", pen.type,
+            require(r.score_function in gates, "penalty.type", pen.type,
                      f"the balance loss supports router.score_function in {gates}, "
                      f"not {r.score_function!r}")
-        _require(r.score_function in gates, "router.score_function", r.score_function,
+        require(r.score_function in gates, "router.score_function", r.score_function,
                  "the learning router's gradients are written for 'softmax' and 'sigmoid'")
         if pen.noisy_gate:
-            _require(r.score_function == "softmax", "penalty.noisy_gate", pen.noisy_gate,
+            require(r.score_function == "softmax", "penalty.noisy_gate", pen.noisy_gate,
                      "the noisy top-K gate is a softmax gate: needs router.score_function = "
                      f"'softmax', not {r.score_function!r}")
         for name in ("importance_loss", "load_loss"):
             value = getattr(pen, name)
-            _require(value == 0 or pen.noisy_gate, f"penalty.{name}", value,
+            require(value == 0 or pen.noisy_gate, f"penalty.{name}", value,
                      "the importance and load losses belong to the noisy gate: set "
                      "penalty.noisy_gate = true (or the weight to 0)")
-        _require(self.run.engine == "exact", "run.engine", self.run.engine,
+        require(self.run.engine == "exact", "run.engine", self.run.engine,
                  "a learning router needs run.engine = 'exact'")
-        _require(r.dropless, "router.capacity_factor", r.capacity_factor,
+        require(r.dropless, "router.capacity_factor", r.capacity_factor,
                  "the learning router routes dropless: omit it (or use inf)")
-        _require(r.router_type == "token_choice", "router.router_type", r.router_type,
+        require(r.router_type == "token_choice", "router.router_type", r.router_type,
                  "the learning router is token choice")
         law = get_law(self.controller.type)
-        _require(not (law.needs_dual_estimate or law.bias_on_logits), "controller.type",
+        require(not (law.needs_dual_estimate or law.bias_on_logits), "controller.type",
                  self.controller.type,
                  "quantile balancing is not supported with a learning router")
 

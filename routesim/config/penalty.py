@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ._checks import _DATACLASS, _check_types, _positive, _require
+from ._checks import DATACLASS, check_types, positive, require
 
 __all__ = ["PenaltyConfig"]
 
 
-@dataclass(**_DATACLASS)
+@dataclass(**DATACLASS)
 class PenaltyConfig:
     """Gradient-based balancing on a learnable router (``traffic.kind = "features"``).
 
@@ -123,20 +123,20 @@ class PenaltyConfig:
     common_random_numbers: bool = True
 
     def __post_init__(self) -> None:
-        _check_types(self, "penalty")
-        _positive(self, "penalty", "alpha", "z_loss", "noise_init_scale", "importance_loss",
+        check_types(self, "penalty")
+        positive(self, "penalty", "alpha", "z_loss", "noise_init_scale", "importance_loss",
                   "load_loss", "affinity_scale", "quality_strength", allow_zero=True)
-        _positive(self, "penalty", "learning_rate", "schedule_width", "adam_eps")
+        positive(self, "penalty", "learning_rate", "schedule_width", "adam_eps")
         for name in ("schedule_final_fraction", "lr_final_fraction"):
             value = getattr(self, name)
-            _require(0.0 <= value <= 1.0, f"penalty.{name}", value, "must be in [0, 1]")
+            require(0.0 <= value <= 1.0, f"penalty.{name}", value, "must be in [0, 1]")
         for name in ("adam_beta1", "adam_beta2", "quality_memory"):
             value = getattr(self, name)
-            _require(0.0 <= value < 1.0, f"penalty.{name}", value, "must be in [0, 1)")
+            require(0.0 <= value < 1.0, f"penalty.{name}", value, "must be in [0, 1)")
         if self.schedule_steps is not None:
-            _require(self.schedule_steps >= 1, "penalty.schedule_steps", self.schedule_steps,
+            require(self.schedule_steps >= 1, "penalty.schedule_steps", self.schedule_steps,
                      "must be an integer >= 1 (or omitted for run.steps)")
-        _require(self.schedule_delay >= 0, "penalty.schedule_delay", self.schedule_delay,
+        require(self.schedule_delay >= 0, "penalty.schedule_delay", self.schedule_delay,
                  "must be an integer >= 0")
 
     @property

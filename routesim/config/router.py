@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..exceptions import ConfigError
-from ._checks import _DATACLASS, _check_types, _positive, _require
+from ._checks import DATACLASS, check_types, positive, require
 
 __all__ = ["RouterConfig"]
 
 
-@dataclass(**_DATACLASS)
+@dataclass(**DATACLASS)
 class RouterConfig:
     """Gate, selection and capacity.
 
@@ -75,10 +75,10 @@ class RouterConfig:
     expert_choice_block: int | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self, "router")
-        _require(self.num_experts >= 2, "router.num_experts", self.num_experts,
+        check_types(self, "router")
+        require(self.num_experts >= 2, "router.num_experts", self.num_experts,
                  "must be an integer >= 2")
-        _require(1 <= self.topk < self.num_experts, "router.topk", self.topk,
+        require(1 <= self.topk < self.num_experts, "router.topk", self.topk,
                  f"must be an integer in [1, router.num_experts) = [1, {self.num_experts})")
         if (self.num_groups is None) != (self.group_topk is None):
             raise ConfigError(
@@ -86,27 +86,27 @@ class RouterConfig:
                 f"{self.group_topk!r}: set both or neither")
         if self.num_groups is not None:
             g, gk = self.num_groups, self.group_topk
-            _require(g >= 1 and self.num_experts % g == 0, "router.num_groups", g,
+            require(g >= 1 and self.num_experts % g == 0, "router.num_groups", g,
                      f"must divide router.num_experts ({self.num_experts})")
-            _require(1 <= gk <= g, "router.group_topk", gk,
+            require(1 <= gk <= g, "router.group_topk", gk,
                      f"must be in [1, router.num_groups] = [1, {g}]")
-            _require(self.topk % gk == 0, "router.group_topk", gk,
+            require(self.topk % gk == 0, "router.group_topk", gk,
                      f"must divide router.topk ({self.topk})")
-            _require(gk * (self.num_experts // g) >= self.topk, "router.group_topk", gk,
+            require(gk * (self.num_experts // g) >= self.topk, "router.group_topk", gk,
                      f"keeps {gk * (self.num_experts // g)} experts, fewer than "
                      f"router.topk ({self.topk})")
-            _require(self.topk // gk <= self.num_experts // g, "router.group_topk", gk,
+            require(self.topk // gk <= self.num_experts // g, "router.group_topk", gk,
                      "topk // group_topk must not exceed the experts per group")
-        _require(not self.pre_softmax or self.score_function == "softmax",
+        require(not self.pre_softmax or self.score_function == "softmax",
                  "router.pre_softmax", self.pre_softmax,
                  f"applies only to score_function = 'softmax' (not "
                  f"{self.score_function!r}); remove it")
-        _positive(self, "router", "topk_scaling_factor")
+        positive(self, "router", "topk_scaling_factor")
         if self.capacity_factor is not None:
-            _require(self.capacity_factor > 0, "router.capacity_factor", self.capacity_factor,
+            require(self.capacity_factor > 0, "router.capacity_factor", self.capacity_factor,
                      "must be > 0 (omit it, or use inf, for dropless routing)")
         if self.expert_choice_block is not None:
-            _require(self.expert_choice_block >= 1, "router.expert_choice_block",
+            require(self.expert_choice_block >= 1, "router.expert_choice_block",
                      self.expert_choice_block, "must be an integer >= 1")
 
     @property

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ._checks import _DATACLASS, _check_types, _positive, _require
+from ._checks import DATACLASS, check_types, positive, require
 from ._numerics import parse_bytes
 
 __all__ = ["RunConfig", "BatchConfig", "TrafficConfig"]
@@ -15,7 +15,7 @@ __all__ = ["RunConfig", "BatchConfig", "TrafficConfig"]
 # ----------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------
-@dataclass(**_DATACLASS)
+@dataclass(**DATACLASS)
 class RunConfig:
     """How long to run and on what.
 
@@ -82,13 +82,13 @@ class RunConfig:
     max_memory: int | str | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self, "run")
+        check_types(self, "run")
         if self.max_memory is not None:
             parse_bytes("run.max_memory", self.max_memory)
-        _require(self.steps >= 1, "run.steps", self.steps, "must be an integer >= 1")
-        _require(self.replicas >= 1, "run.replicas", self.replicas, "must be an integer >= 1")
-        _require(0 <= self.seed < 2**63, "run.seed", self.seed, "must be an integer in [0, 2**63)")
-        _require(self.global_window >= 1, "run.global_window", self.global_window,
+        require(self.steps >= 1, "run.steps", self.steps, "must be an integer >= 1")
+        require(self.replicas >= 1, "run.replicas", self.replicas, "must be an integer >= 1")
+        require(0 <= self.seed < 2**63, "run.seed", self.seed, "must be an integer in [0, 2**63)")
+        require(self.global_window >= 1, "run.global_window", self.global_window,
                  "must be an integer >= 1")
 
     @property
@@ -98,7 +98,7 @@ class RunConfig:
                                                                 self.max_memory)
 
 
-@dataclass(**_DATACLASS)
+@dataclass(**DATACLASS)
 class BatchConfig:
     """Batch structure of one training step.
 
@@ -134,17 +134,17 @@ class BatchConfig:
     computation_batch_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_types(self, "batch")
-        _require(self.num_sequences >= 1, "batch.num_sequences", self.num_sequences,
+        check_types(self, "batch")
+        require(self.num_sequences >= 1, "batch.num_sequences", self.num_sequences,
                  "must be an integer >= 1")
-        _require(self.seq_length >= 1, "batch.seq_length", self.seq_length,
+        require(self.seq_length >= 1, "batch.seq_length", self.seq_length,
                  "must be an integer >= 1")
         if self.micro_batch_size is not None:
-            _require(self.micro_batch_size >= 1 and self.num_sequences % self.micro_batch_size == 0,
+            require(self.micro_batch_size >= 1 and self.num_sequences % self.micro_batch_size == 0,
                      "batch.micro_batch_size", self.micro_batch_size,
                      f"must divide batch.num_sequences ({self.num_sequences})")
         for i, size in enumerate(self.computation_batch_sizes):
-            _require(size >= 1 and self.num_sequences % size == 0,
+            require(size >= 1 and self.num_sequences % size == 0,
                      f"batch.computation_batch_sizes[{i}]", size,
                      f"must divide batch.num_sequences ({self.num_sequences})")
 
@@ -164,7 +164,7 @@ class BatchConfig:
         return self.num_sequences // self.sequences_per_micro_batch
 
 
-@dataclass(**_DATACLASS)
+@dataclass(**DATACLASS)
 class TrafficConfig:
     """Where the router logits come from.
 
@@ -250,26 +250,26 @@ class TrafficConfig:
     trace: str = "builtin"
 
     def __post_init__(self) -> None:
-        _check_types(self, "traffic")
-        _positive(self, "traffic", "linear_spread", "zipf_exponent", "noise_scale", "drift_std",
+        check_types(self, "traffic")
+        positive(self, "traffic", "linear_spread", "zipf_exponent", "noise_scale", "drift_std",
                   "drift_amplitude", "topic_spread", "router_init_scale", allow_zero=True)
-        _positive(self, "traffic", "drift_period")
-        _require(0.0 <= self.seq_correlation < 1.0, "traffic.seq_correlation",
+        positive(self, "traffic", "drift_period")
+        require(0.0 <= self.seq_correlation < 1.0, "traffic.seq_correlation",
                  self.seq_correlation, "must be in [0, 1)")
-        _require(self.feature_dim >= 1, "traffic.feature_dim", self.feature_dim,
+        require(self.feature_dim >= 1, "traffic.feature_dim", self.feature_dim,
                  "must be an integer >= 1")
-        _require(self.num_topics >= 1, "traffic.num_topics", self.num_topics,
+        require(self.num_topics >= 1, "traffic.num_topics", self.num_topics,
                  "must be an integer >= 1")
         for i, s in enumerate(self.regime_steps):
-            _require(s >= 1, f"traffic.regime_steps[{i}]", s, "must be an integer >= 1")
-        _require(list(self.regime_steps) == sorted(set(self.regime_steps)),
+            require(s >= 1, f"traffic.regime_steps[{i}]", s, "must be an integer >= 1")
+        require(list(self.regime_steps) == sorted(set(self.regime_steps)),
                  "traffic.regime_steps", list(self.regime_steps),
                  "must be strictly increasing")
         if self.topic_weights is not None:
             w = self.topic_weights
-            _require(len(w) == self.num_topics, "traffic.topic_weights", list(w),
+            require(len(w) == self.num_topics, "traffic.topic_weights", list(w),
                      f"must have traffic.num_topics ({self.num_topics}) entries")
-            _require(all(x >= 0 and math.isfinite(x) for x in w), "traffic.topic_weights",
+            require(all(x >= 0 and math.isfinite(x) for x in w), "traffic.topic_weights",
                      list(w), "must be finite and >= 0")
-            _require(abs(sum(w) - 1.0) < 1e-6, "traffic.topic_weights", list(w),
+            require(abs(sum(w) - 1.0) < 1e-6, "traffic.topic_weights", list(w),
                      f"must sum to 1 (they sum to {sum(w):.6g})")

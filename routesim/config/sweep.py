@@ -7,13 +7,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._checks import _DATACLASS, _check_types, _require
+from ._checks import DATACLASS, check_types, require
 from ._numerics import MAX_POINTS
 
 __all__ = ["SweepConfig", "SWEEPABLE", "LAW_PARAMS", "is_sweepable"]
 
 
-@dataclass(**_DATACLASS)
+@dataclass(**DATACLASS)
 class SweepConfig:
     """Points of a sweep.
 
@@ -47,25 +47,25 @@ class SweepConfig:
     labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        _check_types(self, "sweep")
+        check_types(self, "sweep")
         params = {}
         for key, values in self.parameters.items():
-            _require(is_sweepable(key), f"sweep.{key}", values,
+            require(is_sweepable(key), f"sweep.{key}", values,
                      "cannot be swept; sweepable fields: " + ", ".join(sorted(SWEEPABLE))
                      + ", controller.params.NAME")
-            _require(isinstance(values, (list, tuple)) and len(values) >= 1, f"sweep.{key}",
+            require(isinstance(values, (list, tuple)) and len(values) >= 1, f"sweep.{key}",
                      values, "must be a non-empty list of values")
             params[key] = tuple(values)
         object.__setattr__(self, "parameters", params)
         if self.mode == "zip" and params:
             lengths = {k: len(v) for k, v in params.items()}
-            _require(len(set(lengths.values())) == 1, "sweep.mode", self.mode,
+            require(len(set(lengths.values())) == 1, "sweep.mode", self.mode,
                      f"'zip' needs lists of equal length, got {lengths}")
-        _require(self.num_points <= MAX_POINTS, "sweep.parameters", f"<{self.num_points} points>",
+        require(self.num_points <= MAX_POINTS, "sweep.parameters", f"<{self.num_points} points>",
                  f"at most {MAX_POINTS} points (each is built and checked when the config is "
                  "read); split the sweep into several configs")
         if self.labels is not None:
-            _require(len(self.labels) == self.num_points, "sweep.labels", list(self.labels),
+            require(len(self.labels) == self.num_points, "sweep.labels", list(self.labels),
                      f"must have one label per point ({self.num_points})")
 
     def __eq__(self, other: object) -> bool:
