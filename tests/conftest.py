@@ -5,16 +5,12 @@ import os
 import matplotlib
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
+
+import routesim.testing  # noqa: F401  (registers the hypothesis profiles ci and dev)
 
 matplotlib.use("Agg")
 
-settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
-                          database=None,
-                          suppress_health_check=[HealthCheck.too_slow,
-                                                 HealthCheck.data_too_large])
-settings.register_profile("dev", max_examples=50, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
