@@ -12,12 +12,12 @@ B micro-batches.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..config import config_from_dict
-from ..controllers import get_law
+from ..config import BatchConfig, Config
 from ..routing import capacity as _capacity
 from ..routing import select_topk
 from ..theory import load_map
@@ -36,8 +36,28 @@ __all__ = [
 ]
 
 
-def _config(ds: Any):
-    return config_from_dict(json.loads(ds.attrs["config"]))
+def _stored(ds: Any) -> SimpleNamespace:
+    """The fields the checks read from a Dataset's stored config.
+
+    Read from the JSON without rebuilding the Config, so a Dataset made by a
+    law registered only for a while can still be checked after it is gone.
+    """
+    data = json.loads(ds.attrs["config"])
+    default = Config()
+
+    def get(section: str, name: str) -> Any:
+        return data.get(section, {}).get(name, getattr(getattr(default, section), name))
+
+    b = BatchConfig(num_sequences=get("batch", "num_sequences"),
+                    seq_length=get("batch", "seq_length"),
+                    micro_batch_size=get("batch", "micro_batch_size"))
+    cap = get("router", "capacity_factor")
+    return SimpleNamespace(batch=b, rate=get("controller", "bias_update_rate"),
+                           window=get("controller", "window"),
+                           bias_mode=get("router", "bias_mode"),
+                           bias_dtype=get("run", "bias_dtype"),
+                           topk=get("router", "topk"), num_experts=get("router", "num_experts"),
+                           capacity_factor=None if cap is None else float(cap))
 
 
 def _fail(what: str, where: Any, detail: str) -> None:
@@ -232,11 +252,11 @@ def check_monotone_load(mu_E: Any, bias_E: Any, expert: int, raise_by: float, *,
               f"raising its bias by {raise_by} moves its load from {p0:.6g} to {p1:.6g}")
 
 
-def _bias_path(ds: Any) -> tuple[np.ndarray, Any]:
-    """Bias (S+1, P, R, E) with the starting bias prepended, and the config."""
-    cfg = _config(ds)
+def _bias_path(ds: Any) -> tuple[np.ndarray, SimpleNamespace]:
+    """Bias (S+1, P, R, E) with the starting bias prepended, and the stored settings."""
+    cfg = _stored(ds)
     bias = np.asarray(ds["bias"].values, dtype=np.float64)
-    start = 1.0 if cfg.router.bias_mode == "multiplicative" else 0.0
+    start = 1.0 if cfg.bias_mode == "multiplicative" else 0.0
     return np.concatenate([np.full_like(bias[:1], start), bias]), cfg
 
 
@@ -265,9 +285,8 @@ def check_sign_step(ds: Any, rate: float | None = None, *, rtol: float = 1e-5) -
     >>> check_sign_step(routesim.simulate(cfg, progress=False))
     """
     bias, cfg = _bias_path(ds)
-    c = cfg.controller
-    u = c.bias_update_rate if rate is None else rate
-    per_step = cfg.batch.num_micro_batches if c.window == "micro_batch" else 1
+    u = cfg.rate if rate is None else rate
+    per_step = cfg.batch.num_micro_batches if cfg.window == "micro_batch" else 1
     limit = u * per_step
     step_SPRE = np.abs(np.diff(bias, axis=0))
     worst = float(step_SPRE.max(initial=0.0))
@@ -299,7 +318,7 @@ def check_bias_sum(ds: Any, *, atol: float | None = None) -> None:
     bias, cfg = _bias_path(ds)
     n, steps = bias.shape[-1], bias.shape[0]
     if atol is None:
-        eps = 1e-5 if cfg.run.bias_dtype == "float32" else 1e-12
+        eps = 1e-5 if cfg.bias_dtype == "float32" else 1e-12
         atol = n * eps * steps * max(1.0, float(np.abs(bias).max(initial=0.0)))
     drift_SPR = np.abs(bias.sum(axis=-1) - bias[:1].sum(axis=-1))
     if drift_SPR.max(initial=0.0) > atol:
@@ -331,12 +350,13 @@ def check_capacity(kept: Any, cap: int | None = None) -> None:
     AssertionError: capacity broken at index (0, 1): 4 tokens kept, capacity 3
     """
     if hasattr(kept, "attrs"):
-        cfg = _config(kept)
-        r, b = cfg.router, cfg.batch
-        if r.dropless:
+        cfg = _stored(kept)
+        b = cfg.batch
+        if cfg.capacity_factor is None or np.isinf(cfg.capacity_factor):
             return
         tokens_mb = b.sequences_per_micro_batch * b.seq_length
-        cap = _capacity(tokens_mb, r.topk, r.num_experts, r.capacity_factor) * b.num_micro_batches
+        cap = _capacity(tokens_mb, cfg.topk, cfg.num_experts,
+                        cfg.capacity_factor) * b.num_micro_batches
         kept = kept["kept_load"].values
     kept = np.asarray(kept)
     bad = np.argwhere(kept > cap)
