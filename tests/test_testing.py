@@ -168,3 +168,18 @@ def test_datasets_agree_catches_a_changed_bias():
     broken["bias"][3, 0, 0, 2] += 0.01
     with pytest.raises(AssertionError, match=r"agreement broken at bias\[3, 0, 0, 2\]"):
         check_datasets_agree(ds, broken)
+
+
+# -- docs/testing.md --------------------------------------------------------------
+def test_docs_example_is_the_example_file_and_runs():
+    from pathlib import Path
+    import re
+
+    root = Path(__file__).parent.parent
+    block = re.search(r"```python\n(.*?)```", (root / "docs" / "testing.md").read_text(),
+                      re.S).group(1)
+    assert block.strip() in (root / "examples" / "testing_own_controller.py").read_text()
+    namespace = {}
+    exec(compile(block, "docs/testing.md", "exec"), namespace)
+    namespace["test_half_sign"]()
+    assert "half_sign" not in routesim.controllers.registered()
