@@ -60,8 +60,6 @@ def router_configs(draw: Any, *, min_experts: int = 2, max_experts: int = 16,
 
     Parameters
     ----------
-    draw : callable
-        Supplied by hypothesis (``st.composite``); callers leave it out.
     min_experts, max_experts : int >= 2
         Bounds of ``router.num_experts``.
     gates : sequence of str
@@ -105,8 +103,6 @@ def traffic_configs(draw: Any, *, skews: Sequence[str] = SKEWS,
 
     Parameters
     ----------
-    draw : callable
-        Supplied by hypothesis (``st.composite``); callers leave it out.
     skews : sequence of {"uniform", "linear", "zipf"}
         Popularity kinds to draw from.
     noises : sequence of {"normal", "logistic", "gumbel"}
@@ -145,8 +141,6 @@ def batch_configs(draw: Any, *, max_sequences: int = 8, max_seq_length: int = 32
 
     Parameters
     ----------
-    draw : callable
-        Supplied by hypothesis (``st.composite``); callers leave it out.
     max_sequences : int > 0
         Upper bound of ``batch.num_sequences``.
     max_seq_length : int > 0
@@ -190,8 +184,6 @@ def controller_configs(draw: Any, types: Sequence[str] | None = None, *,
 
     Parameters
     ----------
-    draw : callable
-        Supplied by hypothesis (``st.composite``); callers leave it out.
     types : sequence of str or None
         Law names to draw from; None: every registered law
         (:func:`routesim.controllers.registered`, read when drawn).
@@ -250,8 +242,6 @@ def configs(draw: Any, *, controllers: Sequence[str] | None = None, max_experts:
 
     Parameters
     ----------
-    draw : callable
-        Supplied by hypothesis (``st.composite``); callers leave it out.
     controllers : sequence of str or None
         Law names (None: every registered law).
     max_experts, max_sequences, max_seq_length, max_steps : int > 0
@@ -301,8 +291,6 @@ def score_matrices(draw: Any, tokens: int, experts: int, *, spacing: float = 1e-
 
     Parameters
     ----------
-    draw : callable
-        Supplied by hypothesis (``st.composite``); callers leave it out.
     tokens, experts : int > 0
         Shape ``(T, E)``.
     spacing : float > 0
@@ -334,8 +322,6 @@ def load_vectors(draw: Any, experts: int, total: int) -> np.ndarray:
 
     Parameters
     ----------
-    draw : callable
-        Supplied by hypothesis (``st.composite``); callers leave it out.
     experts : int > 0
         Length ``E``.
     total : int >= 0
@@ -366,8 +352,6 @@ def popularity_vectors(draw: Any, experts: int, skew: float) -> np.ndarray:
 
     Parameters
     ----------
-    draw : callable
-        Supplied by hypothesis (``st.composite``); callers leave it out.
     experts : int >= 2
         Length ``E``.
     skew : float >= 0
