@@ -17,7 +17,8 @@ perturbation the loop returns MaxVio_batch below ``threshold`` plus the
 counting-noise floor ``noise_sd * sqrt(N / (K T))`` within ``safety`` times
 the predicted settling time (plus ``slack`` windows). The prediction is
 :func:`routesim.theory.settling_steps` on the loop gains at the equilibrium
-(``proportional``, ``ema``, ``momentum_tanh``), the distance to the
+(``proportional``, ``ema``, ``momentum_tanh``; the last plus the distance to
+the equilibrium over the rate, the slew of its saturated tanh), the distance to the
 equilibrium over the rate or the relay's transient (the sign laws, whose
 band is the noise-free limit cycle's largest MaxVio on the linearised plant,
 :func:`routesim.theory.relay_cycle`, plus ``lambda_max u`` for one lattice
@@ -31,6 +32,7 @@ Shape legend: E experts.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, ClassVar, Mapping
 
@@ -48,6 +50,15 @@ CENTRED_LAWS = ("sign_centred", "proportional", "ema", "rms", "momentum_tanh")
 #: Relay laws, analysed by :mod:`routesim.theory.limit_cycle`.
 SIGN_LAWS = ("sign", "sign_centred")
 _NODES = 32  # quadrature nodes of the load map: error below 2e-4, far under any threshold
+
+
+@functools.lru_cache(maxsize=64)
+def _linearisation(mu: tuple[float, ...], topk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # cached: a shrinking run replays the same few popularities many times
+    mu_E = np.asarray(mu)
+    b_star = theory.equilibrium(mu_E, topk=topk)
+    jac = theory.jacobian(mu_E, b_star, topk=topk)
+    return b_star, jac * (mu_E.size / topk), theory.loop_gains(jac, topk)
 
 
 class ControllerMachine(RuleBasedStateMachine):
@@ -165,9 +176,7 @@ class ControllerMachine(RuleBasedStateMachine):
 
     def _linearisation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``b*``, ``A = (N/K) J`` at ``b*`` and its loop gains, at the current popularity."""
-        b_star = theory.equilibrium(self.mu_E, topk=self.topk)
-        jac = theory.jacobian(self.mu_E, b_star, topk=self.topk)
-        return b_star, jac * (self.num_experts / self.topk), theory.loop_gains(jac, self.topk)
+        return _linearisation(tuple(self.mu_E.tolist()), self.topk)
 
     def prediction(self) -> tuple[float, float, str]:
         """Predicted settling windows from here, the steady MaxVio band, and a note."""
@@ -191,6 +200,10 @@ class ControllerMachine(RuleBasedStateMachine):
         steps = float(theory.settling_steps(self.law, self.rate, lam[1:],
                                             num_experts=self.num_experts,
                                             reduction=min(self.threshold / now, 0.5), **kw))
+        if self.law == "momentum_tanh":
+            # beyond |e| > kappa the tanh saturates: the bias slews at most u per window first
+            off = self.bias[0, 0] - b_star
+            steps += float(np.max(np.abs(off - off.mean()))) / self.rate
         uc = float(theory.critical_rate(self.law, lam[-1], num_experts=self.num_experts, **kw))
         return steps, self.threshold, f"critical rate {uc:.4g}"
 
