@@ -10,7 +10,8 @@ registers two hypothesis profiles: ``ci`` (derandomised, 25 examples, no
 deadline) and ``dev`` (random, 200 examples); ``ci`` is loaded when the
 environment variable ``CI`` is set.
 
-Modules: ``strategies``, ``invariants``.
+Modules: ``strategies``, ``invariants``, ``machine`` (the stability state machine),
+``plugin`` (the pytest plugin) and ``reference`` (the reference suite it runs).
 """
 
 import os
@@ -25,6 +26,8 @@ from .invariants import (check_backends_agree, check_bias_sum, check_capacity,
                          check_conservation, check_datasets_agree, check_distinct_experts,
                          check_monotone_load, check_permutation_equivariance,
                          check_shift_invariance, check_sign_step)
+from .machine import CENTRED_LAWS, SIGN_LAWS, ControllerMachine
+from .plugin import LawUnderTest
 from .strategies import (batch_configs, configs, controller_configs, load_vectors,
                          popularity_vectors, router_configs, score_matrices, traffic_configs)
 
@@ -34,6 +37,7 @@ __all__ = [
     "check_conservation", "check_distinct_experts", "check_permutation_equivariance",
     "check_shift_invariance", "check_monotone_load", "check_sign_step", "check_bias_sum",
     "check_capacity", "check_datasets_agree", "check_backends_agree",
+    "ControllerMachine", "CENTRED_LAWS", "SIGN_LAWS", "LawUnderTest",
 ]
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
