@@ -132,9 +132,12 @@ RULES: dict[str, _Why] = {
         lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
                   "'expert_choice' does)"),
     "router.pre_softmax": _only(
-        lambda p: p.router.score_function == "softmax",
-        lambda p: f"router.score_function = {p.router.score_function!r} does not use it "
-                  "(only 'softmax' does)"),
+        lambda p: p.router.score_function == "softmax"
+        and not (p.penalty.learn and p.penalty.noisy_gate),
+        lambda p: ("the noisy top-K gate (penalty.noisy_gate) always weights by the softmax "
+                   "over the K chosen logits" if p.router.score_function == "softmax" else
+                   f"router.score_function = {p.router.score_function!r} does not use it "
+                   "(only 'softmax' does)")),
     # controller
     # (who uses what comes from the registry: routesim.controllers.register)
     "controller.bias_update_rate": _controller("bias_update_rate"),
