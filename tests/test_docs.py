@@ -61,13 +61,6 @@ def test_documented_parameters_match_signature(qualname, fn):
     assert not extra, f"{qualname}: documents {sorted(extra)} which it does not take"
 
 
-#: Modules whose public functions and classes do not all carry an Examples section yet.
-#: Temporary: a module leaves the list once every public object has a doctest example
-#: (test_examples_pending_list_only_shrinks enforces it).
-_EXAMPLES_PENDING = frozenset({
-})
-
-
 def _public_objects():
     """(module name, qualified name, object) of every public function and class."""
     for info in pkgutil.walk_packages(routesim.__path__, "routesim."):
@@ -85,7 +78,7 @@ def _has_examples(obj) -> bool:
     return bool(re.search(r"^Examples\n-+\n", inspect.getdoc(obj) or "", re.M))
 
 
-_REQUIRED = [(q, o) for m, q, o in _public_objects() if m not in _EXAMPLES_PENDING]
+_REQUIRED = [(q, o) for _, q, o in _public_objects()]
 
 
 @pytest.mark.parametrize("qualname,obj", _REQUIRED, ids=[q for q, _ in _REQUIRED])
@@ -93,16 +86,6 @@ def test_every_public_object_has_examples(qualname, obj):
     """Each public function and class shows a doctest example (run by --doctest-modules)."""
     assert _has_examples(obj), f"{qualname} has no Examples section"
     assert ">>> " in inspect.getdoc(obj).split("Examples", 1)[1], f"{qualname}: empty Examples"
-
-
-def test_examples_pending_list_only_shrinks():
-    """A pending module whose public objects all have examples must leave the list."""
-    missing: dict[str, int] = {}
-    for module, _, obj in _public_objects():
-        missing.setdefault(module, 0)
-        missing[module] += not _has_examples(obj)
-    done = sorted(m for m in _EXAMPLES_PENDING if m in missing and missing[m] == 0)
-    assert not done, f"remove {done} from _EXAMPLES_PENDING: every public object has examples"
 
 
 def test_readme_gives_the_two_commands():

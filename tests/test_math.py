@@ -92,15 +92,3 @@ def test_each_function_is_defined_once():
     where = sorted((p, n) for p, n in _defined_functions() if n in names)
     assert all(p == "_math.py" for p, _ in where), where
     assert {n for _, n in where} == {"softmax", "sigmoid", "softplus", "normal_cdf"}
-
-
-def test_only_backend_imports_cupy():
-    allowed = {"_backend.py"}
-    found = set()
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                    else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            if any(m.split(".")[0] in ("cupy", "cupyx") for m in mods):
-                found.add(path.relative_to(PACKAGE).as_posix())
-    assert found <= allowed, found - allowed
