@@ -152,7 +152,7 @@ def expert_choice_shape(seed: int) -> None:
         mean = float((hist * np.arange(hist.size)).sum() / hist.sum())
         print(f"  block {block:>5}: no expert {float(ds['unrouted_share'].mean()):.4f}, "
               f"experts per token {mean:.3f} (max {int(np.flatnonzero(hist).max())}), "
-              f"load max/min {int(ds['load'].max())}/{int(ds['load'].min())}")
+              f"load max/min {int(ds['expert_load'].max())}/{int(ds['expert_load'].min())}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -360,7 +360,7 @@ def analyse_sign(scn: Scenario, th: Theory, steps: int, seed: int, rows: list) -
     bias = ds["bias"].values[late]  # (S, P, R, E)
     centred = bias - bias.mean(-1, keepdims=True)
     amp_b = np.sqrt(np.mean((centred - centred.mean(0)) ** 2, axis=(0, 2, 3)))
-    load = ds["load"].values[late].astype(float)
+    load = ds["expert_load"].values[late].astype(float)
     err = load * scn.n / (scn.tokens * scn.k) - 1.0
     amp_c = np.sqrt(np.mean(err ** 2, axis=(0, 2, 3)))
     mv = ds["maxvio_batch"].values[late].mean(axis=(0, 2))

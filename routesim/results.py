@@ -86,7 +86,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     with np.errstate(invalid="ignore", divide="ignore"):
         drop = 1.0 - kept.sum(-1) / np.maximum(load.sum(-1), 1)
     data = {
-        "load": (dims4, load.astype(np.int32)),
+        "expert_load": (dims4, load.astype(np.int32)),
         "kept_load": (dims4, kept.astype(np.int32)),
         "bias": (dims4, bias_SPRE),
         "maxvio_batch": (dims3, metrics.maxvio(load)),

@@ -130,7 +130,7 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
     >>> cfg = Config(run=RunConfig(steps=3), batch=BatchConfig(num_sequences=2, seq_length=32),
     ...              router=RouterConfig(num_experts=8, topk=2))
     >>> ds = simulate(cfg, progress=False)
-    >>> int(ds["load"].isel(step=0).sum()) == 2 * 32 * 2
+    >>> int(ds["expert_load"].isel(step=0).sum()) == 2 * 32 * 2
     True
     """
     return run_engine(config, engine_of(config), point_indices=point_indices, progress=progress)
@@ -244,7 +244,7 @@ def simulate_learner(config: Config, *, point_indices: Sequence[int] | None = No
     ...     "penalty": {"learn": True}, "batch": {"num_sequences": 2, "seq_length": 4},
     ...     "router": {"num_experts": 4, "topk": 1}})
     >>> ds = simulate_learner(cfg, progress=False)
-    >>> ds["load"].sum("expert").values.tolist()  # 8 tokens per step, one expert each
+    >>> ds["expert_load"].sum("expert").values.tolist()  # 8 tokens per step, one expert each
     [[[8]], [[8]]]
     """
     return run_engine(config, "learner", point_indices=point_indices, progress=progress)

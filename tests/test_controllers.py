@@ -219,7 +219,7 @@ def _py_pi(loads_SE, kp, ki):
 
 def _check_against_python(ds, kis, kp=0.05):
     """bias[t + 1] is the law applied to the loads of steps 0..t (one window per step)."""
-    load, bias = ds["load"].values, ds["bias"].values  # (S, P, R, E)
+    load, bias = ds["expert_load"].values, ds["bias"].values  # (S, P, R, E)
     for p, ki in enumerate(kis):
         for r in range(load.shape[2]):
             want = _py_pi(load[:-1, p, r], kp, ki)

@@ -70,13 +70,13 @@ def _python_reference(cfg):
 def test_engine_matches_python_loop(window):
     cfg = _cfg(controller__window=window, controller__bias_update_rate=0.05)
     ds = simulate(cfg, progress=False)
-    np.testing.assert_array_equal(ds["load"].values[:, 0], _python_reference(cfg))
+    np.testing.assert_array_equal(ds["expert_load"].values[:, 0], _python_reference(cfg))
 
 
 def test_loads_sum_to_k_times_tokens_and_capacity_holds():
     cfg = _cfg(router__capacity_factor=1.0, router__token_drop_policy="position")
     ds = simulate(cfg, progress=False)
-    assert np.all(ds["load"].sum("expert") == 2 * 64)
+    assert np.all(ds["expert_load"].sum("expert") == 2 * 64)
     cap = math.ceil(1.0 * 32 * 2 / 8)
     # kept loads are per step = 2 micro-batches, each capped
     assert int(ds["kept_load"].max()) <= 2 * cap
@@ -86,7 +86,7 @@ def test_loads_sum_to_k_times_tokens_and_capacity_holds():
 def test_infinite_capacity_equals_dropless():
     a = simulate(_cfg(), progress=False)
     b = simulate(_cfg(router__capacity_factor=math.inf), progress=False)
-    xr.testing.assert_identical(a.drop_vars([], errors="ignore")["load"], b["load"])
+    xr.testing.assert_identical(a.drop_vars([], errors="ignore")["expert_load"], b["expert_load"])
     np.testing.assert_array_equal(b["drop_rate"], 0.0)
 
 
@@ -95,7 +95,7 @@ def test_same_seed_identical_dataset_and_other_seed_differs():
     b = simulate(_cfg(), progress=False)
     xr.testing.assert_identical(a, b)
     c = simulate(_cfg(run__seed=4), progress=False)
-    assert not np.array_equal(a["load"], c["load"])
+    assert not np.array_equal(a["expert_load"], c["expert_load"])
 
 
 def test_split_points_give_the_same_numbers():
@@ -106,7 +106,7 @@ def test_split_points_give_the_same_numbers():
     first = simulate(cfg, point_indices=[0, 1, 2], progress=False)
     rest = simulate(cfg, point_indices=[5, 3, 4], progress=False)
     joined = xr.concat([first, rest], dim="point").sortby("point")
-    for var in ("load", "bias", "maxvio_batch", "maxvio_global_run", "displacement"):
+    for var in ("expert_load", "bias", "maxvio_batch", "maxvio_global_run", "displacement"):
         np.testing.assert_array_equal(joined[var].values, whole[var].values)
 
 
@@ -179,10 +179,10 @@ def test_common_random_numbers_give_points_the_same_traffic():
                                              "bias_dtype": "float64"},
                             "sweep": {"controller.type": ["sign", "sign_centred"]}})
     ds = simulate(cfg, progress=False)
-    np.testing.assert_array_equal(ds["load"].isel(point=0), ds["load"].isel(point=1))
-    assert not np.array_equal(ds["load"].isel(replica=0), ds["load"].isel(replica=1))
+    np.testing.assert_array_equal(ds["expert_load"].isel(point=0), ds["expert_load"].isel(point=1))
+    assert not np.array_equal(ds["expert_load"].isel(replica=0), ds["expert_load"].isel(replica=1))
     off = simulate(cfg.replace(**{"run.common_random_numbers": False}), progress=False)
-    assert not np.array_equal(off["load"].isel(point=0), off["load"].isel(point=1))
+    assert not np.array_equal(off["expert_load"].isel(point=0), off["expert_load"].isel(point=1))
 
 
 # Every law, each at a point index other than 0 in one of the two orders.

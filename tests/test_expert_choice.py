@@ -114,7 +114,7 @@ def test_engine_routes_expert_choice_as_the_router_on_the_traffic(block):
 
 def test_simulate_reports_balanced_loads_and_the_routing_shape():
     ds = simulate(_config(16), progress=False)
-    assert np.all(ds["load"].values == 2 * 256 // 8)
+    assert np.all(ds["expert_load"].values == 2 * 256 // 8)
     assert np.all(ds["maxvio_batch"].values == 0.0)
     hist = ds["experts_per_token"]
     assert hist.sizes["num_assigned"] == 9
@@ -152,5 +152,5 @@ def test_numpy_and_array_api_strict_engines_agree():
     pytest.importorskip("array_api_strict")
     a = simulate(_config(16, steps=2), progress=False)
     b = simulate(_config(16, steps=2, backend="array_api_strict"), progress=False)
-    for name in ("load", "experts_per_token", "unrouted_share"):
+    for name in ("expert_load", "experts_per_token", "unrouted_share"):
         np.testing.assert_array_equal(a[name].values, b[name].values)

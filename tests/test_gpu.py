@@ -96,7 +96,7 @@ def test_cuda_host_glue_matches_the_generic_engine(variant, monkeypatch):
     ref = simulate(cfg, progress=False)
     monkeypatch.setattr(_kernels, "choose_kernel", lambda points, xp: "cuda")
     got = simulate(cfg, progress=False)
-    np.testing.assert_array_equal(got["load"].values, ref["load"].values)
+    np.testing.assert_array_equal(got["expert_load"].values, ref["expert_load"].values)
     np.testing.assert_allclose(got["displacement"].values, ref["displacement"].values,
                                atol=1e-3)
 
@@ -109,7 +109,7 @@ def test_cupy_engine_equals_numpy_engine(kernel, variant):
     """Same draws on the GPU: the same loads as the NumPy engine."""
     ref = simulate(_cfg("numpy", "generic", **VARIANTS[variant]), progress=False)
     got = simulate(_cfg("cupy", kernel, **VARIANTS[variant]), progress=False)
-    np.testing.assert_array_equal(got["load"].values, ref["load"].values)
+    np.testing.assert_array_equal(got["expert_load"].values, ref["expert_load"].values)
     np.testing.assert_allclose(got["displacement"].values, ref["displacement"].values,
                                atol=1e-3)
 
@@ -121,8 +121,8 @@ def test_cuda_kernel_large_step_agrees_with_numba():
     cfg = _cfg("cupy", "cuda", batch__num_sequences=16, batch__seq_length=4096,
                batch__micro_batch_size=16, router__num_experts=256, router__topk=8,
                run__steps=1, run__replicas=1)
-    got = simulate(cfg, progress=False)["load"].values
+    got = simulate(cfg, progress=False)["expert_load"].values
     ref = simulate(cfg.replace(**{"run.backend": "numpy", "run.kernel": "auto"}),
-                   progress=False)["load"].values
+                   progress=False)["expert_load"].values
     assert int(np.abs(got - ref).sum()) <= 4  # float32 near-ties only (of 524288)
     assert to_numpy(got).sum() == 65536 * 8

@@ -57,7 +57,7 @@ def test_numba_engine_equals_generic_engine(case):
     over = CASES[case]
     a = simulate(_cfg("numba", **over), progress=False)
     b = simulate(_cfg("generic", **over), progress=False)
-    np.testing.assert_array_equal(a["load"].values, b["load"].values)
+    np.testing.assert_array_equal(a["expert_load"].values, b["expert_load"].values)
     np.testing.assert_array_equal(a["bias"].values, b["bias"].values)
     # equal displaced counts; the shares differ only in the last bit of their division
     np.testing.assert_allclose(a["displacement"].values, b["displacement"].values, rtol=1e-12,
@@ -77,7 +77,7 @@ def test_exact_ties_break_alike_on_every_path():
     bias = runs[0]["bias"].values
     assert np.abs(bias).max() >= 2.0 ** 16  # the bias did move onto the coarse grid
     for other in runs[1:]:
-        np.testing.assert_array_equal(other["load"].values, runs[0]["load"].values)
+        np.testing.assert_array_equal(other["expert_load"].values, runs[0]["expert_load"].values)
         np.testing.assert_allclose(other["displacement"].values,
                                    runs[0]["displacement"].values, rtol=1e-12, atol=0)
 
@@ -305,17 +305,17 @@ def test_ineligible_settings_are_refused_or_routed_as_numpy(case, kernel):
     except ConfigError as err:
         assert kernel == "numba" and "run.kernel" in str(err)
         return
-    np.testing.assert_array_equal(ds["load"].values, generic["load"].values)
+    np.testing.assert_array_equal(ds["expert_load"].values, generic["expert_load"].values)
     np.testing.assert_array_equal(ds["bias"].values, generic["bias"].values)
 
 
 def test_logistic_noise_is_not_normal_noise():
     """The eligibility cases above differ from what the kernel would route (else they test
     nothing): logistic noise changes the loads of the same seed."""
-    normal = simulate(_eligibility_cfg("generic", {}), progress=False)["load"].values
+    normal = simulate(_eligibility_cfg("generic", {}), progress=False)["expert_load"].values
     logistic = simulate(_eligibility_cfg("generic", INELIGIBLE["logistic_noise"]),
                         progress=False)
-    assert not np.array_equal(normal, logistic["load"].values)
+    assert not np.array_equal(normal, logistic["expert_load"].values)
 
 
 @pytest.mark.parametrize("gname,gcode", [("sigmoid", 0), ("sqrtsoftplus", 2)])

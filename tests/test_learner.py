@@ -167,7 +167,7 @@ def test_sign_controller_beside_a_penalty_follows_its_law():
                 penalty={"type": "sequence", "alpha": 1e-4, "optimizer": "adam",
                          "learning_rate": 0.05})
     ds = simulate(cfg, progress=False)
-    load = ds["load"].values.astype(np.float64)
+    load = ds["expert_load"].values.astype(np.float64)
     bias = ds["bias"].values
     step_bias = np.zeros_like(bias[0])
     for t in range(12):
@@ -197,9 +197,9 @@ def test_dataset_variables_and_load_ratio():
     for name in ("task_proxy", "penalty", "interference", "cancelled_share", "max_logit",
                  "logit_spread", "alpha_t", "load_ratio", "dead_experts", "maxvio_compute"):
         assert name in ds
-    total = ds["load"].sum("step")
+    total = ds["expert_load"].sum("step")
     assert np.allclose(ds["load_ratio"], total.max("expert") / total.min("expert"))
-    assert (ds["load"].sum("expert") == 4 * 8 * 2).all()
+    assert (ds["expert_load"].sum("expert") == 4 * 8 * 2).all()
     assert ((ds["cancelled_share"] >= 0) & (ds["cancelled_share"] <= 1)).all()
     assert (np.abs(ds["interference"]) <= 1 + 1e-12).all()
 
@@ -253,7 +253,7 @@ def test_same_seed_same_numbers_and_points_are_independent():
     b = simulate(cfg, progress=False)
     c = simulate(cfg, point_indices=[2], progress=False)
     assert a.equals(b)
-    assert np.array_equal(a["load"].isel(point=2).values, c["load"].isel(point=0).values)
+    assert np.array_equal(a["expert_load"].isel(point=2).values, c["expert_load"].isel(point=0).values)
     assert np.allclose(a["task_proxy"].isel(point=2).values, c["task_proxy"].isel(point=0).values)
 
 
@@ -263,7 +263,7 @@ def test_common_random_numbers_pair_the_points(common):
     cfg = small(run={"steps": 3}, penalty={"common_random_numbers": common},
                 sweep={"penalty.alpha": [0.1, 0.1], "penalty.type": ["switch"]})
     ds = simulate(cfg, progress=False)
-    same = np.array_equal(ds["load"].isel(point=0).values, ds["load"].isel(point=1).values)
+    same = np.array_equal(ds["expert_load"].isel(point=0).values, ds["expert_load"].isel(point=1).values)
     assert same == common
 
 

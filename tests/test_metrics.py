@@ -76,7 +76,7 @@ def _brute_compute_maxvio(per_seq_SBE, size):
 def _check_maxvio_compute(ds, seen, steps, seqs, sizes):
     rec = np.concatenate(seen, axis=2)[0, 0]  # point 0, replica 0: (steps * seqs, E)
     per_seq = rec.reshape(steps, seqs, -1)
-    np.testing.assert_array_equal(per_seq.sum(axis=1), ds["load"].values[:, 0, 0])
+    np.testing.assert_array_equal(per_seq.sum(axis=1), ds["expert_load"].values[:, 0, 0])
     for j, size in enumerate(sizes):
         np.testing.assert_allclose(ds["maxvio_compute"].values[:, 0, 0, j],
                                    _brute_compute_maxvio(per_seq, size), rtol=1e-12)
@@ -146,7 +146,7 @@ def test_maxvio_global_uses_the_run_global_window():
         "batch": {"num_sequences": 2, "seq_length": 32},
         "router": {"num_experts": 8, "topk": 2}, "controller": {"type": "sign"}})
     ds = simulate(cfg, progress=False)
-    load = ds["load"].values
+    load = ds["expert_load"].values
     np.testing.assert_allclose(ds["maxvio_global"].values[:, 0, 0],
                                _brute_trailing_maxvio(load[:, 0, 0], 3), rtol=1e-12)
     assert ds["maxvio_global_run"].values[0, 0] == pytest.approx(

@@ -99,7 +99,7 @@ def test_design_effect_matches_exact_engine_variance():
     # Independent reference: the exact engine's load variance with correlated sequences.
     rho = 0.1
     ds = simulate(_cfg("exact", steps=200, traffic={"seq_correlation": rho}), progress=False)
-    load = ds["load"].values[:, 0, 0, :].astype(float)
+    load = ds["expert_load"].values[:, 0, 0, :].astype(float)
     p = K / N
     measured = load.var(axis=0, ddof=1).mean() / (T * p * (1 - p))
     predicted = threshold_design_effect(np.array([p]), rho, L)[0]
@@ -121,7 +121,7 @@ def test_loads_have_the_load_map_mean_and_selection_covariance():
     steps = 3000
     ds = simulate_meanfield(_cfg(steps=steps, traffic={"skew": "linear", "linear_spread": 0.5}),
                             progress=False)
-    load = ds["load"].values[:, 0, 0, :].astype(float)
+    load = ds["expert_load"].values[:, 0, 0, :].astype(float)
     assert np.all(load.sum(axis=1) == T * K)
     p = load_map(mu, np.zeros(N), topk=K)
     cov = T * selection_covariance(mu, np.zeros(N), topk=K)
@@ -137,7 +137,7 @@ def test_loads_have_the_load_map_mean_and_selection_covariance():
 def test_loads_carry_the_design_effect():
     rho = 0.1
     ds = simulate_meanfield(_cfg(steps=2000, traffic={"seq_correlation": rho}), progress=False)
-    load = ds["load"].values[:, 0, 0, :].astype(float)
+    load = ds["expert_load"].values[:, 0, 0, :].astype(float)
     p = K / N
     measured = load.var(axis=0, ddof=1).mean() / (T * p * (1 - p))
     assert measured == pytest.approx(threshold_design_effect(np.array([p]), rho, L)[0], rel=0.08)
@@ -170,7 +170,7 @@ def test_bias_follows_the_controller_law_on_recorded_loads():
     ds = simulate(cfg, progress=False)
     assert ds.attrs["engine"] == "meanfield"
     bias = ds["bias"].values
-    load = ds["load"].values
+    load = ds["expert_load"].values
     params = controllers.make_controller_params(cfg.points())
     b = np.zeros_like(bias[0])
     for t in range(bias.shape[0]):
@@ -184,10 +184,10 @@ def test_points_do_not_depend_on_their_neighbours_and_seeds_repeat():
                sweep={"controller.bias_update_rate": [1e-3, 3e-3]})
     both = simulate(cfg, progress=False)
     alone = simulate(cfg, point_indices=[1], progress=False)
-    np.testing.assert_array_equal(both["load"].values[:, 1], alone["load"].values[:, 0])
+    np.testing.assert_array_equal(both["expert_load"].values[:, 1], alone["expert_load"].values[:, 0])
     again = simulate(cfg, progress=False)
-    np.testing.assert_array_equal(both["load"].values, again["load"].values)
-    assert not np.array_equal(both["load"].values[:, 0, 0], both["load"].values[:, 0, 1])
+    np.testing.assert_array_equal(both["expert_load"].values, again["expert_load"].values)
+    assert not np.array_equal(both["expert_load"].values[:, 0, 0], both["expert_load"].values[:, 0, 1])
 
 
 def test_capacity_keeps_at_most_cap_per_micro_batch():
@@ -196,7 +196,7 @@ def test_capacity_keeps_at_most_cap_per_micro_batch():
                traffic={"skew": "linear", "linear_spread": 1.0})
     ds = simulate(cfg, progress=False)
     cap = math.ceil(cap_factor * 4 * L * K / N)
-    kept, load = ds["kept_load"].values, ds["load"].values
+    kept, load = ds["kept_load"].values, ds["expert_load"].values
     assert np.all(kept <= 4 * cap) and np.all(kept <= load)
     assert np.all(kept.max(axis=-1) < load.max(axis=-1))  # the busiest expert lost tokens
     assert np.all(ds["drop_rate"].values > 0)
@@ -270,7 +270,7 @@ def test_backends_agree_and_computation_batches_nest():
     ref = simulate(_cfg(**spec), progress=False)
     strict = _cfg(**spec).replace(**{"run.backend": "array_api_strict"})
     got = simulate(strict, progress=False)
-    np.testing.assert_array_equal(got["load"].values, ref["load"].values)
+    np.testing.assert_array_equal(got["expert_load"].values, ref["expert_load"].values)
     np.testing.assert_allclose(got["bias"].values, ref["bias"].values, rtol=1e-6)
     # A computation batch of the whole step is the step itself.
     np.testing.assert_allclose(ref["maxvio_compute"].values[..., 1], ref["maxvio_batch"].values)

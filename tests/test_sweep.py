@@ -27,7 +27,7 @@ def whole():
 
 
 def _same(a, b):
-    for var in ("load", "bias", "maxvio_batch", "maxvio_global_run"):
+    for var in ("expert_load", "bias", "maxvio_batch", "maxvio_global_run"):
         np.testing.assert_array_equal(a[var].values, b[var].values)
     assert list(a["label"].values) == list(b["label"].values)
 

@@ -102,7 +102,7 @@ def test_engine_runs_keep_the_control_invariants():
     check_bias_sum(centred)
     capped = routesim.simulate(_small(router={"capacity_factor": 0.8}), progress=False)
     check_capacity(capped)
-    assert (capped["kept_load"].values < capped["load"].values).any()  # it did drop
+    assert (capped["kept_load"].values < capped["expert_load"].values).any()  # it did drop
 
 
 def test_backends_agree_on_a_run():
@@ -131,7 +131,7 @@ def test_bias_sum_catches_an_uncentred_law():
 def test_capacity_catches_an_overfull_expert():
     ds = routesim.simulate(_small(router={"capacity_factor": 1.0}), progress=False)
     broken = ds.copy(deep=True)
-    broken["kept_load"][2, 0, 0, 1] = ds["load"].values.sum(axis=-1).max()
+    broken["kept_load"][2, 0, 0, 1] = ds["expert_load"].values.sum(axis=-1).max()
     with pytest.raises(AssertionError, match="capacity broken at index \\(2, 0, 0, 1\\)"):
         check_capacity(broken)
 
@@ -139,7 +139,7 @@ def test_capacity_catches_an_overfull_expert():
 def test_conservation_catches_a_lost_selection():
     ds = routesim.simulate(_small(), progress=False)
     broken = ds.copy(deep=True)
-    broken["load"][4, 0, 0, 0] -= 1
+    broken["expert_load"][4, 0, 0, 0] -= 1
     with pytest.raises(AssertionError, match="conservation broken at index \\(4, 0, 0\\)"):
         check_conservation(broken)
 

@@ -85,7 +85,7 @@ def check_conservation(load: Any, topk: int | None = None, tokens: int | None = 
     """
     if hasattr(load, "attrs"):
         topk, tokens = int(load.attrs["topk"]), int(load.attrs["tokens_per_step"])
-        load = load["load"].values
+        load = load["expert_load"].values
     total = np.sum(np.atleast_2d(np.asarray(load, dtype=np.int64)), axis=-1)
     bad = np.argwhere(total != topk * tokens)
     if bad.size:
@@ -365,7 +365,7 @@ def check_capacity(kept: Any, cap: int | None = None) -> None:
         _fail("capacity", f"index {where}", f"{int(kept[where])} tokens kept, capacity {cap}")
 
 
-def check_datasets_agree(a: Any, b: Any, variables: Sequence[str] = ("load", "kept_load", "bias"),
+def check_datasets_agree(a: Any, b: Any, variables: Sequence[str] = ("expert_load", "kept_load", "bias"),
                          *, rtol: float = 1e-6) -> None:
     """Two result Datasets hold the same values (counts exactly, biases to ``rtol``).
 

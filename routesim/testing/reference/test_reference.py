@@ -40,7 +40,7 @@ def test_engine_run_keeps_the_invariants(routesim_law):
         "router": {"num_experts": 8, "topk": 2, "capacity_factor": 1.25},
         "controller": _controller(routesim_law)})
     ds = simulate(cfg, progress=False)
-    check_conservation(ds["load"].values, topk=2, tokens=4 * 32)
+    check_conservation(ds["expert_load"].values, topk=2, tokens=4 * 32)
     check_capacity(ds["kept_load"].values, cap=40)  # ceil((128 * 2 / 8) * 1.25)
     assert bool(ds["bias"].notnull().all()), "the bias became NaN"
     check_backends_agree(cfg.replace(**{"run.steps": 5}))
