@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._version import __version__
 from .exceptions import BackendError, ConfigError, NumericalFault
 
 __all__ = ["main", "format_summary"]
@@ -127,6 +128,7 @@ def _interrupt_status(err: BaseException) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routesim", description=(
         "Simulate MoE load balancing: traffic, biased top-K routing, controllers."))
+    parser.add_argument("--version", action="version", version=f"routesim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a TOML config and summarise it")
     run.add_argument("config", type=Path, help="TOML configuration file")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
@@ -105,7 +105,7 @@ def entropy_of(seed: int) -> int:
     >>> entropy_of(2024)
     2024
     """
-    return int(np.random.SeedSequence(seed).entropy)
+    return int(cast(int, np.random.SeedSequence(seed).entropy))
 
 
 def _mix(xp: ModuleType, x: Any) -> Any:

@@ -181,12 +181,13 @@ def _submit_all(executor: Any, config_json: str, todo: list) -> tuple[list, Any]
         from distributed import Client
         from distributed import as_completed as dask_as_completed
     except ImportError:
-        Client = None
-    if Client is not None and isinstance(executor, Client):
-        # pure=False: identical arguments must still run (dask would merge them)
-        futures = [executor.submit(_simulate_chunk, config_json, c, str(p), pure=False)
-                   for c, p in todo]
-        return futures, dask_as_completed
+        pass
+    else:
+        if isinstance(executor, Client):
+            # pure=False: identical arguments must still run (dask would merge them)
+            futures = [executor.submit(_simulate_chunk, config_json, c, str(p), pure=False)
+                       for c, p in todo]
+            return futures, dask_as_completed
     futures = [executor.submit(_simulate_chunk, config_json, c, str(p)) for c, p in todo]
     return futures, as_completed
 

@@ -427,7 +427,9 @@ def logits(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: 
     """
     n = params.num_experts
     if params.kind == "trace":
-        trace = params.trace_SXE[step % params.trace_SXE.shape[0]]
+        trace_SXE = params.trace_SXE
+        assert trace_SXE is not None  # set for trace traffic
+        trace = trace_SXE[step % trace_SXE.shape[0]]
         z = xp.asarray(trace[token_start:token_start + n_tokens])
         return xp.broadcast_to(z, tuple(keys_PR.shape) + tuple(z.shape))
     if params.kind == "features":

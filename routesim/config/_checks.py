@@ -113,7 +113,8 @@ def check_types(obj: Any, section: str) -> None:
     ...
     routesim.exceptions.ConfigError: router.topk = '2': must be an integer
     """
-    hints = _type_hints(type(obj))
+    cls: type = type(obj)
+    hints = _type_hints(cls)
     for f in fields(obj):
         value = getattr(obj, f.name)
         checked = _coerce(f"{section}.{f.name}", value, hints[f.name])

@@ -34,7 +34,7 @@ __all__ = ["set_fields_by_value", "check_ignored", "check_kernel"]
 _Why = Callable[[Any], "str | None"]
 
 
-def _only(cond: Callable[[Any], bool], why: str) -> _Why:
+def _only(cond: Callable[[Any], bool], why: str | Callable[[Any], str]) -> _Why:
     return lambda p: None if cond(p) else why(p) if callable(why) else why
 
 

@@ -119,7 +119,7 @@ class ControllerConfig:
         object.__setattr__(self, "params", LawParameters(values))
 
 
-class LawParameters(Mapping):
+class LawParameters(Mapping[str, Any]):
     """Frozen table of a law's parameters (``controller.params``): hashable, picklable.
 
     Examples
@@ -130,6 +130,7 @@ class LawParameters(Mapping):
     """
 
     __slots__ = ("_data",)
+    _data: dict[str, Any]
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         object.__setattr__(self, "_data", dict(data))
@@ -149,7 +150,7 @@ class LawParameters(Mapping):
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("LawParameters is frozen")
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (LawParameters, (self._data,))
 
     def __repr__(self) -> str:

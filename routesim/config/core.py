@@ -36,7 +36,7 @@ def _replace_section(section: Any, changes: dict[str, Any]) -> Any:
 
 
 #: id(config) -> (config, its points): the most recent configs' points (they are frozen).
-_POINTS_CACHE: dict[int, tuple[Any, tuple]] = {}
+_POINTS_CACHE: dict[int, tuple[Any, tuple[Any, ...]]] = {}
 _POINTS_CACHE_SIZE = 4
 
 _SECTIONS = {
@@ -352,7 +352,9 @@ def _resolve_trace(data: dict[str, Any], folder: Path) -> None:
     results finds the same file from any working directory.
     """
     traffic = data.get("traffic")
-    trace = traffic.get("trace") if isinstance(traffic, dict) else None
+    if not isinstance(traffic, dict):
+        return
+    trace = traffic.get("trace")
     if isinstance(trace, str) and trace != "builtin" and not Path(trace).is_absolute():
         traffic["trace"] = os.path.abspath(folder / trace)
 

@@ -84,7 +84,7 @@ class RouterConfig:
             raise ConfigError(
                 f"router.num_groups = {self.num_groups!r}, router.group_topk = "
                 f"{self.group_topk!r}: set both or neither")
-        if self.num_groups is not None:
+        if self.num_groups is not None and self.group_topk is not None:
             g, gk = self.num_groups, self.group_topk
             require(g >= 1 and self.num_experts % g == 0, "router.num_groups", g,
                      f"must divide router.num_experts ({self.num_experts})")

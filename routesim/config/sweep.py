@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from ._checks import DATACLASS, check_types, require
 from ._numerics import MAX_POINTS
@@ -43,7 +43,7 @@ class SweepConfig:
     """
 
     mode: Literal["grid", "zip"] = "grid"
-    parameters: dict = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
     labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -88,6 +88,7 @@ class SweepConfig:
         if not self.parameters:
             return [{}]
         keys = list(self.parameters)
+        rows: Iterable[tuple[Any, ...]]
         if self.mode == "zip":
             rows = zip(*(self.parameters[k] for k in keys))
         else:

@@ -114,7 +114,7 @@ def make_controller_params(points: Sequence[Any]) -> ControllerParams:
         [getattr(c, "params", {}) for c in ctrl])
 
 
-class LawParams(Mapping):
+class LawParams(Mapping[str, Any]):
     """What a law reads by name: per-point parameters (P, 1, 1) and declared inputs.
 
     Arrays are made on first access, in the bias dtype on the bias's

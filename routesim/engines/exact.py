@@ -251,6 +251,7 @@ def route_expert_choice(plan: ExactPlan, tstate: traffic.TrafficState, step: int
     L = cfg.batch.seq_length
     z = traffic.logits(xp, plan.tparams, tstate, plan.points.keys_PR, step, token_start,
                        n_seqs * L)
+    assert plan.ec_block is not None  # set for Expert Choice routing
     mask = expert_choice.expert_choice_mask(xp, gate(xp, cfg.router.score_function, z),
                                             cfg.router.topk, plan.ec_block)
     return (routing.mask_counts_per_sequence(xp, mask, n_seqs, L),
@@ -289,7 +290,7 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
     xp, cfg = plan.points.xp, plan.cfg
     seqs_mb, L, t = cfg.batch.sequences_per_micro_batch, cfg.batch.seq_length, state.step
     routed_parts, kept_parts, displaced, hists, estimate = [], [], [], [], None
-    logit_sum = 0.0
+    logit_sum: Any = 0.0
     for c0 in range(0, seqs_mb, plan.chunk_seqs):
         start = (mb * seqs_mb + c0) * L
         if plan.ec_block is not None:  # Expert Choice (chunk = whole micro-batch)

@@ -345,7 +345,8 @@ def step_state(plan: MeanFieldPlan, state: MeanFieldState
     mu_PRE = to_numpy(tstate.mu_PRE).astype(np.float64)
     bias, memory, ref = state.bias_PRE, state.memory_PRE, state.reference
     window, batches, done = state.window_load_PRE, state.window_batches, state.windows_done
-    blocks, kept_total, evaluated_PR = [], None, 0
+    blocks, kept_total = [], None
+    evaluated_PR: Any = 0
     for mb in range(plan.cfg.batch.num_micro_batches):
         ref, loads, kept, evaluated = micro_batch(plan, ref, bias, mu_PRE, t, mb)
         blocks.append(loads)

@@ -154,7 +154,7 @@ def relative_change(dp: np.ndarray, p: np.ndarray, floor: float) -> np.ndarray:
     return np.max(np.abs(dp) / np.maximum(p, floor), axis=-1)
 
 
-def _put(full: np.ndarray, rows: tuple[np.ndarray, np.ndarray], value: np.ndarray) -> np.ndarray:
+def _put(full: np.ndarray, rows: tuple[np.ndarray, ...], value: np.ndarray) -> np.ndarray:
     out = full.copy()
     out[rows] = value
     return out
@@ -166,7 +166,7 @@ def _noise_scale(ref: LoadReference) -> np.ndarray:
 
 
 def _covariance_factor(plan: MeanFieldPlan, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
-                       crows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+                       crows: tuple[np.ndarray, ...]) -> np.ndarray:
     """``A^T`` with ``A A^T`` the per-token selection covariance, at rows ``crows``."""
     cov = selection_covariance(mu_PRE[crows], bias_PRE[crows],
                                noise_scale=plan.scale_PR[crows], **plan.map_args)

@@ -116,7 +116,7 @@ def select_topk(xp: ModuleType, scores: Any, topk: int, num_groups: int | None =
     >>> sorted(select_topk(np, np.array([0.5, 0.9, 0.5, 0.5]), 2).tolist())
     [0, 1]
     """
-    if num_groups is not None and num_groups > 1:
+    if num_groups is not None and group_topk is not None and num_groups > 1:
         scores = group_limit(xp, scores, num_groups, group_topk, topk)
     return topk_indices(xp, scores, topk)
 

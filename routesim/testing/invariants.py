@@ -86,6 +86,8 @@ def check_conservation(load: Any, topk: int | None = None, tokens: int | None = 
     if hasattr(load, "attrs"):
         topk, tokens = int(load.attrs["topk"]), int(load.attrs["tokens_per_step"])
         load = load["expert_load"].values
+    if topk is None or tokens is None:
+        raise TypeError("check_conservation: topk and tokens are needed with an array of loads")
     total = np.sum(np.atleast_2d(np.asarray(load, dtype=np.int64)), axis=-1)
     bad = np.argwhere(total != topk * tokens)
     if bad.size:
@@ -156,9 +158,9 @@ def check_permutation_equivariance(scores_TE: Any, perm: Sequence[int], topk: in
     """
     select = select or (lambda s, k: select_topk(np, s, k))
     s = np.asarray(scores_TE)
-    perm = np.asarray(perm)
+    perm_E = np.asarray(perm)
     before = _as_sets(select(s, topk))
-    after = _as_sets(perm[np.asarray(select(s[:, perm], topk))])
+    after = _as_sets(perm_E[np.asarray(select(s[:, perm_E], topk))])
     bad = np.argwhere((before != after).any(axis=-1))
     if bad.size:
         t = int(bad[0][0])

@@ -308,7 +308,7 @@ def equilibrium(mu_PE: Any, *, topk: int, score_function: str = "sigmoid",
         raise ConfigError(f"target_PE: rows must sum to topk ({topk})")
     mult = bias_mode == "multiplicative" and bias_on == "scores"
     m2, t2, s2 = mu.reshape(-1, n), target.reshape(-1, n), scale.reshape(-1)
-    kw = dict(topk=topk, score_function=score_function, noise=noise, noise_scale=s2,
+    kw: dict[str, Any] = dict(topk=topk, score_function=score_function, noise=noise, noise_scale=s2,
               bias_mode=bias_mode, bias_on=bias_on, nodes=nodes)
     # Start from the large-N limit, where the K-th largest score is a fixed
     # threshold and every expert's (1 - target) quantile must sit on it.

@@ -147,7 +147,8 @@ def relay_cycle(plant: Callable[[np.ndarray], np.ndarray], rate: float, bias0_E:
     scale = n if centred else 1
     state = np.zeros(n, dtype=np.int64)  # bias = b0 + rate * state / scale
     seen: dict[bytes, int] = {}
-    biases, errors = [], []
+    biases: list[np.ndarray] = []
+    errors: list[np.ndarray] = []
     for t in range(max_steps):
         key = state.tobytes()
         if key in seen:
@@ -337,9 +338,9 @@ def relay_stationary(lam_E: Any, sigma_E: Any, rate: float, *, offsets: int = 16
     grid = np.linspace(v_lo, v_hi, 1601)
     sd = np.maximum(s_eff, floor)[:, None, None]
     cdf = np.zeros((n, grid.size))
-    for j in range(offsets):  # offsets one at a time keeps memory at (E, Y, G)
-        z = (grid - dev[:, j, :, None]) / sd
-        cdf += np.einsum("ey,eyg->eg", pi[:, j], normal_cdf(np, z)) / offsets
+    for o in range(offsets):  # offsets one at a time keeps memory at (E, Y, G)
+        z = (grid - dev[:, o, :, None]) / sd
+        cdf += np.einsum("ey,eyg->eg", pi[:, o], normal_cdf(np, z)) / offsets
     tail = 1.0 - np.exp(np.sum(np.log(np.clip(cdf, 1e-300, 1.0)), axis=0))
     return {"bias_rms": float(np.sqrt(np.mean(var_y))),
             "error_rms": float(np.sqrt(np.mean(drift2) + np.mean(sigma ** 2))),

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -475,7 +476,7 @@ def _run_parallel(threads: int, n_tasks: int, args: tuple) -> None:
 
 
 def _plan(num_streams: int, token_start: int, n_tok: int, seq_length: int, threads: int,
-          min_task: int) -> tuple[np.ndarray, ...]:
+          min_task: int) -> tuple[Any, ...]:
     """Tasks (stream, first row, end row, sub-chunk) covering every token once."""
     L = seq_length
     nseq = n_tok // L
@@ -587,6 +588,8 @@ def route_counts(bases_Q: np.ndarray, token_start: int, n_tok: int, seq_length: 
         rho = np.asarray(rho_Q, dtype=np.float32)
         sr = np.sqrt(rho)
         sq = np.sqrt(np.float32(1.0) - rho)
+        if a_QBE is None:
+            raise ValueError("a_QBE (the per-sequence noise) is needed when rho > 0")
         a_seq = padded(a_QBE, 0.0)
     else:
         sr = np.zeros(q_n, np.float32)
