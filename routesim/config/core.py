@@ -176,6 +176,19 @@ class Config:
 
         Built once per config (when it is checked) and remembered for the
         few most recent configs, so a run does not build every point again.
+
+        Returns
+        -------
+        tuple of Config
+            One per point, in point order; each has an empty sweep.
+
+        Examples
+        --------
+        >>> from routesim import config_from_dict
+        >>> cfg = config_from_dict({"router": {"num_experts": 8, "topk": 2},
+        ...     "sweep": {"controller.bias_update_rate": [1e-3, 1e-2]}})
+        >>> [(p.controller.bias_update_rate, p.sweep.parameters) for p in cfg.points()]
+        [(0.001, {}), (0.01, {})]
         """
         cached = _POINTS_CACHE.get(id(self))
         if cached is not None and cached[0] is self:
@@ -205,7 +218,21 @@ class Config:
         return self.sweep.num_points
 
     def point_labels(self) -> tuple[str, ...]:
-        """A short label per point."""
+        """A short label per point: the swept settings, or ``sweep.labels`` when given.
+
+        Returns
+        -------
+        tuple of str
+
+        Examples
+        --------
+        >>> from routesim import config_from_dict
+        >>> config_from_dict({"router": {"num_experts": 8, "topk": 2},
+        ...     "sweep": {"controller.bias_update_rate": [1e-3, 1e-2]}}).point_labels()
+        ('bias_update_rate=0.001', 'bias_update_rate=0.01')
+        >>> config_from_dict({"controller": {"type": "ema"}}).point_labels()
+        ('ema',)
+        """
         if self.sweep.labels is not None:
             return tuple(self.sweep.labels)
         labels = []
@@ -217,7 +244,21 @@ class Config:
         return tuple(labels)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (TOML/JSON-compatible; None values omitted)."""
+        """Plain nested dict (TOML/JSON-compatible; None values omitted).
+
+        Returns
+        -------
+        dict
+            ``{section: {field: value}}``; :func:`config_from_dict` reads it back.
+
+        Examples
+        --------
+        >>> from routesim import config_from_dict
+        >>> cfg = config_from_dict({"router": {"num_experts": 8, "topk": 2}})
+        >>> d = cfg.to_dict()
+        >>> d["router"]["topk"], "capacity_factor" in d["router"], config_from_dict(d) == cfg
+        (2, False, True)
+        """
         out: dict[str, Any] = {}
         for name in _SECTIONS:
             section = getattr(self, name)
@@ -244,11 +285,52 @@ class Config:
         Keys keep their order: the order of the sweep axes is the order of
         the points (and so of their random streams), and must survive a
         round trip through :func:`config_from_dict`.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> import json
+        >>> from routesim import config_from_dict
+        >>> cfg = config_from_dict({"sweep": {"traffic.noise_scale": [0.5, 1.0],
+        ...                                   "controller.bias_update_rate": [1e-3]}})
+        >>> list(json.loads(cfg.to_json())["sweep"]["parameters"])
+        ['traffic.noise_scale', 'controller.bias_update_rate']
+        >>> config_from_dict(json.loads(cfg.to_json())) == cfg
+        True
         """
         return json.dumps(self.to_dict())
 
     def replace(self, **changes: Any) -> "Config":
-        """Copy with dotted-name changes, e.g. ``cfg.replace(**{"router.topk": 2})``."""
+        """Copy with dotted-name changes, e.g. ``cfg.replace(**{"router.topk": 2})``.
+
+        Parameters
+        ----------
+        **changes
+            ``"section.field"`` -> new value; the copy is checked like a new config.
+
+        Returns
+        -------
+        Config
+
+        Raises
+        ------
+        ConfigError
+            For an unknown field or a value the section refuses.
+
+        Examples
+        --------
+        >>> from routesim import config_from_dict
+        >>> cfg = config_from_dict({"router": {"num_experts": 8, "topk": 2}})
+        >>> cfg.replace(**{"router.topk": 3}).router.topk, cfg.router.topk
+        (3, 2)
+        >>> cfg.replace(topk=3)
+        Traceback (most recent call last):
+        ...
+        routesim.exceptions.ConfigError: topk = 3: unknown field; use 'section.field' with section one of run, batch, traffic, router, controller, penalty, sweep
+        """
         sections = {name: getattr(self, name) for name in _SECTIONS}
         by_section: dict[str, dict[str, Any]] = {}
         for key, value in changes.items():

@@ -84,7 +84,22 @@ class SweepConfig:
         return lengths[0] if self.mode == "zip" else math.prod(lengths)
 
     def assignments(self) -> list[dict[str, Any]]:
-        """One ``{dotted_name: value}`` dict per point, in point order."""
+        """One ``{dotted_name: value}`` dict per point, in point order.
+
+        Returns
+        -------
+        list of dict
+            The grid's product (last axis fastest) or the zipped lists; ``[{}]``
+            without a sweep.
+
+        Examples
+        --------
+        >>> rates = {"controller.bias_update_rate": [0.1, 0.2], "traffic.noise_scale": [1.0, 2.0]}
+        >>> [tuple(a.values()) for a in SweepConfig(parameters=rates).assignments()]
+        [(0.1, 1.0), (0.1, 2.0), (0.2, 1.0), (0.2, 2.0)]
+        >>> [tuple(a.values()) for a in SweepConfig(mode="zip", parameters=rates).assignments()]
+        [(0.1, 1.0), (0.2, 2.0)]
+        """
         if not self.parameters:
             return [{}]
         keys = list(self.parameters)

@@ -66,7 +66,24 @@ class Param:
     allowed: str = "must be a finite number"
 
     def problem(self, value: Any) -> str | None:
-        """Why ``value`` is refused (None when it is allowed)."""
+        """Why ``value`` is refused (None when it is allowed).
+
+        Parameters
+        ----------
+        value : object
+            A value given in ``controller.params``.
+
+        Returns
+        -------
+        str or None
+            The reason (for the one-line error), or None.
+
+        Examples
+        --------
+        >>> p = Param(1.0, check=lambda v: v > 0, allowed="must be > 0")
+        >>> p.problem(True), p.problem(float("inf")), p.problem(0), p.problem(2)
+        ('must be a number', 'must be a finite number', 'must be > 0', None)
+        """
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return "must be a number"
         if not math.isfinite(value):

@@ -68,7 +68,27 @@ class RoutedBlock:
     estimate_PRE: Any = None
 
     def assignments(self, xp: ModuleType, num_experts: int) -> Any:
-        """Kept assignment mask, bool array (P, R, T, E)."""
+        """Kept assignment mask, bool array (P, R, T, E).
+
+        Parameters
+        ----------
+        num_experts : int
+            ``E``, the width of the one-hot mask when nothing was dropped.
+
+        Returns
+        -------
+        bool array (P, R, T, E)
+            ``kept_PRTE`` when set, else the one-hot of ``idx_PRTK``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> idx = np.array([[[[1], [1]]]])                      # both tokens chose expert 1
+        >>> kept = np.array([[[[False, True], [False, False]]]])  # the second was dropped
+        >>> out = RoutedBlock(idx_PRTK=idx, routed_PRBE=None, kept_PRBE=None, kept_PRTE=kept)
+        >>> out.assignments(np, 2)[0, 0].sum(axis=0).tolist()
+        [0, 1]
+        """
         if self.kept_PRTE is not None:
             return self.kept_PRTE
         return one_hot(xp, self.idx_PRTK, num_experts)

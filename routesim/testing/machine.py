@@ -139,7 +139,24 @@ class ControllerMachine(RuleBasedStateMachine):
     # -- the loop ---------------------------------------------------------------
 
     def window(self) -> float:
-        """Route one batch at the current bias, update the bias; returns its MaxVio_batch."""
+        """Route one batch at the current bias, update the bias; returns its MaxVio_batch.
+
+        The popularity moves one drift step while a drift lasts, and the
+        per-window invariants (:meth:`check_window`) are checked.
+
+        Returns
+        -------
+        float
+            MaxVio_batch of the batch just routed (also in ``maxvio_history``).
+
+        Examples
+        --------
+        >>> m = ControllerMachine()          # proportional, rate 0.1, N = 8, K = 2
+        >>> m.start(0)
+        >>> vio = m.window()
+        >>> m.windows, m.maxvio_history == [vio], m.bias.shape
+        (1, True, (1, 1, 8))
+        """
         p_E = theory.load_map(self.mu_E, self.bias[0, 0], topk=self.topk, nodes=_NODES)
         load_E = self.rng.poisson(self.batch * np.clip(p_E, 0.0, None)).astype(np.float64)
         self._prev_bias = self.bias
@@ -155,7 +172,27 @@ class ControllerMachine(RuleBasedStateMachine):
         return vio
 
     def check_window(self) -> None:
-        """The per-window invariants (bias sum of a centred law, move of a sign law)."""
+        """The per-window invariants (bias sum of a centred law, move of a sign law).
+
+        Raises
+        ------
+        AssertionError
+            Naming the law and the broken invariant.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> class SignMachine(ControllerMachine):
+        ...     law, rate = "sign", 0.01
+        >>> m = SignMachine()
+        >>> m.start(0)
+        >>> _ = m.window()                   # checks itself: each bias moved by the rate
+        >>> m.bias = m.bias + 0.5            # as if the law had jumped
+        >>> m.check_window()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        AssertionError: law 'sign' moved a bias by 0.51 > 0.01 in one window...
+        """
         step = self.bias - self._prev_bias
         centred = self.law in CENTRED_LAWS if self.centred is None else self.centred
         if centred:
@@ -171,7 +208,19 @@ class ControllerMachine(RuleBasedStateMachine):
                 f"law {self.law!r} moved a bias by {largest:.6g} > {move:.6g} in one window")
 
     def noise_floor(self) -> float:
-        """``noise_sd`` standard deviations of one expert's relative load error."""
+        """``noise_sd`` standard deviations of one expert's relative load error.
+
+        Returns
+        -------
+        float
+            ``noise_sd * sqrt(N / (K T))`` at the current batch size ``T``.
+
+        Examples
+        --------
+        >>> m = ControllerMachine()          # N = 8, K = 2, T = 2**14, 6 sd
+        >>> m.noise_floor() == 6 * (8 / (2 * 2 ** 14)) ** 0.5
+        True
+        """
         return self.noise_sd * math.sqrt(self.num_experts / (self.topk * self.batch))
 
     def _linearisation(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,7 +228,27 @@ class ControllerMachine(RuleBasedStateMachine):
         return _linearisation(tuple(self.mu_E.tolist()), self.topk)
 
     def prediction(self) -> tuple[float, float, str]:
-        """Predicted settling windows from here, the steady MaxVio band, and a note."""
+        """Predicted settling windows from here, the steady MaxVio band, and a note.
+
+        Returns
+        -------
+        windows : float
+            Predicted settling windows (``inf`` above the critical rate or
+            for a law without a prediction).
+        band : float
+            Steady MaxVio_batch the loop settles into (before the noise floor).
+        note : str
+            What the prediction rests on (critical rate, relay transient, ...).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> m = ControllerMachine()
+        >>> m.mu_E = np.linspace(-1.0, 1.0, 8)   # a skewed popularity
+        >>> windows, band, note = m.prediction()
+        >>> round(windows, 2), band, note
+        (3.75, 0.05, 'critical rate 0.2345')
+        """
         if self.law not in theory.stability.LINEAR_LAWS + SIGN_LAWS:
             if self.settling_windows is None:
                 return math.inf, self.threshold, "no prediction (set settling_windows)"
@@ -211,15 +280,64 @@ class ControllerMachine(RuleBasedStateMachine):
 
     @initialize(seed=st.integers(0, 2 ** 32 - 1))
     def start(self, seed: int) -> None:
+        """Seed the counting noise (the first rule of every run).
+
+        Parameters
+        ----------
+        seed : int
+            Seed of the Poisson draws of the loads.
+
+        Examples
+        --------
+        >>> a, b = ControllerMachine(), ControllerMachine()
+        >>> a.start(7)
+        >>> b.start(7)
+        >>> a.window() == b.window()         # same seed, same loads
+        True
+        """
         self.rng = np.random.default_rng(seed)
 
     @rule(n=st.integers(1, 8))
     def step(self, n: int) -> None:
+        """Run ``n`` windows of the loop.
+
+        Parameters
+        ----------
+        n : int
+            Windows to run.
+
+        Examples
+        --------
+        >>> m = ControllerMachine()
+        >>> m.start(0)
+        >>> m.step(3)
+        >>> m.windows, len(m.maxvio_history)
+        (3, 3)
+        """
         for _ in range(n):
             self.window()
 
     @rule(data=st.data())
     def jump_popularity(self, data: st.DataObject) -> None:
+        """Jump to a new popularity (logits on a grid in ``[-skew, skew]``); ends a drift.
+
+        Parameters
+        ----------
+        data : hypothesis DataObject
+            Draws the ``N`` popularity logits.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hypothesis import given, settings, strategies as st
+        >>> @settings(max_examples=5, database=None, derandomize=True)
+        ... @given(st.data())
+        ... def jumps(data):
+        ...     m = ControllerMachine()
+        ...     m.jump_popularity(data)
+        ...     assert m.mu_E.shape == (8,) and np.all(np.abs(m.mu_E) <= m.skew)
+        >>> jumps()
+        """
         grid = st.integers(-8, 8).map(lambda i: i * self.skew / 8)
         mu = data.draw(st.lists(grid, min_size=self.num_experts, max_size=self.num_experts),
                        label="mu_E")
@@ -228,6 +346,28 @@ class ControllerMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), windows=st.integers(1, 10))
     def start_drift(self, data: st.DataObject, windows: int) -> None:
+        """Drift the popularity by a drawn step per window for ``windows`` windows.
+
+        Parameters
+        ----------
+        data : hypothesis DataObject
+            Draws the per-window drift of each logit (up to ``skew / 10``).
+        windows : int
+            How many windows the drift lasts.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from hypothesis import given, settings, strategies as st
+        >>> @settings(max_examples=5, database=None, derandomize=True)
+        ... @given(st.data())
+        ... def drifts(data):
+        ...     m = ControllerMachine()
+        ...     m.start_drift(data, windows=3)
+        ...     m.step(5)                    # the drift stops after 3 windows
+        ...     assert m.drift_left == 0 and np.all(np.abs(m.mu_E) <= m.skew)
+        >>> drifts()
+        """
         grid = st.integers(-4, 4).map(lambda i: i * self.skew / 40)
         d = data.draw(st.lists(grid, min_size=self.num_experts, max_size=self.num_experts),
                       label="drift_E")
@@ -236,11 +376,55 @@ class ControllerMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def resize(self, data: st.DataObject) -> None:
+        """Change the batch size ``T`` to one of ``tokens``.
+
+        Parameters
+        ----------
+        data : hypothesis DataObject
+            Draws the new batch size.
+
+        Examples
+        --------
+        >>> from hypothesis import given, settings, strategies as st
+        >>> @settings(max_examples=5, database=None, derandomize=True)
+        ... @given(st.data())
+        ... def resizes(data):
+        ...     m = ControllerMachine()
+        ...     m.resize(data)
+        ...     assert m.batch in ControllerMachine.tokens
+        >>> resizes()
+        """
         self.batch = data.draw(st.sampled_from(self.tokens), label="tokens")
 
     @rule()
     def settle(self) -> None:
-        """Hold the popularity still; MaxVio must fall into the band within the prediction."""
+        """Hold the popularity still; MaxVio must fall into the band within the prediction.
+
+        Raises
+        ------
+        AssertionError
+            When MaxVio_batch is still above the band after ``safety`` times the
+            predicted windows plus ``slack`` (``max_windows`` for an unstable loop).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> m = ControllerMachine()
+        >>> m.start(0)
+        >>> m.mu_E = np.linspace(-1.0, 1.0, 8)
+        >>> m.settle()
+        >>> m.maxvio_history[-1] < m.threshold + m.noise_floor()
+        True
+        >>> class TooFast(ControllerMachine):  # above the critical rate 0.2345
+        ...     rate, max_windows = 1.0, 20
+        >>> f = TooFast()
+        >>> f.start(0)
+        >>> f.mu_E = np.linspace(-1.0, 1.0, 8)
+        >>> f.settle()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        AssertionError: law 'proportional' at rate 1.0: MaxVio_batch ... after 20 windows (predicted inf, critical rate 0.2345) ...
+        """
         while self.drift_left > 0:
             self.window()
         predicted, band, note = self.prediction()
@@ -257,6 +441,24 @@ class ControllerMachine(RuleBasedStateMachine):
 
     @invariant()
     def bias_finite_and_bounded(self) -> None:
+        """Invariant: the bias is finite and ``max |b - mean(b)| <= bias_bound``.
+
+        Raises
+        ------
+        AssertionError
+            Naming the bias or its spread.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> m = ControllerMachine()
+        >>> m.bias_finite_and_bounded()      # the zero bias
+        >>> m.bias = m.bias + np.array([0.0] * 7 + [20.0])
+        >>> m.bias_finite_and_bounded()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        AssertionError: bias spread 17.5 > 10.0...
+        """
         b = self.bias[0, 0]
         assert np.all(np.isfinite(b)), f"bias not finite: {b.tolist()}"
         spread = float(np.max(np.abs(b - b.mean())))
