@@ -31,4 +31,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 
 clean:
-	rm -rf $(VENV) results .pytest_cache .hypothesis .mypy_cache docs/_build docs/api/generated
+	rm -rf $(VENV) results .pytest_cache .hypothesis .mypy_cache docs/_build docs/generated

@@ -5,17 +5,17 @@ Each subclasses the matching builtin, so that callers who catch
 ``ArithmeticError`` or ``OSError`` keep working. Every message names the
 values involved.
 
-=====================  ====================  ==========================================
-class                  builtin               raised for
-=====================  ====================  ==========================================
-``ConfigError``        ``ValueError``        an invalid configuration field or argument
-``ResourceError``      ``ConfigError``       a run beyond the memory or work allowed
-``BackendError``       ``TypeError``         an array backend that cannot be used here
+=====================  ======================  ==========================================
+class                  builtin                 raised for
+=====================  ======================  ==========================================
+``ConfigError``        ``ValueError``          an invalid configuration field or argument
+``ResourceError``      ``ConfigError``         a run beyond the memory or work allowed
+``BackendError``       ``TypeError``           an array backend that cannot be used here
 ``NumericalFault``     ``FloatingPointError``  NaN or Inf in an engine's state
-``SolverError``        ``RuntimeError``      a solver or search that did not converge
-``UnstableLoopError``  ``ArithmeticError``   a steady state asked of an unstable loop
-``ResultsFileError``   ``OSError``           a results file missing or unreadable
-=====================  ====================  ==========================================
+``SolverError``        ``RuntimeError``        a solver or search that did not converge
+``UnstableLoopError``  ``ArithmeticError``     a steady state asked of an unstable loop
+``ResultsFileError``   ``OSError``             a results file missing or unreadable
+=====================  ======================  ==========================================
 """
 
 __all__ = [

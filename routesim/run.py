@@ -39,11 +39,12 @@ class Engine:
 
     Attributes
     ----------
-    make_simulator : callable (config, point_indices, **options) -> (init, step)
+    make_simulator : callable
+        ``(config, point_indices, **options) -> (init, step)``.
     desc : str
         Label of the progress bar.
-    attrs : callable (**options) -> dict
-        Dataset attributes the engine adds (its settings).
+    attrs : callable
+        ``(**options) -> dict``: Dataset attributes the engine adds (its settings).
 
     Examples
     --------

@@ -8,7 +8,7 @@ autograd is involved; ``tests/test_penalties.py`` checks every gradient
 against central finite differences in float64.
 
 Balance loss (Switch/GShard form, Megatron ``switch_load_balancing_loss_func``)
------------------------------------------------------------------------------
+-------------------------------------------------------------------------------
 Tokens are split into ``G`` equal, contiguous groups; for each group ``g``
 
     ``L_g = N * sum_i f_gi * P_gi``,   ``L = mean_g L_g``

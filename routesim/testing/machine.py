@@ -64,8 +64,8 @@ def _linearisation(mu: tuple[float, ...], topk: int) -> tuple[np.ndarray, np.nda
 class ControllerMachine(RuleBasedStateMachine):
     """Rule-based stability check of one registered law (subclass and set the attributes).
 
-    Class attributes
-    ----------------
+    Attributes
+    ----------
     law : str
         A registered law (``routesim.controllers.registered()``).
     rate : float > 0
