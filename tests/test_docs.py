@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _sections_pending import SECTIONS_PENDING
 
 import routesim
 from routesim import config as C
@@ -80,6 +81,7 @@ def _public_objects():
 
 _PUBLIC = list(_public_objects())
 _CALLABLES = [(q, o) for q, o, _ in _PUBLIC if inspect.isfunction(o)]
+_CALLABLES_NAMED = [(q, o, c) for q, o, c in _PUBLIC if inspect.isfunction(o)]
 
 
 def test_the_public_api_is_found():
@@ -107,6 +109,36 @@ def test_documented_parameters_match_signature(qualname, fn):
     assert not missing, f"{qualname}: parameters {missing} are not documented"
     extra = documented - set(params) - {"xp"}
     assert not extra, f"{qualname}: documents {sorted(extra)} which it does not take"
+
+
+def _missing_sections(fn) -> list[str]:
+    """The numpydoc sections ``fn`` needs and lacks: Parameters (when it takes any besides
+    ``self``, ``cls`` and ``xp``) and Returns or Yields (when annotated to return something)."""
+    doc = inspect.getdoc(fn) or ""
+    sig = inspect.signature(fn)
+    missing = []
+    takes = [p for p in sig.parameters if p not in ("self", "cls", "xp")]
+    if takes and not re.search(r"^Parameters\n-+\n", doc, re.M):
+        missing.append("Parameters")
+    returns = sig.return_annotation not in (None, "None", inspect.Signature.empty)
+    if returns and not re.search(r"^(Returns|Yields)\n-+\n", doc, re.M):
+        missing.append("Returns")
+    return missing
+
+
+@pytest.mark.parametrize("qualname,fn,name", _CALLABLES_NAMED,
+                         ids=[q for q, _, _ in _CALLABLES_NAMED])
+def test_public_callables_have_parameters_and_returns(qualname, fn, name):
+    """Parameters and Returns sections, except the older functions of SECTIONS_PENDING."""
+    missing = _missing_sections(fn)
+    if name in SECTIONS_PENDING:
+        assert missing, f"{name} has its sections now: remove it from SECTIONS_PENDING"
+    else:
+        assert not missing, f"{qualname}: its docstring has no {' or '.join(missing)} section"
+
+
+def test_sections_pending_names_public_callables():
+    assert SECTIONS_PENDING <= {c for _, _, c in _CALLABLES_NAMED}
 
 
 def _has_examples(obj) -> bool:
