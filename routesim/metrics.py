@@ -27,6 +27,18 @@ __all__ = [
 def maxvio(load: np.ndarray, axis: int = -1) -> np.ndarray:
     """Maximal violation ``(max c - mean c) / mean c`` along ``axis``.
 
+    Parameters
+    ----------
+    load : array
+        Loads (token counts or fractions), any leading axes.
+    axis : int
+        The expert axis.
+
+    Returns
+    -------
+    array
+        MaxVio with ``axis`` reduced; NaN where the mean load is 0.
+
     Examples
     --------
     >>> float(maxvio(np.array([40, 30, 20, 10])))
@@ -40,6 +52,16 @@ def maxvio(load: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def cv(load: np.ndarray) -> np.ndarray:
     """Coefficient of variation of the loads over experts (population std).
+
+    Parameters
+    ----------
+    load : array (..., E)
+        Loads.
+
+    Returns
+    -------
+    array (...)
+        ``std / mean`` over experts; NaN where the mean load is 0.
 
     Examples
     --------
@@ -57,6 +79,15 @@ def cv(load: np.ndarray) -> np.ndarray:
 def dead_experts(load: np.ndarray) -> np.ndarray:
     """Number of experts with zero load.
 
+    Parameters
+    ----------
+    load : array (..., E)
+        Loads.
+
+    Returns
+    -------
+    int array (...)
+
     Examples
     --------
     >>> dead_experts(np.array([[4, 0, 2, 0], [1, 1, 1, 1]])).tolist()
@@ -67,6 +98,16 @@ def dead_experts(load: np.ndarray) -> np.ndarray:
 
 def load_entropy(load: np.ndarray) -> np.ndarray:
     """Entropy in bits of the load fractions (``log2 N`` when balanced).
+
+    Parameters
+    ----------
+    load : array (..., E)
+        Loads.
+
+    Returns
+    -------
+    array (...)
+        Bits; 0 where every load is 0.
 
     Examples
     --------
@@ -87,6 +128,15 @@ def load_entropy(load: np.ndarray) -> np.ndarray:
 def bias_spread(bias: np.ndarray) -> np.ndarray:
     """``max(b) - min(b)`` over experts.
 
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases.
+
+    Returns
+    -------
+    array (...)
+
     Examples
     --------
     >>> round(float(bias_spread(np.array([0.1, -0.2, 0.05]))), 12)
@@ -103,6 +153,16 @@ def flip_fraction(bias_SPRE: np.ndarray) -> np.ndarray:
     a sign change of a non-zero update is a flip (an oscillation detector,
     after axolotl's ``bias_sign_flip_frac``, which watches the sign of the
     bias itself). The first step and the last are 0 (no update on one side).
+
+    Parameters
+    ----------
+    bias_SPRE : array (S, ..., E)
+        Biases of consecutive steps (steps first).
+
+    Returns
+    -------
+    array (S, ...)
+        Share of experts in [0, 1] per step.
 
     Examples
     --------
@@ -125,6 +185,17 @@ def flip_fraction(bias_SPRE: np.ndarray) -> np.ndarray:
 
 def trailing_sum(load_SPRE: np.ndarray, window: int) -> np.ndarray:
     """Sum of the loads over the trailing ``window`` steps (fewer at the start).
+
+    Parameters
+    ----------
+    load_SPRE : int array (S, ..., E)
+        Loads of consecutive steps (steps first).
+    window : int >= 1
+        Steps summed.
+
+    Returns
+    -------
+    int array (S, ..., E)
 
     Examples
     --------

@@ -67,6 +67,18 @@ __all__ = [
 def linear_plant(a_EE: Any, bias_star_E: Any) -> Callable[[np.ndarray], np.ndarray]:
     """Plant ``e(b) = -A (b - b*)`` (the linearised loop).
 
+    Parameters
+    ----------
+    a_EE : array (E, E)
+        The loop matrix ``A = (N/K) J`` at the equilibrium.
+    bias_star_E : array (E,)
+        The equilibrium bias ``b*``.
+
+    Returns
+    -------
+    callable
+        ``b (E,) -> e (E,)``, the relative load error at bias ``b``.
+
     Examples
     --------
     >>> import numpy as np
@@ -81,6 +93,22 @@ def linear_plant(a_EE: Any, bias_star_E: Any) -> Callable[[np.ndarray], np.ndarr
 def map_plant(mu_E: Any, *, topk: int, nodes: int = 48,
               **router: Any) -> Callable[[np.ndarray], np.ndarray]:
     """Plant ``e(b) = 1 - (N/K) p(b)`` on the exact expected-load map.
+
+    Parameters
+    ----------
+    mu_E : array (E,)
+        Popularity logits of the experts.
+    topk : int
+        ``K``.
+    nodes : int
+        Quadrature nodes of :func:`~routesim.theory.expected_load.load_map`.
+    **router
+        Further router and noise settings of ``load_map`` (``score_function``, ...).
+
+    Returns
+    -------
+    callable
+        ``b (E,) -> e (E,)``, the expected relative load error at bias ``b``.
 
     Examples
     --------
@@ -178,6 +206,19 @@ def harmonic_balance(lam: Any, rate: Any) -> dict[str, np.ndarray]:
     Returns period 2, error (load) amplitude ``2 lambda u / pi`` and bias
     amplitude ``2 u / pi`` of the fundamental.
 
+    Parameters
+    ----------
+    lam : float or array
+        Loop gain ``lambda`` of the mode.
+    rate : float or array
+        ``u``, the relay's step; broadcasts against ``lam``.
+
+    Returns
+    -------
+    dict
+        ``period``, ``error_amplitude`` and ``bias_amplitude``, each of shape
+        ``broadcast(lam, rate)``.
+
     Examples
     --------
     >>> out = harmonic_balance(4.0, 0.01)
@@ -215,6 +256,26 @@ def map_response(mu_E: Any, bias_star_E: Any, *, topk: int, nodes: int = 48, kno
     :func:`~routesim.theory.expected_load.own_probability` on ``knots``
     offsets spanning the requested range and interpolated by a cubic spline
     (the map is smooth).
+
+    Parameters
+    ----------
+    mu_E : array (E,)
+        Popularity logits of the experts.
+    bias_star_E : array (E,)
+        The bias ``b*`` the response is taken around.
+    topk : int
+        ``K``.
+    nodes : int
+        Quadrature nodes of the expected-load map.
+    knots : int
+        Spline knots over the offsets asked for.
+    **router
+        Further router and noise settings of the load map.
+
+    Returns
+    -------
+    callable
+        ``y (E, Y) -> d (E, Y)``: each expert's response to its own offsets.
 
     Examples
     --------
@@ -356,6 +417,22 @@ def cycle_maxvio(cycle: dict[str, Any], noise_cov_EE: Any, *, samples: int = 400
     counting noise (covariance ``noise_cov_EE``, relative) is added and the
     maximum averaged over phases (Gaussian Monte Carlo; returns the estimate
     and its standard error).
+
+    Parameters
+    ----------
+    cycle : dict
+        A cycle of :func:`relay_cycle` (its ``error_SE``, one row per phase).
+    noise_cov_EE : array (E, E)
+        Covariance of a window's relative counting noise.
+    samples : int
+        Monte Carlo draws per phase.
+    seed : int
+        Seed of those draws.
+
+    Returns
+    -------
+    mean, stderr : float
+        Expected MaxVio_batch and its Monte Carlo standard error.
 
     Examples
     --------

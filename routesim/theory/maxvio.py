@@ -78,6 +78,21 @@ def load_error_covariance(cov_PEE: Any, *, tokens: Any, topk: int, deff: Any = 1
     ``(N / K)^2 deff Sigma / T``; ``deff`` may be a scalar, per point, or per
     expert (scaling rows and columns by ``sqrt(deff)``).
 
+    Parameters
+    ----------
+    cov_PEE : array (..., E, E)
+        Per-token selection covariance ``Sigma``.
+    tokens : int or array
+        ``T``, tokens per window (per point when an array).
+    topk : int
+        ``K``.
+    deff : float or array
+        Design effect: a scalar, per point ``(...)`` or per expert ``(..., E)``.
+
+    Returns
+    -------
+    ndarray (..., E, E)
+
     Examples
     --------
     >>> import numpy as np
@@ -230,6 +245,25 @@ def sequence_covariance(mu_PE: Any, bias_PE: Any = None, *, topk: int, seq_corre
     ``a`` through the exact load map (Monte Carlo error about
     ``1/sqrt(draws)`` of ``C``).
 
+    Parameters
+    ----------
+    mu_PE : array (..., E)
+        Popularity logits.
+    bias_PE : array (..., E), optional
+        Expert biases (zero when omitted).
+    topk : int
+        ``K``.
+    seq_correlation : float in [0, 1]
+        ``rho``, the share of the logit noise variance shared by a sequence.
+    noise_scale : float
+        Standard deviation of the logit noise.
+    draws : int
+        Antithetic draws of the shared component.
+    seed : int
+        Seed of those draws.
+    **router
+        Further router settings of the load map.
+
     Returns
     -------
     cov_PEE : ndarray (..., E, E)
@@ -271,6 +305,20 @@ def design_effect(cov_PEE: Any, seq_cov_PEE: Any, seq_length: int) -> np.ndarray
     come in sequences of ``L`` that share a logit component. (The full
     per-token covariance of a sequence is ``Sigma + (L - 1) C``; pass it to
     :func:`expected_maxvio` to keep the cross terms.)
+
+    Parameters
+    ----------
+    cov_PEE : array (..., E, E)
+        Per-token selection covariance ``Sigma``.
+    seq_cov_PEE : array (..., E, E)
+        Covariance ``C`` of two tokens of one sequence
+        (:func:`sequence_covariance`).
+    seq_length : int
+        ``L``, tokens per sequence.
+
+    Returns
+    -------
+    ndarray (..., E)
 
     Examples
     --------

@@ -110,6 +110,26 @@ def effective_gain(law: str, rate: Any, lam: Any, *, num_experts: int, momentum:
                    tanh_scale: float = 0.1) -> np.ndarray:
     """Per-mode gain ``g`` of a law (see the module notes).
 
+    Parameters
+    ----------
+    law : {"proportional", "ema", "momentum_tanh"}
+        The bias law (see the module notes).
+    rate : float or array
+        ``u``, ``controller.bias_update_rate``.
+    lam : float or array
+        Loop gains ``lambda`` (eigenvalues of ``A``); broadcasts against ``rate``.
+    num_experts : int
+        ``N`` (the ema law's gain is divided by it).
+    momentum : float in [0, 1)
+        ``beta`` of the ema and momentum_tanh laws (0 for proportional).
+    tanh_scale : float > 0
+        ``kappa`` of the momentum_tanh law.
+
+    Returns
+    -------
+    ndarray
+        ``g``, shape ``broadcast(rate, lam)``.
+
     Examples
     --------
     >>> float(effective_gain("proportional", 0.5, 2.0, num_experts=8))
@@ -136,6 +156,25 @@ def closed_loop_poles(law: str, rate: Any, lam: Any, *, num_experts: int,
     companion matrix; a test checks them against python-control when it is
     installed.
 
+    Parameters
+    ----------
+    law : {"proportional", "ema", "momentum_tanh"}
+        The bias law (see the module notes).
+    rate : float or array
+        ``u``.
+    lam : float or array
+        Loop gains ``lambda``; broadcasts against ``rate``.
+    num_experts : int
+        ``N`` (the ema law's gain is divided by it).
+    momentum : float in [0, 1)
+        ``beta`` of the ema and momentum_tanh laws (0 for proportional).
+    tanh_scale : float > 0
+        ``kappa`` of the momentum_tanh law.
+
+    Returns
+    -------
+    complex ndarray (..., 2)
+
     Examples
     --------
     >>> closed_loop_poles("proportional", 0.25, 2.0, num_experts=4)
@@ -159,6 +198,24 @@ def critical_rate(law: str, lam_max: Any, *, num_experts: int, momentum: float =
     ``u_c = 2 / lambda_max`` for the proportional law; ``2 (1 + beta) /
     ((1 - beta) lambda_max)`` times ``N`` (ema) or ``kappa`` (momentum_tanh).
 
+    Parameters
+    ----------
+    law : {"proportional", "ema", "momentum_tanh"}
+        The bias law (see the module notes).
+    lam_max : float or array
+        The largest loop gain (the fastest mode).
+    num_experts : int
+        ``N`` (the ema law's gain is divided by it).
+    momentum : float in [0, 1)
+        ``beta`` of the ema and momentum_tanh laws (0 for proportional).
+    tanh_scale : float > 0
+        ``kappa`` of the momentum_tanh law.
+
+    Returns
+    -------
+    ndarray
+        ``u_c``, the shape of ``lam_max``.
+
     Examples
     --------
     >>> float(critical_rate("proportional", 4.0, num_experts=8))
@@ -176,6 +233,26 @@ def spectral_radius(law: str, rate: Any, lam_PE: Any, *, num_experts: int,
     """Largest pole modulus over the non-zero modes ``lam_PE`` (..., E) at each rate.
 
     ``rate`` broadcasts against the leading axes of ``lam_PE``.
+
+    Parameters
+    ----------
+    law : {"proportional", "ema", "momentum_tanh"}
+        The bias law (see the module notes).
+    rate : float or array
+        ``u``.
+    lam_PE : array (..., E)
+        The non-zero loop gains of each point.
+    num_experts : int
+        ``N`` (the ema law's gain is divided by it).
+    momentum : float in [0, 1)
+        ``beta`` of the ema and momentum_tanh laws (0 for proportional).
+    tanh_scale : float > 0
+        ``kappa`` of the momentum_tanh law.
+
+    Returns
+    -------
+    ndarray (...)
+        ``max |z|`` over modes and poles; >= 1 means unstable.
 
     Examples
     --------
@@ -199,6 +276,28 @@ def settling_steps(law: str, rate: Any, lam_PE: Any, *, num_experts: int,
     ``log(reduction) / log(rho)`` with ``rho`` the spectral radius; a
     second-order mode with complex poles decays with the same envelope.
 
+    Parameters
+    ----------
+    law : {"proportional", "ema", "momentum_tanh"}
+        The bias law (see the module notes).
+    rate : float or array
+        ``u``.
+    lam_PE : array (..., E)
+        The non-zero loop gains of each point.
+    num_experts : int
+        ``N`` (the ema law's gain is divided by it).
+    momentum : float in [0, 1)
+        ``beta`` of the ema and momentum_tanh laws (0 for proportional).
+    tanh_scale : float > 0
+        ``kappa`` of the momentum_tanh law.
+    reduction : float in (0, 1)
+        Factor the slowest mode must shrink by.
+
+    Returns
+    -------
+    ndarray (...)
+        Windows (not rounded); ``inf`` for an unstable loop.
+
     Examples
     --------
     >>> float(settling_steps("proportional", 0.25, [0.0, 2.0], num_experts=2))
@@ -215,6 +314,23 @@ def settling_steps(law: str, rate: Any, lam_PE: Any, *, num_experts: int,
 def stable_region(law: str, rates: Any, momenta: Any, lam_max: float, *, num_experts: int,
                   tanh_scale: float = 0.1) -> np.ndarray:
     """Stability on a (rate, momentum) grid: bool array ``(len(rates), len(momenta))``.
+
+    Parameters
+    ----------
+    law : {"ema", "momentum_tanh", "proportional"}
+        The bias law.
+    rates, momenta : sequence of float
+        The grid's rates ``u`` and momenta ``beta``.
+    lam_max : float
+        The largest loop gain.
+    num_experts : int
+        ``N``.
+    tanh_scale : float > 0
+        ``kappa`` of the momentum_tanh law.
+
+    Returns
+    -------
+    bool ndarray (len(rates), len(momenta))
 
     Examples
     --------
@@ -264,6 +380,30 @@ def steady_error_covariance(law: str, rate: float, a_EE: Any, noise_cov_EE: Any,
     With ``with_bias`` it also returns the stationary covariance of the
     bias offset ``x = b - b*`` (the noise floor of the bias), as a pair
     ``(cov_e, cov_x)``.
+
+    Parameters
+    ----------
+    law : {"proportional", "ema", "momentum_tanh"}
+        The bias law (see the module notes).
+    rate : float
+        ``u``.
+    a_EE : array (E, E)
+        The loop matrix ``A = (N/K) J`` at the equilibrium.
+    noise_cov_EE : array (E, E)
+        Covariance of a window's relative counting noise.
+    momentum : float in [0, 1)
+        ``beta`` of the ema and momentum_tanh laws.
+    tanh_scale : float > 0
+        ``kappa`` of the momentum_tanh law.
+    with_bias : bool
+        Also return the stationary covariance of the bias offset.
+
+    Returns
+    -------
+    cov_e : ndarray (E, E)
+        Stationary covariance of ``e``.
+    cov_x : ndarray (E, E)
+        That of ``x = b - b*``, only with ``with_bias``.
 
     Raises
     ------
@@ -315,6 +455,31 @@ def deterministic_trajectory(mu_E: Any, *, law: str, steps: int, topk: int,
     (several rates at once, vectorised). Any registered law
     (:func:`routesim.controllers.registered`) except ``none`` and those that
     read the dual estimate (``quantile``).
+
+    Parameters
+    ----------
+    mu_E : array (E,)
+        Popularity logits of the experts.
+    law : str
+        A registered law (not ``none`` or ``quantile``).
+    steps : int
+        Windows to iterate.
+    topk : int
+        ``K``.
+    rate : float, optional
+        ``u`` of a single trajectory (give this or ``rates``).
+    rates : array (P,), optional
+        Several rates, iterated together.
+    score_function, noise, noise_scale, bias_mode : str, str, float, str
+        The router and its logit noise, as in ``router`` and ``traffic``.
+    momentum, tanh_scale : float
+        The law's ``beta`` and ``kappa`` where it reads them.
+    nodes : int
+        Quadrature nodes of the expected-load map.
+    linear_at : (array (E,), array (E, E)), optional
+        ``(b*, J)``: linearise near balance (see below).
+    linear_tol : float
+        Relative distance from balance under which the linearisation is used.
 
     Returns
     -------
