@@ -103,6 +103,17 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
 def save_figure(fig: Any, stem: str | Path) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.pdf``; returns the paths.
 
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    stem : str or Path
+        Path without the suffix; its folder is created.
+
+    Returns
+    -------
+    list of Path
+        The PNG and the PDF.
+
     Examples
     --------
     >>> import tempfile

@@ -195,6 +195,10 @@ def available_memory() -> int | None:
     ``MemAvailable`` of ``/proc/meminfo`` (Linux), else free physical pages
     from ``os.sysconf``.
 
+    Returns
+    -------
+    int or None
+
     Examples
     --------
     >>> free = available_memory()

@@ -135,6 +135,17 @@ def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:
     fields, each stacked along a leading step axis; ``records["extra"]`` is
     the engine's extension with its fields stacked the same way (or None).
 
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    records : dict
+        The stacked step outputs (see above).
+
+    Returns
+    -------
+    dict of str to (dims, array)
+
     Examples
     --------
     >>> import numpy as np
@@ -153,6 +164,19 @@ def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:
 
 def extra_variables(config: Config, extra: Any, load_SPRE: np.ndarray) -> dict[str, Any]:
     """Dataset variables of a stacked engine extension (None: none).
+
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    extra : dataclass or None
+        The engine's extension, its fields stacked along a leading step axis.
+    load_SPRE : array (S, P, R, E)
+        The recorded loads.
+
+    Returns
+    -------
+    dict of str to (dims, array)
 
     Examples
     --------

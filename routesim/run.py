@@ -75,6 +75,15 @@ ENGINES = {
 def engine_of(config: Config) -> str:
     """The :data:`ENGINES` key that runs ``config``.
 
+    Parameters
+    ----------
+    config : Config
+
+    Returns
+    -------
+    str
+        ``"learner"`` when ``penalty.learn`` is set, else ``run.engine``.
+
     Examples
     --------
     >>> from routesim import config_from_dict
@@ -143,6 +152,24 @@ def run_engine(config: Config, name: str, *, point_indices: Sequence[int] | None
 
     ``options`` go to the engine's ``make_simulator`` (e.g. the mean-field
     tolerances) and into its Dataset attributes.
+
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    name : str
+        A key of :data:`ENGINES`.
+    point_indices : sequence of int, optional
+        Global indices of the points to run (default: every point).
+    progress : bool or None
+        Progress bar on stderr (None: only when stderr is a terminal).
+    **options
+        Engine options (see above).
+
+    Returns
+    -------
+    xarray.Dataset
+        As documented in :func:`routesim.simulate`.
 
     Examples
     --------

@@ -160,6 +160,15 @@ def check_output_dir(path: str | Path, field: str = "out_dir") -> Path:
 def load(path: str | Path) -> xr.Dataset:
     """Read a Dataset written by :func:`save` (fully into memory).
 
+    Parameters
+    ----------
+    path : str or Path
+        A ``.nc`` (netCDF) or ``.zarr`` path written by :func:`save`.
+
+    Returns
+    -------
+    xarray.Dataset
+
     Raises
     ------
     ConfigError

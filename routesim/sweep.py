@@ -87,6 +87,17 @@ __all__ = ["plan_chunks", "run_sweep", "SweepInterrupted"]
 def plan_chunks(num_points: int, points_per_chunk: int) -> list[list[int]]:
     """Consecutive point indices in chunks of at most ``points_per_chunk``.
 
+    Parameters
+    ----------
+    num_points : int
+        Points of the sweep.
+    points_per_chunk : int >= 1
+        Largest chunk.
+
+    Returns
+    -------
+    list of list of int
+
     Examples
     --------
     >>> plan_chunks(5, 2)

@@ -64,6 +64,10 @@ def popularity(skew: str, num_experts: int, *, linear_spread: float = 1.0,
         ``zipf``: ``mu_i = -a * log(i + 1)`` (centred), so ``softmax(mu)``
         is the Zipf law with exponent ``a``.
 
+    Returns
+    -------
+    ndarray (E,)
+
     Examples
     --------
     >>> popularity("linear", 3, linear_spread=1.0)
@@ -162,6 +166,15 @@ def load_trace(trace: str) -> np.ndarray:
     experts). A config with ``traffic.kind = "trace"`` reads and checks its
     trace when it is built (:func:`routesim.config._trace.read_trace`), so
     this read is served from that cache.
+
+    Parameters
+    ----------
+    trace : str
+        ``"builtin"`` or the path of an ``.npz`` file with an array ``logits``.
+
+    Returns
+    -------
+    float32 ndarray (steps, tokens, experts), read-only
 
     Raises
     ------

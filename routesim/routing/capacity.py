@@ -28,6 +28,21 @@ def capacity(num_tokens: int, topk: int, num_experts: int, capacity_factor: floa
     integer (``T, K, N, C = 120, 6, 8, 1.1``: ``(720 / 8) * 1.1`` is
     ``99.00000000000001``, so 100, while ``1.1 * 120 * 6 / 8`` is exactly 99).
 
+    Parameters
+    ----------
+    num_tokens : int
+        ``T``, tokens of the block.
+    topk : int
+        ``K``.
+    num_experts : int
+        ``N``.
+    capacity_factor : float or None
+        ``C``; None for dropless routing.
+
+    Returns
+    -------
+    int
+
     Examples
     --------
     >>> capacity(4096, 8, 64, 1.25)

@@ -21,6 +21,21 @@ def counts_per_sequence(xp: ModuleType, idx_PRTK: Any, num_sequences: int, seq_l
                         num_experts: int) -> Any:
     """Tokens per (sequence, expert) from top-K indices: int array (P, R, B, E).
 
+    Parameters
+    ----------
+    idx_PRTK : int array (P, R, T, K)
+        Chosen experts of each token, sequences contiguous.
+    num_sequences : int
+        ``B``, with ``T = B * seq_length``.
+    seq_length : int
+        Tokens per sequence.
+    num_experts : int
+        ``E``.
+
+    Returns
+    -------
+    int array (P, R, B, E)
+
     Examples
     --------
     Two sequences of two tokens, top-1 over three experts:
@@ -42,6 +57,19 @@ def mask_counts_per_sequence(xp: ModuleType, mask_PRTE: Any, num_sequences: int,
                              seq_length: int) -> Any:
     """Tokens per (sequence, expert) from an assignment mask: (P, R, B, E).
 
+    Parameters
+    ----------
+    mask_PRTE : bool array (P, R, T, E)
+        Assignments, sequences contiguous.
+    num_sequences : int
+        ``B``, with ``T = B * seq_length``.
+    seq_length : int
+        Tokens per sequence.
+
+    Returns
+    -------
+    int array (P, R, B, E)
+
     Examples
     --------
     >>> import numpy as np
@@ -56,6 +84,17 @@ def mask_counts_per_sequence(xp: ModuleType, mask_PRTE: Any, num_sequences: int,
 
 def displaced_share(xp: ModuleType, idx_PRTK: Any, unbiased_idx_PRTK: Any) -> Any:
     """Share of the selections not in the unbiased top-K, per (P, R).
+
+    Parameters
+    ----------
+    idx_PRTK : int array (P, R, T, K)
+        The biased selection.
+    unbiased_idx_PRTK : int array (P, R, T, K)
+        The selection without the bias.
+
+    Returns
+    -------
+    float array (P, R)
 
     Examples
     --------

@@ -113,6 +113,15 @@ def expert_choice_mask(xp: ModuleType, scores_PRTE: Any, topk: int, block: int) 
 def experts_per_token(xp: ModuleType, mask_PRTE: Any) -> Any:
     """Number of experts each token got: int array (..., T).
 
+    Parameters
+    ----------
+    mask_PRTE : bool array (..., T, E)
+        Expert Choice assignments.
+
+    Returns
+    -------
+    int array (..., T)
+
     Examples
     --------
     >>> import numpy as np
@@ -152,6 +161,15 @@ def experts_per_token_histogram(xp: ModuleType, mask_PRTE: Any) -> Any:
 
 def unrouted_share(xp: ModuleType, mask_PRTE: Any) -> Any:
     """Share of tokens that no expert took: float64 array (...).
+
+    Parameters
+    ----------
+    mask_PRTE : bool array (..., T, E)
+        Expert Choice assignments.
+
+    Returns
+    -------
+    float64 array (...)
 
     Examples
     --------

@@ -78,6 +78,22 @@ def group_limit(xp: ModuleType, scores_TE: Any, num_groups: int, group_topk: int
     A group's score is the sum of its top ``topk // group_topk`` scores
     (DeepSeek-V3, Megatron ``group_limited_topk``). Works on any leading axes.
 
+    Parameters
+    ----------
+    scores_TE : array (..., E)
+        Selection scores (biased).
+    num_groups : int
+        Expert groups (contiguous, ``E / num_groups`` experts each).
+    group_topk : int
+        Groups kept per token.
+    topk : int
+        ``K``.
+
+    Returns
+    -------
+    array (..., E)
+        ``scores_TE`` with the experts of the other groups at -inf.
+
     Examples
     --------
     Two groups of two; the second group's top score sum (0.9) wins:
@@ -107,6 +123,20 @@ def select_topk(xp: ModuleType, scores: Any, topk: int, num_groups: int | None =
     Among equal scores the lower expert index wins: the set is the first K
     of a stable sort by ``(-score, index)``. With groups, equal group scores
     go to the lower group index.
+
+    Parameters
+    ----------
+    scores : array (..., E)
+        Selection scores (biased).
+    topk : int
+        ``K``.
+    num_groups, group_topk : int or None
+        Group-limited routing (:func:`group_limit`) when both are set and
+        ``num_groups > 1``.
+
+    Returns
+    -------
+    int array (..., K)
 
     Examples
     --------
@@ -176,6 +206,16 @@ def gate_weights(xp: ModuleType, s: Any, idx: Any, score_function: str, topk: in
 def kth_largest(xp: ModuleType, x: Any, k: int, axis: int = -1) -> Any:
     """The k-th largest value (k >= 1) along an axis, that axis removed.
 
+    Parameters
+    ----------
+    x : array
+    k : int >= 1
+    axis : int
+
+    Returns
+    -------
+    array
+
     Examples
     --------
     >>> import numpy as np
@@ -195,6 +235,19 @@ def quantile_dual_estimate(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, topk: int
     ``z - beta``; the new ``beta_i`` is the ``(T*K/N + 1)``-th largest of
     ``z[:, i] - alpha`` over the tokens. Returned with the sign of a bias
     that is *added* to the logits, shape (P, R, E).
+
+    Parameters
+    ----------
+    z_PRTE : array (P, R, T, E)
+        Router logits.
+    bias_PRE : array (P, R, E)
+        The current bias (``-beta``).
+    topk : int
+        ``K``.
+
+    Returns
+    -------
+    array (P, R, E)
 
     Examples
     --------
