@@ -102,6 +102,10 @@ def get_namespace(name: str) -> ModuleType:
 def is_numpy(xp: ModuleType) -> bool:
     """True for the NumPy namespace.
 
+    Returns
+    -------
+    bool
+
     Examples
     --------
     >>> import numpy as np
@@ -113,6 +117,10 @@ def is_numpy(xp: ModuleType) -> bool:
 
 def is_cupy(xp: ModuleType) -> bool:
     """True for the CuPy namespace (or its array API wrapper); imports nothing.
+
+    Returns
+    -------
+    bool
 
     Examples
     --------
@@ -128,6 +136,15 @@ def special_ndtr(xp: ModuleType, u: Any) -> Any:
 
     CuPy arrays use ``cupyx.scipy.special.ndtr`` on the device; other
     namespaces without it go through NumPy on the host.
+
+    Parameters
+    ----------
+    u : array
+
+    Returns
+    -------
+    array
+        ``Phi(u)``, in ``u``'s namespace.
 
     Examples
     --------
@@ -148,6 +165,15 @@ def special_ndtr(xp: ModuleType, u: Any) -> Any:
 
 def to_numpy(x: Any) -> np.ndarray:
     """Copy an array of any backend to a NumPy array on the host.
+
+    Parameters
+    ----------
+    x : array or scalar
+        Of any backend.
+
+    Returns
+    -------
+    numpy.ndarray
 
     Examples
     --------
@@ -170,6 +196,15 @@ def topk_indices(xp: ModuleType, x: Any, k: int) -> Any:
     follow the same rule). NumPy and CuPy use ``argpartition`` and redo the
     rows where a tie straddles the K-th place with a stable sort; other
     namespaces use a stable descending ``argsort``.
+
+    Parameters
+    ----------
+    x : array (..., E)
+    k : int
+
+    Returns
+    -------
+    int array (..., k)
 
     Examples
     --------
@@ -196,6 +231,16 @@ def argsort_stable(xp: ModuleType, x: Any, axis: int = -1) -> Any:
     NumPy and CuPy take ``kind="stable"`` (CuPy's sort is stable and has no
     ``stable`` keyword); array-API namespaces take ``stable=True``.
 
+    Parameters
+    ----------
+    x : array
+    axis : int
+
+    Returns
+    -------
+    int array
+        The shape of ``x``.
+
     Examples
     --------
     >>> import numpy as np
@@ -211,6 +256,16 @@ def bincount(xp: ModuleType, ids: Any, length: int) -> Any:
     """Counts of each integer in ``ids`` (flattened) in ``[0, length)``.
 
     Returns an int64 array of shape ``(length,)``.
+
+    Parameters
+    ----------
+    ids : int array
+        Values in ``[0, length)``.
+    length : int
+
+    Returns
+    -------
+    int64 array (length,)
 
     Examples
     --------
@@ -238,6 +293,16 @@ def one_hot(xp: ModuleType, idx: Any, length: int) -> Any:
     """Boolean mask of shape ``idx.shape[:-1] + (length,)``, true at ``idx``.
 
     ``idx`` holds distinct indices along its last axis.
+
+    Parameters
+    ----------
+    idx : int array (..., K)
+        Distinct indices along the last axis.
+    length : int
+
+    Returns
+    -------
+    bool array (..., length)
 
     Examples
     --------

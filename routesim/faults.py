@@ -76,6 +76,17 @@ def checked_arrays(state: Any, out: Any) -> Iterator[tuple[str, Any]]:
     are skipped, so one function serves the exact, mean-field and learning
     engines.
 
+    Parameters
+    ----------
+    state : dataclass
+        An engine's state.
+    out : StepOutput
+        Its step output.
+
+    Yields
+    ------
+    name, array : str, array
+
     Examples
     --------
     >>> from types import SimpleNamespace

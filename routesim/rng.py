@@ -100,6 +100,15 @@ def point_keys(seed: int, point_indices: Sequence[int], replicas: int) -> np.nda
 def entropy_of(seed: int) -> int:
     """The SeedSequence entropy a run with this seed uses (for the record).
 
+    Parameters
+    ----------
+    seed : int
+        ``run.seed``.
+
+    Returns
+    -------
+    int
+
     Examples
     --------
     >>> entropy_of(2024)
@@ -131,6 +140,19 @@ def _mix_int(x: int) -> int:
 def stream_base(xp: ModuleType, keys_PR: Any, step: int, stream: int) -> Any:
     """Per-(point, replica) base hash of one (step, stream) pair, uint64 (P, R).
 
+    Parameters
+    ----------
+    keys_PR : uint64 array (P, R)
+        Per-(point, replica) keys (:func:`point_keys`).
+    step : int
+        The step.
+    stream : int
+        The stream of the step (traffic, noise, ...).
+
+    Returns
+    -------
+    uint64 array (P, R)
+
     Examples
     --------
     >>> keys = point_keys(0, [0], 1)
@@ -144,6 +166,17 @@ def stream_base(xp: ModuleType, keys_PR: Any, step: int, stream: int) -> Any:
 
 def hash_counter(xp: ModuleType, base: Any, index: Any) -> Any:
     """Hash of ``base + index * golden`` (uint64), broadcasting the two.
+
+    Parameters
+    ----------
+    base : uint64 array
+        Base hashes (:func:`stream_base`).
+    index : uint64 array
+        Element indices; broadcasts against ``base``.
+
+    Returns
+    -------
+    uint64 array
 
     Examples
     --------
@@ -169,6 +202,23 @@ def uniform(xp: ModuleType, keys_PR: Any, step: int, stream: int, index: Any,
 
     ``index`` is an integer array of global element indices (uint64).
     Each index yields one uniform (from the high half of its hash).
+
+    Parameters
+    ----------
+    keys_PR : uint64 array (P, R)
+        Per-(point, replica) keys (:func:`point_keys`).
+    step : int
+        The step.
+    stream : int
+        The stream of the step (traffic, noise, ...).
+    index : uint64 array
+        Global element indices.
+    dtype : dtype, optional
+        Of the draws (default float32).
+
+    Returns
+    -------
+    array (P, R) + index.shape
 
     Examples
     --------
@@ -199,6 +249,25 @@ def standard_normal(xp: ModuleType, keys_PR: Any, step: int, stream: int, rows: 
     change it. One hash gives two normals (Box-Muller), paired across the
     columns ``j`` and ``j + ceil(width / 2)``.
 
+    Parameters
+    ----------
+    keys_PR : uint64 array (P, R)
+        Per-(point, replica) keys (:func:`point_keys`).
+    step : int
+        The step.
+    stream : int
+        The stream of the step (traffic, noise, ...).
+    rows : int array (T,)
+        Global row indices.
+    width : int
+        Columns.
+    dtype : dtype, optional
+        Of the draws (default float32).
+
+    Returns
+    -------
+    array (P, R, T, width)
+
     Examples
     --------
     >>> keys = point_keys(0, [0], 1)
@@ -228,6 +297,26 @@ def noise(xp: ModuleType, law: str, keys_PR: Any, step: int, stream: int, rows: 
 
     ``normal`` is standard; ``logistic`` is ``log(w / (1 - w))``; ``gumbel``
     is ``-log(-log w)`` minus Euler's constant (mean zero). Scale 1 each.
+
+    Parameters
+    ----------
+    law : {"normal", "logistic", "gumbel"}
+    keys_PR : uint64 array (P, R)
+        Per-(point, replica) keys (:func:`point_keys`).
+    step : int
+        The step.
+    stream : int
+        The stream of the step (traffic, noise, ...).
+    rows : int array (T,)
+        Global row indices.
+    width : int
+        Columns.
+    dtype : dtype, optional
+        Of the draws (default float32).
+
+    Returns
+    -------
+    array (P, R, T, width)
 
     Examples
     --------

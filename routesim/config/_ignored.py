@@ -192,6 +192,14 @@ RULES: dict[str, _Why] = {
 def set_fields_by_value(cfg: "Config") -> set[str]:
     """Dotted names of the fields that differ from their default, plus the swept ones.
 
+    Parameters
+    ----------
+    cfg : Config
+
+    Returns
+    -------
+    set of str
+
     Examples
     --------
     >>> from routesim.config import Config, ControllerConfig
@@ -210,6 +218,15 @@ def set_fields_by_value(cfg: "Config") -> set[str]:
 
 def check_ignored(cfg: "Config", points: Sequence["Config"], set_fields: Iterable[str]) -> None:
     """Refuse a set field that no point uses (see the module docstring).
+
+    Parameters
+    ----------
+    cfg : Config
+        The whole config.
+    points : sequence of Config
+        Its points (the sweep applied).
+    set_fields : iterable of str
+        Dotted names of the fields the user set.
 
     Raises
     ------

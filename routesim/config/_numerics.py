@@ -46,6 +46,22 @@ _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kmgtp]i?)?b?\
 def parse_bytes(path: str, value: int | str) -> int:
     """Bytes given as an integer or a string such as ``"8GB"`` or ``"512 MiB"``.
 
+    Parameters
+    ----------
+    path : str
+        The field, for the error message (e.g. ``run.max_memory``).
+    value : int or str
+        Bytes, or a number with a decimal (kB ... PB) or binary (KiB ... PiB) unit.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ConfigError
+        Naming ``path`` and ``value`` when it cannot be read.
+
     Examples
     --------
     >>> parse_bytes("run.max_memory", "8GB"), parse_bytes("run.max_memory", "1.5KiB")
@@ -66,6 +82,15 @@ def parse_bytes(path: str, value: int | str) -> int:
 
 def format_bytes(size: float) -> str:
     """A size in bytes as a short string with a decimal unit.
+
+    Parameters
+    ----------
+    size : float
+        Bytes.
+
+    Returns
+    -------
+    str
 
     Examples
     --------

@@ -129,6 +129,15 @@ LAW_PARAMS = "controller.params."
 def is_sweepable(key: str) -> bool:
     """True for a field of :data:`SWEEPABLE` or a law parameter ``controller.params.NAME``.
 
+    Parameters
+    ----------
+    key : str
+        A dotted field name.
+
+    Returns
+    -------
+    bool
+
     Examples
     --------
     >>> is_sweepable("controller.params.ki"), is_sweepable("router.topk")

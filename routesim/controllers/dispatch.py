@@ -54,6 +54,19 @@ class ControllerParams:
                      ) -> "ControllerParams":
         """Build from per-point columns; missing fields are 0, missing params their defaults.
 
+        Parameters
+        ----------
+        types : sequence of str
+            The law of each point.
+        fields_P : mapping of str to array (P,) or scalar
+            The controller fields (``bias_update_rate``, ``momentum``, ...) per point.
+        user_params : sequence of mappings, optional
+            Each point's law parameters (``controller.params``).
+
+        Returns
+        -------
+        ControllerParams
+
         Examples
         --------
         >>> p = ControllerParams.from_columns(["proportional"] * 2,
@@ -99,6 +112,10 @@ def make_controller_params(points: Sequence[Any]) -> ControllerParams:
     ----------
     points : sequence of Config
         The points of a sweep (each with a ``controller`` section).
+
+    Returns
+    -------
+    ControllerParams
 
     Examples
     --------
@@ -170,6 +187,10 @@ def update_bias(xp: ModuleType, params: ControllerParams, bias_PRE: Any, memory_
         ``dual_estimate`` input of the laws that declare it.
     windows_done : int
         Windows completed before this one (for warm-up).
+
+    Returns
+    -------
+    bias_PRE, memory_PRE : arrays (P, R, E)
 
     Examples
     --------

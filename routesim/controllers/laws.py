@@ -54,6 +54,19 @@ def _mean(xp: ModuleType, x: Any) -> Any:
 def sign_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
     """Loss-Free / Megatron sign law: ``b + u * sign(mean(c) - c)``.
 
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases.
+    load : array (..., E)
+        Loads of the window.
+    rate : float or array
+        ``u``.
+
+    Returns
+    -------
+    array (..., E)
+
     Examples
     --------
     >>> import numpy as np
@@ -66,6 +79,19 @@ def sign_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
 
 def sign_centred_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
     """torchtitan's sign law, mean-centred so that ``sum(b)`` never moves.
+
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases.
+    load : array (..., E)
+        Loads of the window.
+    rate : float or array
+        ``u``.
+
+    Returns
+    -------
+    array (..., E)
 
     Examples
     --------
@@ -86,6 +112,19 @@ def proportional_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
     """Proportional law on the relative error: ``b + u * (c_bar - c) / c_bar``.
 
     A window with no tokens (``c_bar = 0``) leaves the bias unchanged.
+
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases.
+    load : array (..., E)
+        Loads of the window.
+    rate : float or array
+        ``u``.
+
+    Returns
+    -------
+    array (..., E)
 
     Examples
     --------
@@ -114,6 +153,25 @@ def ema_update(xp: ModuleType, bias: Any, load: Any, ema: Any, rate: Any, moment
 
     Returns ``(bias, ema)``. ``cap <= 0`` disables the clamp.
 
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases.
+    load : array (..., E)
+        Loads of the window.
+    ema : array (..., E)
+        The filtered load fractions ``m``.
+    rate : float or array
+        ``u``.
+    momentum : float or array
+        ``beta``.
+    cap : float or array
+        Clamp of ``|b|``; 0 for none.
+
+    Returns
+    -------
+    bias, ema : arrays (..., E)
+
     Examples
     --------
     Fractions (0.4, 0.3, 0.2, 0.1) into an empty EMA with momentum 0.5 give
@@ -139,6 +197,19 @@ def ema_update(xp: ModuleType, bias: Any, load: Any, ema: Any, rate: Any, moment
 
 def rms_update(xp: ModuleType, bias: Any, load: Any, rate: Any) -> Any:
     """Su's RMS-normalised law: ``b - u (F - 1/N) / RMS(F - 1/N)`` (0 when balanced).
+
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases.
+    load : array (..., E)
+        Loads of the window.
+    rate : float or array
+        ``u``.
+
+    Returns
+    -------
+    array (..., E)
 
     Examples
     --------
@@ -170,6 +241,25 @@ def momentum_tanh_update(xp: ModuleType, bias: Any, load: Any, velocity: Any, ra
     kappa = 2) are ``rate = 5e-4``, ``momentum = 0.5``, ``tanh_scale = 0.5``.
     Returns ``(bias, velocity)``.
 
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases.
+    load : array (..., E)
+        Loads of the window.
+    velocity : array (..., E)
+        ``v``.
+    rate : float or array
+        ``u``.
+    momentum : float or array
+        ``beta``.
+    tanh_scale : float or array
+        ``s``.
+
+    Returns
+    -------
+    bias, velocity : arrays (..., E)
+
     Examples
     --------
     Relative errors (-0.6, -0.2, 0.2, 0.6) through ``tanh(e / 0.5)`` are
@@ -193,6 +283,19 @@ def momentum_tanh_update(xp: ModuleType, bias: Any, load: Any, velocity: Any, ra
 
 def quantile_update(xp: ModuleType, bias: Any, estimate: Any, ema: Any) -> Any:
     """Quantile balancing: blend the dual estimate into the bias, then re-centre.
+
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases.
+    estimate : array (..., E)
+        The window's dual estimate ``b_hat`` (as a bias).
+    ema : float or array
+        Weight kept of the old bias.
+
+    Returns
+    -------
+    array (..., E)
 
     Examples
     --------

@@ -257,6 +257,11 @@ def register(name: str, law: Law | None, *, params: Mapping[str, float | Param] 
 def unregister(name: str) -> None:
     """Remove a user law (a built-in one cannot be removed).
 
+    Parameters
+    ----------
+    name : str
+        A law registered by :func:`register`.
+
     Examples
     --------
     >>> unregister("sign")
@@ -276,6 +281,10 @@ def unregister(name: str) -> None:
 def registered() -> tuple[str, ...]:
     """Names of the registered laws, built-in ones first, in registration order.
 
+    Returns
+    -------
+    tuple of str
+
     Examples
     --------
     >>> registered()[:3]
@@ -286,6 +295,14 @@ def registered() -> tuple[str, ...]:
 
 def get_law(name: str) -> ControllerLaw:
     """The registration of ``name``.
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    ControllerLaw
 
     Raises
     ------
@@ -307,6 +324,20 @@ def get_law(name: str) -> ControllerLaw:
 @contextlib.contextmanager
 def registered_temporarily(name: str, law: Law, **kwargs: Any) -> Iterator[ControllerLaw]:
     """Register a law for the duration of a ``with`` block (tests, notebooks).
+
+    Parameters
+    ----------
+    name : str
+        The law's ``controller.type``.
+    law : callable
+        The law (see :func:`register`).
+    **kwargs
+        Further arguments of :func:`register`.
+
+    Yields
+    ------
+    ControllerLaw
+        The registration, removed when the block ends.
 
     Examples
     --------
@@ -339,6 +370,15 @@ def import_law_module(module: str) -> Any:
     directory), and again only if a law it registered has since been
     unregistered. Spawned sweep workers rebuild the config, and so import
     it and register its laws too.
+
+    Parameters
+    ----------
+    module : str
+        A dotted module name or the path of a ``.py`` file.
+
+    Returns
+    -------
+    module
 
     Examples
     --------
