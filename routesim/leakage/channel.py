@@ -110,6 +110,15 @@ def _check_messages(messages: Any) -> None:
 def digit_range(setup: LeakageSetup) -> tuple[int, int]:
     """Smallest and largest number of early tokens an expert can be made to take.
 
+    Parameters
+    ----------
+    setup : LeakageSetup
+        The block and router of the channel.
+
+    Returns
+    -------
+    low, high : int
+
     Examples
     --------
     >>> from routesim.config import Config, BatchConfig, RouterConfig

@@ -51,6 +51,16 @@ _LN2 = math.log(2.0)
 def entropy_plugin(counts: Any) -> Any:
     """Plug-in entropy in bits of outcome counts along the last axis.
 
+    Parameters
+    ----------
+    counts : int array (..., m)
+        Outcome counts along the last axis.
+
+    Returns
+    -------
+    array (...)
+        Bits.
+
     Examples
     --------
     >>> float(entropy_plugin(np.array([5, 5, 0])))
@@ -61,6 +71,16 @@ def entropy_plugin(counts: Any) -> Any:
 
 def entropy_miller_madow(counts: Any) -> Any:
     """Miller-Madow entropy: plug-in plus ``(m - 1) / (2 n ln 2)`` bits.
+
+    Parameters
+    ----------
+    counts : int array (..., m)
+        Outcome counts along the last axis.
+
+    Returns
+    -------
+    array (...)
+        Bits.
 
     Examples
     --------
@@ -79,6 +99,16 @@ def entropy_chao_shen(counts: Any) -> Any:
     With ``f1`` singletons among ``n`` draws the sample coverage is
     ``C = 1 - f1 / n`` (``f1 = n - 1`` when every outcome is a singleton);
     ``H = -sum p log2 p / (1 - (1 - p)^n)`` with ``p = C * count / n``.
+
+    Parameters
+    ----------
+    counts : int array (..., m)
+        Outcome counts along the last axis.
+
+    Returns
+    -------
+    array (...)
+        Bits.
 
     Examples
     --------
@@ -186,6 +216,15 @@ def entropy_ci(groups: Sequence[Any], estimator: str, confidence: float, n_resam
 
 def coverage(counts: Any) -> float:
     """Good-Turing sample coverage ``1 - singletons / draws`` of one count vector.
+
+    Parameters
+    ----------
+    counts : int array (m,)
+        Outcome counts.
+
+    Returns
+    -------
+    float
 
     Examples
     --------

@@ -179,6 +179,16 @@ def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any) -> Any:
 def outcome_labels(packed: list[np.ndarray]) -> np.ndarray:
     """Label in ``[0, distinct)`` of each row of packed outcome bytes (list of (D, bytes)).
 
+    Parameters
+    ----------
+    packed : list of uint8 arrays (D, bytes)
+        Each draw's outcome packed into bytes, in chunks of draws.
+
+    Returns
+    -------
+    int array (D_total,)
+        Equal rows share a label (numbered in the sorted order of the rows).
+
     Examples
     --------
     >>> a = np.array([[1, 2], [3, 4]], dtype=np.uint8); b = np.array([[1, 2]], dtype=np.uint8)

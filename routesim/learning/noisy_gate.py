@@ -58,6 +58,19 @@ def noisy_logits(xp: ModuleType, clean_TE: Any, raw_TE: Any, eps_TE: Any | None
 
     ``eps_TE = None`` turns the noise off (``H = c``).
 
+    Parameters
+    ----------
+    clean_TE : array (..., T, E)
+        Clean logits ``c = x W_g^T``.
+    raw_TE : array (..., T, E)
+        Raw noise logits ``r = x W_noise^T``.
+    eps_TE : array (..., T, E) or None
+        Standard normal draws.
+
+    Returns
+    -------
+    h_TE, sigma_TE : arrays (..., T, E)
+
     Examples
     --------
     >>> import numpy as np
@@ -73,6 +86,17 @@ def noisy_logits(xp: ModuleType, clean_TE: Any, raw_TE: Any, eps_TE: Any | None
 
 def topk_softmax(xp: ModuleType, h_TE: Any, mask_TE: Any) -> Any:
     """Softmax of ``h`` over the entries where ``mask`` is true, 0 elsewhere.
+
+    Parameters
+    ----------
+    h_TE : array (..., T, E)
+        Logits.
+    mask_TE : bool array (..., T, E)
+        Chosen entries.
+
+    Returns
+    -------
+    array (..., T, E)
 
     Examples
     --------
@@ -91,6 +115,19 @@ def topk_softmax_vjp(xp: ModuleType, g_TE: Any, mask_TE: Any, upstream_TE: Any) 
 
     ``dh_j = m_j G_j (u_j - sum_i m_i u_i G_i)`` (the selected set held
     fixed).
+
+    Parameters
+    ----------
+    g_TE : array (..., T, E)
+        ``G``, the output of :func:`topk_softmax`.
+    mask_TE : bool array (..., T, E)
+        Chosen entries ``m``.
+    upstream_TE : array (..., T, E)
+        ``u = dL/dG``.
+
+    Returns
+    -------
+    array (..., T, E)
 
     Examples
     --------
@@ -164,6 +201,21 @@ def _thresholds(xp: ModuleType, h_TE: Any, topk: int) -> tuple[Any, Any, Any, An
 def load_probability(xp: ModuleType, clean_TE: Any, h_TE: Any, sigma_TE: Any, topk: int
                      ) -> Any:
     """``P(x, i) = Phi((c_i - kth_excluding(H, K, i)) / sigma_i)``: array (..., T, E).
+
+    Parameters
+    ----------
+    clean_TE : array (..., T, E)
+        Clean logits ``c``.
+    h_TE : array (..., T, E)
+        Noisy logits ``H``.
+    sigma_TE : array (..., T, E)
+        Noise scales ``sigma``.
+    topk : int
+        ``K``.
+
+    Returns
+    -------
+    array (..., T, E)
 
     Examples
     --------

@@ -137,6 +137,10 @@ def lr_at(kind: str, t: int, base: float, *, total: int, final_fraction: float =
     final_fraction : float in [0, 1]
         Floor of ``cosine`` as a fraction of ``base``.
 
+    Returns
+    -------
+    float
+
     Examples
     --------
     >>> lr_at("cosine", 0, 1e-3, total=100), lr_at("cosine", 100, 1e-3, total=100)
@@ -168,6 +172,10 @@ def weight_at(kind: str, t: int, value: float, *, steps: int = 1, final_fraction
         Centre of the ``sigmoid`` ramp, in steps.
     width : float > 0
         Width of the ``sigmoid`` ramp, in steps.
+
+    Returns
+    -------
+    float
 
     Examples
     --------

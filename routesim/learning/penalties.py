@@ -109,6 +109,16 @@ def aux_probabilities(xp: ModuleType, score_function: str, z_TE: Any) -> tuple[A
 def group_tokens(xp: ModuleType, a: Any, groups: int) -> Any:
     """View ``(..., T, E)`` as ``(..., G, T / G, E)`` (``G`` must divide ``T``).
 
+    Parameters
+    ----------
+    a : array (..., T, E)
+    groups : int
+        ``G``.
+
+    Returns
+    -------
+    array (..., G, T / G, E)
+
     Examples
     --------
     >>> import numpy as np
@@ -127,6 +137,20 @@ def routing_fractions(xp: ModuleType, map_TE: Any, topk: int, groups: int,
 
     ``c / (K T_g)`` (``megatron``; sums to 1 over experts) or ``c / T_g``
     (``mixtral``; sums to K).
+
+    Parameters
+    ----------
+    map_TE : bool array (..., T, E)
+        Routing map (K entries per token).
+    topk : int
+        ``K``.
+    groups : int
+        ``G``, groups of tokens.
+    normalization : {"megatron", "mixtral"}
+
+    Returns
+    -------
+    array (..., G, E)
 
     Examples
     --------
@@ -257,6 +281,15 @@ def cv_squared(xp: ModuleType, v_E: Any) -> tuple[Any, Any]:
 def topk_map(xp: ModuleType, scores_TE: Any, topk: int) -> Any:
     """0/1 map (bool, same shape) of each token's ``topk`` largest scores.
 
+    Parameters
+    ----------
+    scores_TE : array (..., T, E)
+    topk : int
+
+    Returns
+    -------
+    bool array (..., T, E)
+
     Examples
     --------
     >>> import numpy as np
@@ -269,6 +302,17 @@ def topk_map(xp: ModuleType, scores_TE: Any, topk: int) -> Any:
 def weight_grad(xp: ModuleType, grad_TE: Any, x_TD: Any) -> Any:
     """Gradient on ``W`` (..., E, D) from a logit gradient, for ``z = x @ W.T``.
 
+    Parameters
+    ----------
+    grad_TE : array (..., T, E)
+        Gradient on the logits.
+    x_TD : array (..., T, D)
+        Token features.
+
+    Returns
+    -------
+    array (..., E, D)
+
     Examples
     --------
     >>> import numpy as np
@@ -280,6 +324,17 @@ def weight_grad(xp: ModuleType, grad_TE: Any, x_TD: Any) -> Any:
 
 def router_logits(xp: ModuleType, x_TD: Any, w_ED: Any) -> Any:
     """Logits ``z = x @ W.T``: array (..., T, E) from (..., T, D) and (..., E, D).
+
+    Parameters
+    ----------
+    x_TD : array (..., T, D)
+        Token features.
+    w_ED : array (..., E, D)
+        Router weights.
+
+    Returns
+    -------
+    array (..., T, E)
 
     Examples
     --------
@@ -299,6 +354,17 @@ def interference(xp: ModuleType, g_task: Any, g_pen: Any) -> tuple[Any, Any]:
     either gradient is zero; the cancelled share is
     ``clip(-<g_pen, g_task> / |g_task|^2, 0, 1)``, the fraction of the task
     gradient's component along itself that the penalty removes.
+
+    Parameters
+    ----------
+    g_task : array (P, R, E, D)
+        Gradient of the task loss on the weights.
+    g_pen : array (P, R, E, D)
+        Gradient of the penalty on the weights.
+
+    Returns
+    -------
+    cos, cancelled : arrays (P, R)
 
     Examples
     --------

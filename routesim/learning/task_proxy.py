@@ -94,6 +94,10 @@ def draw_affinity(xp: ModuleType, keys_PR: Any, num_topics: int, num_experts: in
         ``affinity_scale`` of each point.
     dtype : floating dtype, optional (default float64)
 
+    Returns
+    -------
+    array (P, R, M, E)
+
     Examples
     --------
     A point's affinities depend only on its own key, and scale linearly:
@@ -114,6 +118,19 @@ def draw_affinity(xp: ModuleType, keys_PR: Any, num_topics: int, num_experts: in
 
 def token_values(xp: ModuleType, topic_PRT: Any, affinity_PRME: Any, quality_PRE: Any) -> Any:
     """Value ``A[m(t), i] + q_i`` of each expert for each token: (P, R, T, E).
+
+    Parameters
+    ----------
+    topic_PRT : int array (P, R, T)
+        Topic ``m(t)`` of each token.
+    affinity_PRME : array (P, R, M, E)
+        Topic-expert affinities ``A``.
+    quality_PRE : array (P, R, E)
+        Expert qualities ``q``.
+
+    Returns
+    -------
+    array (P, R, T, E)
 
     Examples
     --------
@@ -151,6 +168,10 @@ def mixing_weights(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk: int
         experts (True) or the softmax over the chosen logits (False,
         Megatron's default).
 
+    Returns
+    -------
+    array (..., T, E)
+
     Examples
     --------
     >>> import numpy as np
@@ -173,6 +194,25 @@ def mixing_weights_vjp(xp: ModuleType, gate: str, z_TE: Any, mask_TE: Any, topk:
     ``K > 1``: ``m_j c s_j (1 - s_j) (u_j - sum_i m_i u_i s_i / S) / S`` with
     ``S`` the chosen scores' sum; ``K = 1``: ``m_j c s_j (1 - s_j) u_j``;
     ``noisy``: :func:`routesim.learning.noisy_gate.topk_softmax_vjp`.
+
+    Parameters
+    ----------
+    gate : {"softmax", "sigmoid", "noisy"}
+    z_TE : array (..., T, E)
+        Gate logits.
+    mask_TE : bool array (..., T, E)
+        Chosen experts ``m``.
+    topk : int
+    scaling : float or None
+        ``c``, ``topk_scaling_factor`` (None: 1).
+    upstream_TE : array (..., T, E)
+        ``u = dL/dg``.
+    pre_softmax : bool
+        As in :func:`mixing_weights`.
+
+    Returns
+    -------
+    array (..., T, E)
 
     Examples
     --------
@@ -281,6 +321,10 @@ def update_usage(xp: ModuleType, usage_PRE: Any, load_PRE: Any, memory: Any, top
         ``rho``.
     topk, tokens : int
         ``K`` and ``T`` of the step.
+
+    Returns
+    -------
+    array (P, R, E)
 
     Examples
     --------
