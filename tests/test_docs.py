@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from _sections_pending import SECTIONS_PENDING
 
 import routesim
 from routesim import config as C
@@ -81,7 +80,6 @@ def _public_objects():
 
 _PUBLIC = list(_public_objects())
 _CALLABLES = [(q, o) for q, o, _ in _PUBLIC if inspect.isfunction(o)]
-_CALLABLES_NAMED = [(q, o, c) for q, o, c in _PUBLIC if inspect.isfunction(o)]
 
 
 def test_the_public_api_is_found():
@@ -98,7 +96,7 @@ def test_documented_parameters_match_signature(qualname, fn):
     assert doc, f"{qualname} has no docstring"
     m = re.search(r"Parameters\n-+\n(.*?)(\n\n[A-Z][a-z]+\n-+|\Z)", doc, re.S)
     if not m:
-        return  # short helpers document their arguments in prose
+        return  # no parameters (test_public_callables_have_parameters_and_returns)
     documented = set()
     for line in m.group(1).splitlines():
         if line and not line.startswith(" "):
@@ -126,19 +124,11 @@ def _missing_sections(fn) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("qualname,fn,name", _CALLABLES_NAMED,
-                         ids=[q for q, _, _ in _CALLABLES_NAMED])
-def test_public_callables_have_parameters_and_returns(qualname, fn, name):
-    """Parameters and Returns sections, except the older functions of SECTIONS_PENDING."""
+@pytest.mark.parametrize("qualname,fn", _CALLABLES, ids=[q for q, _ in _CALLABLES])
+def test_public_callables_have_parameters_and_returns(qualname, fn):
+    """numpydoc Parameters and Returns (or Yields) sections wherever they apply."""
     missing = _missing_sections(fn)
-    if name in SECTIONS_PENDING:
-        assert missing, f"{name} has its sections now: remove it from SECTIONS_PENDING"
-    else:
-        assert not missing, f"{qualname}: its docstring has no {' or '.join(missing)} section"
-
-
-def test_sections_pending_names_public_callables():
-    assert SECTIONS_PENDING <= {c for _, _, c in _CALLABLES_NAMED}
+    assert not missing, f"{qualname}: its docstring has no {' or '.join(missing)} section"
 
 
 def _has_examples(obj) -> bool:

@@ -79,6 +79,21 @@ def select_points(config: Config, point_indices: Sequence[int] | None
                   ) -> tuple[tuple[int, ...], tuple[Config, ...], tuple[Config, ...]]:
     """Check ``point_indices`` and return ``(indices, points, all_points)``.
 
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    point_indices : sequence of int or None
+        Global indices of the points (None: every point).
+
+    Returns
+    -------
+    indices : tuple of int
+    points : tuple of Config
+        The selected points.
+    all_points : tuple of Config
+        Every point of the run.
+
     Examples
     --------
     >>> from routesim import config_from_dict
@@ -109,6 +124,21 @@ def make_plan(config: Config, point_indices: Sequence[int] | None,
     ``common_random_numbers`` (default ``run.common_random_numbers``) gives
     every point the keys of point 0: the same draws for each replica.
 
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    point_indices : sequence of int or None
+        Global indices of the points to run (None: every point).
+    xp : namespace, optional
+        Array namespace (default: that of ``run.backend``).
+    common_random_numbers : bool, optional
+        See above.
+
+    Returns
+    -------
+    PointPlan
+
     Examples
     --------
     >>> from routesim import config_from_dict
@@ -134,6 +164,14 @@ def make_plan(config: Config, point_indices: Sequence[int] | None,
 def initial_bias(plan: PointPlan) -> Any:
     """The bias before the first window: 0 (additive) or 1 (multiplicative), (P, R, E).
 
+    Parameters
+    ----------
+    plan : PointPlan
+
+    Returns
+    -------
+    array (P, R, E)
+
     Examples
     --------
     >>> from routesim import config_from_dict
@@ -150,6 +188,15 @@ def initial_bias(plan: PointPlan) -> Any:
 def closes_after_micro_batch(ctrl: Any) -> bool:
     """Whether the controller window closes after every micro-batch.
 
+    Parameters
+    ----------
+    ctrl : ControllerConfig
+        The controller section (its ``window``).
+
+    Returns
+    -------
+    bool
+
     Examples
     --------
     >>> from routesim.config import ControllerConfig
@@ -160,6 +207,17 @@ def closes_after_micro_batch(ctrl: Any) -> bool:
 
 def closes_after_step(ctrl: Any, t: int) -> bool:
     """Whether the window closes at the end of step ``t`` (global batch, every n steps).
+
+    Parameters
+    ----------
+    ctrl : ControllerConfig
+        The controller section (``window``, ``update_every``).
+    t : int
+        The step (0-based).
+
+    Returns
+    -------
+    bool
 
     Examples
     --------
@@ -175,6 +233,23 @@ def update_controller(xp: ModuleType, cparams: Any, bias_PRE: Any, memory_PRE: A
                       window_load_PRE: Any, estimate_PRE: Any, windows_done: int
                       ) -> tuple[Any, Any]:
     """Close a controller window: the one place an engine calls the bias law.
+
+    Parameters
+    ----------
+    cparams : ControllerParams
+        Per-point laws and settings.
+    bias_PRE, memory_PRE : arrays (P, R, E)
+        The bias and the laws' memory.
+    window_load_PRE : int array (P, R, E)
+        Loads counted over the window.
+    estimate_PRE : array (P, R, E) or None
+        The window's quantile dual estimate, when a law reads it.
+    windows_done : int
+        Windows completed before this one.
+
+    Returns
+    -------
+    bias_PRE, memory_PRE : arrays (P, R, E)
 
     Examples
     --------
@@ -200,6 +275,10 @@ def maxvio_compute(xp: ModuleType, rows_PRBE: Any, rows_per_batch: Sequence[int]
         Loads per row (a sequence, or a block of sequences).
     rows_per_batch : sequence of int
         Rows in one computation batch, per size (each divides B).
+
+    Returns
+    -------
+    array (P, R, C)
 
     Examples
     --------

@@ -163,6 +163,19 @@ def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
                     xp: ModuleType | None = None) -> ExactPlan:
     """Check the points and fix everything the exact engine needs for the run.
 
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    point_indices : sequence of int, optional
+        Global indices of the points to run (default: every point).
+    xp : namespace, optional
+        Array namespace (default: that of ``run.backend``).
+
+    Returns
+    -------
+    ExactPlan
+
     Examples
     --------
     >>> from routesim import config_from_dict
@@ -198,6 +211,14 @@ def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
 
 def init_state(plan: ExactPlan) -> SimState:
     """The state before the first step.
+
+    Parameters
+    ----------
+    plan : ExactPlan
+
+    Returns
+    -------
+    SimState
 
     Examples
     --------
@@ -327,6 +348,19 @@ def count_micro_batch(plan: ExactPlan, state: SimState, part: _MicroBatch) -> Si
 
 def step_state(plan: ExactPlan, state: SimState) -> tuple[SimState, StepOutput]:
     """One global batch: every micro-batch routed in order, then the step's report.
+
+    Parameters
+    ----------
+    plan : ExactPlan
+    state : SimState
+        The state before the step (not modified).
+
+    Returns
+    -------
+    state : SimState
+        The state after the step.
+    output : StepOutput
+        What the step reports.
 
     Examples
     --------

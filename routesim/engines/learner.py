@@ -174,6 +174,19 @@ def make_plan_learner(config: Config, point_indices: Sequence[int] | None = None
                       xp: ModuleType | None = None) -> LearnerPlan:
     """Check the points and fix everything the learning engine needs for the run.
 
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    point_indices : sequence of int, optional
+        Global indices of the points to run (default: every point).
+    xp : namespace, optional
+        Array namespace (default: that of ``run.backend``).
+
+    Returns
+    -------
+    LearnerPlan
+
     Examples
     --------
     >>> from routesim import config_from_dict
@@ -207,6 +220,14 @@ def _lr_factor(plan: LearnerPlan, t: int) -> float:
 
 def init_state(plan: LearnerPlan) -> LearnerState:
     """The state before the first step.
+
+    Parameters
+    ----------
+    plan : LearnerPlan
+
+    Returns
+    -------
+    LearnerState
 
     Examples
     --------
@@ -369,6 +390,19 @@ def _eval_pass(plan: LearnerPlan, fw: _Forward, first_bias: Any) -> tuple[Any, A
 
 def step_state(plan: LearnerPlan, state: LearnerState) -> tuple[LearnerState, StepOutput]:
     """One global batch and one optimizer step.
+
+    Parameters
+    ----------
+    plan : LearnerPlan
+    state : LearnerState
+        The state before the step (not modified).
+
+    Returns
+    -------
+    state : LearnerState
+        The state after the step.
+    output : StepOutput
+        What the step reports.
 
     Examples
     --------

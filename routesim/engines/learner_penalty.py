@@ -24,6 +24,17 @@ __all__ = ["penalty_terms", "per_point", "schedule_weight"]
 def per_point(plan: LearnerPlan, values_P: np.ndarray, ndim: int) -> Any:
     """Per-point values as a float array of ``ndim`` axes that broadcasts over (P, ...).
 
+    Parameters
+    ----------
+    plan : LearnerPlan
+    values_P : array (P,)
+    ndim : int
+        Axes of the result (the point axis first, then ones).
+
+    Returns
+    -------
+    array
+
     Examples
     --------
     >>> from routesim import config_from_dict
@@ -41,6 +52,18 @@ def per_point(plan: LearnerPlan, values_P: np.ndarray, ndim: int) -> Any:
 
 def schedule_weight(plan: LearnerPlan, kind: str, t: int) -> float:
     """Weight of a penalty at step ``t`` under schedule ``kind`` (1 at full strength).
+
+    Parameters
+    ----------
+    plan : LearnerPlan
+    kind : str
+        A schedule of ``penalty`` (``constant``, ``warmup``, ``cosine``, ``sigmoid``).
+    t : int
+        The step.
+
+    Returns
+    -------
+    float
 
     Examples
     --------
@@ -79,6 +102,29 @@ def _balance_terms(plan: LearnerPlan, h: Any, fmap: Any, w_bal: float, acc: dict
 def penalty_terms(plan: LearnerPlan, t: int, h: Any, mask: Any, unbiased: Any, clean: Any,
                   raw: Any, eps: Any) -> tuple[Any, Any, Any, dict]:
     """Weighted penalty value, its gradients on h, on clean logits and on raw noise.
+
+    Parameters
+    ----------
+    plan : LearnerPlan
+    t : int
+        The step (for the schedules).
+    h : array (P, R, T, E)
+        The logits the penalties read (noisy logits with the noisy gate).
+    mask : bool array (P, R, T, E)
+        The biased selection.
+    unbiased : bool array (P, R, T, E)
+        The selection without the bias.
+    clean, raw, eps : arrays (P, R, T, E) or None
+        Clean logits, raw noise logits and the normal draws of the noisy gate.
+
+    Returns
+    -------
+    value : array (P, R)
+        Weighted penalty.
+    d_h, d_clean, d_raw : arrays (P, R, T, E) or None
+        Its gradients on ``h``, the clean logits and the raw noise logits.
+    logs : dict of str to array (P, R)
+        Unweighted values to record.
 
     Examples
     --------

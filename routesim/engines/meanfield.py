@@ -80,6 +80,17 @@ def round_to_total(xp: ModuleType, x: Any, total: int) -> Any:
     Clip at 0, rescale to the total, floor, then add 1 to the experts with
     the largest fractional parts until the total is met (largest remainders).
 
+    Parameters
+    ----------
+    x : array (..., E)
+        Real loads.
+    total : int
+        The sum each row must have.
+
+    Returns
+    -------
+    int array (..., E)
+
     Examples
     --------
     >>> round_to_total(np, np.array([2.6, 1.3, -0.2, 1.3]), 5)
@@ -244,6 +255,23 @@ def make_plan_meanfield(config: Config, point_indices: Sequence[int] | None = No
                         covariance_tolerance: float = COVARIANCE_TOLERANCE,
                         xp: ModuleType | None = None) -> MeanFieldPlan:
     """Check the points and the tolerances; fix everything the surrogate needs.
+
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    point_indices : sequence of int, optional
+        Global indices of the points to run (default: every point).
+    tolerance : float > 0
+        Relative change of ``p`` at which a row's linearisation is evaluated again.
+    covariance_tolerance : float > 0
+        The same for the selection covariance.
+    xp : namespace, optional
+        Array namespace (default: that of ``run.backend``).
+
+    Returns
+    -------
+    MeanFieldPlan
 
     Examples
     --------

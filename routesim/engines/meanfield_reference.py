@@ -145,6 +145,19 @@ def relative_change(dp: np.ndarray, p: np.ndarray, floor: float) -> np.ndarray:
     The floor (1 % of the balanced share ``K / N``) keeps nearly dead experts,
     whose loads are negligible, from forcing re-evaluations.
 
+    Parameters
+    ----------
+    dp : array (..., E)
+        Change of ``p``.
+    p : array (..., E)
+        ``p`` at the reference.
+    floor : float
+        Smallest denominator.
+
+    Returns
+    -------
+    array (...)
+
     Examples
     --------
     >>> relative_change(np.array([[0.01, -0.02], [0.0, 0.001]]),
@@ -178,6 +191,22 @@ def _covariance_factor(plan: MeanFieldPlan, mu_PRE: np.ndarray, bias_PRE: np.nda
 def evaluate(plan: MeanFieldPlan, ref: LoadReference, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
              rows_PR: np.ndarray, cov_PR: np.ndarray) -> LoadReference:
     """Exact load map and Jacobian(s) at ``rows``; covariance at ``cov`` (a subset).
+
+    Parameters
+    ----------
+    plan : MeanFieldPlan
+    ref : LoadReference
+        The reference to update.
+    mu_PRE, bias_PRE : arrays (P, R, E)
+        Popularity and bias.
+    rows_PR : bool array (P, R)
+        Rows to evaluate.
+    cov_PR : bool array (P, R)
+        Rows whose covariance is evaluated too.
+
+    Returns
+    -------
+    LoadReference
 
     Examples
     --------
@@ -214,6 +243,14 @@ def evaluate(plan: MeanFieldPlan, ref: LoadReference, mu_PRE: np.ndarray, bias_P
 def blank_reference(plan: MeanFieldPlan) -> LoadReference:
     """A reference of zeros, to be evaluated at every row before the first step.
 
+    Parameters
+    ----------
+    plan : MeanFieldPlan
+
+    Returns
+    -------
+    LoadReference
+
     Examples
     --------
     >>> from routesim import config_from_dict
@@ -234,8 +271,24 @@ def current_p(plan: MeanFieldPlan, ref: LoadReference | None, bias_PRE: Any,
               mu_PRE: np.ndarray) -> tuple[LoadReference, np.ndarray, np.ndarray]:
     """Linearised ``p`` of every row, re-evaluating rows that moved too far.
 
-    Returns the (possibly updated) reference, ``p`` and the rows evaluated
-    (bool (P, R)).
+    Parameters
+    ----------
+    plan : MeanFieldPlan
+    ref : LoadReference or None
+        The reference (None: evaluate every row).
+    bias_PRE : array (P, R, E)
+        The bias of the step.
+    mu_PRE : array (P, R, E)
+        The popularity of the step.
+
+    Returns
+    -------
+    ref : LoadReference
+        The reference, updated where rows were evaluated.
+    p_PRE : ndarray (P, R, E)
+        Expected selection probabilities.
+    evaluated_PR : bool ndarray (P, R)
+        The rows evaluated.
 
     Examples
     --------
