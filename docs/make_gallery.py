@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,8 @@ def describe(path: Path) -> tuple[str, str]:
     >>> title, text = describe(EXAMPLES / "quickstart.toml")
     >>> title
     'Quickstart: four controllers on skewed sigmoid traffic (N = 64, K = 6).'
+    >>> describe(EXAMPLES / "controllers_zoo.toml")
+    ('Every bias controller on the same skewed traffic with a regime switch at step 200 (the popular experts change).', 'One run, eight points.')
     """
     text = path.read_text()
     if path.suffix == ".py":
@@ -47,8 +50,24 @@ def describe(path: Path) -> tuple[str, str]:
             lines.append(line[1:].removeprefix(" "))
     while lines and not lines[-1].strip():
         lines.pop()
-    title = lines[0].strip() if lines else path.stem
-    body = "\n".join(lines[1:]).strip()
+    def is_command(line: str) -> bool:
+        return line.lstrip().startswith(("routesim ", "python "))
+
+    # the first paragraph ends at a blank line or a command line
+    end = next((i for i, line in enumerate(lines) if not line.strip() or is_command(line)),
+               len(lines))
+    first = " ".join(line.strip() for line in lines[:end])
+    # its first sentence: up to a full stop not followed by a digit ("Fig. 4"), or the end
+    m = re.match(r"(.+?[.!?])(?:\s+(?=\D)|$)", first)
+    title = m.group(1) if m else first or path.stem
+    rest = [first[len(title):].strip()] if first[len(title):].strip() else []
+    for line in lines[end:]:  # command lines as indented code, after a blank line
+        if is_command(line):
+            if rest and rest[-1].strip():
+                rest.append("")
+            line = "    " + line.strip()
+        rest.append(line)
+    body = "\n".join(rest).strip("\n")
     return title, body.replace("::\n", ":\n")
 
 
@@ -68,9 +87,9 @@ def command(path: Path) -> str:
 def render(out: Path) -> str:
     """The gallery page (Markdown for myst-parser), file paths relative to ``out``."""
     parts = ["# Gallery of examples", "",
-             "Every file of `examples/`, with its own description. Each runs as shown "
-             "(the test suite runs them all); the TOML files are configs for `routesim run`, "
-             "the Python files use the API.", ""]
+             "Every file of `examples/`, with its own description and the command that runs "
+             "it. The TOML files are configs for `routesim run` (the test suite runs each "
+             "of them); the Python files use the API.", ""]
     files = sorted(EXAMPLES.glob("*.toml")) + sorted(EXAMPLES.glob("*.py"))
     for path in files:
         title, body = describe(path)

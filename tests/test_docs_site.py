@@ -1,5 +1,7 @@
 """The documentation site: every guide and example reaches it, and Sphinx builds it warning-free."""
 
+import doctest
+import importlib.util
 import re
 import runpy
 import subprocess
@@ -32,6 +34,14 @@ def test_every_example_describes_itself_in_the_gallery(path, tmp_path):
     assert title in section and GALLERY["command"](path) in section
     include = re.search(r"```\{literalinclude\} (\S+)", section).group(1)
     assert (tmp_path / include).resolve() == path.resolve()
+
+
+def test_gallery_script_examples():
+    spec = importlib.util.spec_from_file_location("make_gallery", DOCS / "make_gallery.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = doctest.testmod(module)
+    assert result.attempted >= 3 and result.failed == 0
 
 
 def test_sphinx_builds_the_site_without_warnings(tmp_path):
