@@ -6,30 +6,24 @@ with the analytical results set beside it.
 
 Modules
 -------
-config       frozen dataclasses, TOML loading, sweeps
+config       frozen dataclasses, TOML loading, sweeps, refusals of bad settings
+controllers  bias update laws (sign, sign_centred, proportional, ema, ...) and their registry
 traffic      router logits: popularity + noise, topic features, traces
 gates        softmax, sigmoid, sqrt-softplus
-routing      biased top-K, group limits, weights, capacity, counting
-controllers  bias update laws (sign, sign_centred, proportional, ema, ...)
-engine       the pure step function of the exact engine
-expert_choice  Expert Choice routing (each expert picks its tokens)
-leakage      measured information leakage (entropy of early routing)
-leakage_channel  constructive leakage channels (encoder, decoder)
-entropy      entropy estimators, bootstrap intervals, sample sizes
-learner      the learning engine: a router trained on a task proxy and penalties
-penalties    balance losses (Switch, sequence-wise, global-batch), z-loss, gradients
-noisy_gate   noisy top-K gating with importance and load losses
-task_proxy   the task-loss proxy (topic affinity, rich-get-richer quality)
-optim        SGD, Adam, learning-rate and loss-weight schedules
-simulate     run all steps, return an xarray Dataset
-surrogate    the mean-field engine (loads from the expected-load map)
-sweep        chunked, parallel, resumable sweeps
-leakage      measured information leakage (Expert Choice and others)
+routing      biased top-K, group limits, weights, capacity, counting, Expert Choice
 metrics      MaxVio, CV, entropy, flips
+learning     balance losses, z-loss, noisy top-K gating, the task proxy, optimizers
+theory       analytic results (load map, stability, limit cycles, MaxVio, leakage)
+engines      the exact, mean-field and learning engines: pure (init, step) pairs
+leakage      measured information leakage of early routing
+run          simulate, simulate_meanfield, simulate_learner: every step, one Dataset
+sweep        chunked, parallel, resumable sweeps
 store        atomic save/load of results
 plot         figures (matplotlib)
-rng          counter-based random numbers, reproducible across backends
-theory       analytic results (load map, stability, MaxVio, leakage)
+analysis     reshaping a sweep's results for analysis
+testing      hypothesis strategies, invariant checks, a stability state machine
+rng          counter-based random numbers, reproducible across backends and chunkings
+cli          ``routesim run``, ``routesim sweep``, ``routesim --version``
 """
 
 from .config import (
