@@ -23,7 +23,20 @@ __all__ = ["predict", "TheoryWarning"]
 
 
 class TheoryWarning(UserWarning):
-    """A config holds settings that the theory does not model."""
+    """A config holds settings that the theory does not model.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"router": {"num_experts": 8, "topk": 2,
+    ...                                    "capacity_factor": 1.25}})
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = predict(cfg, samples=200)
+    >>> caught[0].category.__name__, "router.capacity_factor" in str(caught[0].message)
+    ('TheoryWarning', True)
+    """
 
 
 _ATTRS = {
