@@ -71,6 +71,28 @@ def test_critical_rate_separates_settling_from_oscillation(proportional):
     assert swing[3] > 2 * swing[2], swing
 
 
+def test_settling_time_matches_the_engine():
+    # steps until the engine's replica-mean bias stays within 10 % of its initial
+    # distance from b* (last exit, whole steps) against the prediction
+    cfg = _config({"momentum": 0.5, "tanh_scale": 0.5},
+                  {"mode": "zip",
+                   "controller.type": ["proportional", "proportional", "ema", "momentum_tanh"],
+                   "controller.bias_update_rate": ["0.05 u_c", "0.1 u_c", "0.05 u_c",
+                                                   "0.05 u_c"]},
+                  run={**BASE["run"], "steps": 80})
+    pred = predict(cfg)
+    sim = simulate(cfg, progress=False)
+    bias = sim["bias"].mean("replica").values  # (S, P, E)
+    bstar = pred["equilibrium_bias"].values
+    off = np.max(np.abs(bias - bias.mean(-1, keepdims=True) - bstar), axis=-1)
+    outside = off > 0.1 * np.max(np.abs(bstar), axis=-1)
+    measured = outside.shape[0] - np.argmax(outside[::-1], axis=0)  # last exit + 1
+    predicted = pred["settling_steps"].values
+    assert not outside[-10:].any()
+    assert np.all(np.abs(measured - predicted) <= np.maximum(1.0, 0.1 * predicted)), (
+        measured, predicted)
+
+
 def test_load_map_matches_token_frequencies_without_control():
     # no controller: the bias stays 0 and every token is routed by the zero-bias map
     cfg = _config({"type": "none"}, run={**BASE["run"], "steps": 60})
