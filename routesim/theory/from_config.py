@@ -54,6 +54,10 @@ CYCLE_HOLDS = 8.0
 SETTLE_FRACTION = 0.1
 #: Cap on the windows of the noise-free loop iterated for a settling time.
 MAX_LOOP_WINDOWS = 1000
+#: Quadrature nodes of the noise-free loop's map, and the relative load error below
+#: which it continues on the linearised map (second-order error, about its square).
+LOOP_NODES = 32
+LINEAR_TOL = 0.03
 #: Significant digits kept of a resolved rate (the same number on every platform).
 RATE_DIGITS = 12
 
@@ -404,7 +408,10 @@ def predict_points(config: Config, *, progress: bool | None = None, samples: int
             if sc.bstar is not None:
                 star[j] = _token_cov(sc, sc.bstar)
             bar.update(1)
-        _settling(points, index, scenarios, out, notes)
+        groups = _settling_groups(points, index, scenarios)
+        bar.total += len(groups)
+        bar.refresh()
+        _settling(points, scenarios, groups, out, notes, bar)
         for i, p in enumerate(points):
             sc, j = scenarios[index[i]], index[i]
             _point(i, p, sc, zero[j], star.get(j), out, notes[i], tokens, samples, seed)
@@ -415,16 +422,23 @@ def predict_points(config: Config, *, progress: bool | None = None, samples: int
     return out
 
 
-def _settling(points: Sequence[Config], index: list[int], scenarios: list[_Scenario],
-              out: dict, notes: list[list[str]]) -> None:
-    """Settling steps of the linear laws: the noise-free loop on the exact map from the
-    initial bias, all rates of one (scenario, law, filter) at once."""
+def _settling_groups(points: Sequence[Config], index: list[int],
+                     scenarios: list[_Scenario]) -> dict[tuple, list[int]]:
+    """Points of the linear laws grouped by (scenario, law, momentum, tanh_scale)."""
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(points):
         c = p.controller
         sc = scenarios[index[i]]
         if c.type in LINEAR_LAWS and sc.bstar is not None and c.bias_update_rate > 0:
             groups.setdefault((index[i], c.type, c.momentum, c.tanh_scale), []).append(i)
+    return groups
+
+
+def _settling(points: Sequence[Config], scenarios: list[_Scenario],
+              groups: dict[tuple, list[int]], out: dict, notes: list[list[str]],
+              bar: Any) -> None:
+    """Settling steps of the linear laws: the noise-free loop on the exact map from the
+    initial bias, all rates of one (scenario, law, filter) at once."""
     for (j, law, beta, scale), members in groups.items():
         sc = scenarios[j]
         p0 = points[members[0]]
@@ -445,8 +459,8 @@ def _settling(points: Sequence[Config], index: list[int], scenarios: list[_Scena
             kw = {k: v for k, v in sc.router.items() if k not in ("topk", "bias_on")}
             traj = deterministic_trajectory(
                 sc.mu, law=law, rates=rates, steps=horizon, topk=sc.router["topk"],
-                momentum=beta, tanh_scale=scale, nodes=48,
-                linear_at=(sc.bstar, sc.jac), linear_tol=1e-2, **kw)
+                momentum=beta, tanh_scale=scale, nodes=LOOP_NODES,
+                linear_at=(sc.bstar, sc.jac), linear_tol=LINEAR_TOL, **kw)
             loop = _settle_index(_offset(traj["bias_SPE"], sc.bstar, mult), size)
         for m, i in enumerate(members):
             p = points[i]
@@ -462,6 +476,7 @@ def _settling(points: Sequence[Config], index: list[int], scenarios: list[_Scena
                 notes[i].append("the noise-free loop from the initial bias does not settle "
                                 "although b* is stable (bistable: it ends on a cycle)")
             out["settling_steps"][i] = (warm + settle) / per_step
+        bar.update(1)
 
 
 def _point(i: int, p: Config, sc: _Scenario, zero: tuple, cov_star: np.ndarray | None,
