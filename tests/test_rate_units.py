@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from routesim import ConfigError, config_from_dict, simulate
+from routesim import ConfigError, config_from_dict, run_sweep, simulate
 from routesim.analysis import unstack_points
 from routesim.config import Config
 from routesim.config._rates import CRITICAL_RATE_LAWS
@@ -100,7 +100,7 @@ def _tiny(sweep: dict, **controller) -> Config:
         "controller": {"type": "proportional", **controller}, "sweep": sweep})
 
 
-def test_resolved_rates_are_stored_and_rerun_identically():
+def test_resolved_rates_are_stored_and_rerun_identically(tmp_path):
     cfg = _tiny({"controller.bias_update_rate": ["0.5 u_c", "2 u_c"]})
     uc = critical_rates(cfg)
     ds = simulate(cfg, progress=False)
@@ -119,6 +119,9 @@ def test_resolved_rates_are_stored_and_rerun_identically():
     # one point of the sweep alone gives the same numbers (chunks resolve alike)
     one = simulate(cfg, point_indices=[1], progress=False)
     np.testing.assert_array_equal(one["expert_load"].values, ds["expert_load"].values[:, 1:])
+    swept = run_sweep(cfg, tmp_path / "sweep", points_per_chunk=1, progress=False)
+    np.testing.assert_array_equal(swept["expert_load"].values, ds["expert_load"].values)
+    assert swept.attrs["config"] == ds.attrs["config"]
 
 
 def test_grid_over_scenarios_keeps_its_grid():
