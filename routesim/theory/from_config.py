@@ -278,6 +278,9 @@ def not_modelled(point: Config) -> list[str]:
     if c.type not in LINEAR_LAWS + SIGN_LAWS + ("none",):
         out.append(f"controller.type = {c.type!r}: no theory for this law (critical rate, "
                    "settling and steady MaxVio are NaN)")
+    if c.type in SIGN_LAWS and point.router.bias_mode == "multiplicative":
+        out.append("router.bias_mode = 'multiplicative': the sign law's cycle and chain are "
+                   "written for an additive bias (its steady MaxVio is NaN)")
     if c.type == "ema" and c.bias_cap > 0:
         out.append(f"controller.bias_cap = {c.bias_cap!r}: the clamp is assumed inactive")
     if c.type != "none" and _windows_per_step(point) != 1.0:
@@ -490,6 +493,8 @@ def _point(i: int, p: Config, sc: _Scenario, zero: tuple, cov_star: np.ndarray |
     uses_rate = "bias_update_rate" in get_law(c.type).uses
     rate = float(c.bias_update_rate) if uses_rate else math.nan
     out["rate"][i] = rate
+    if c.type == "none" or rate == 0.0:  # the bias stays where it starts
+        out["maxvio_steady"][i], out["maxvio_steady_stderr"][i] = mv0, se0
     if sc.bstar is None:
         notes.append(sc.error or "no equilibrium")
         return
@@ -499,7 +504,6 @@ def _point(i: int, p: Config, sc: _Scenario, zero: tuple, cov_star: np.ndarray |
     out["critical_rate"][i] = uc
     out["rate_over_critical"][i] = rate / uc if np.isfinite(uc) else math.nan
     if c.type == "none" or rate == 0.0:
-        out["maxvio_steady"][i], out["maxvio_steady_stderr"][i] = mv0, se0
         return
     if _windows_per_step(p) != 1.0:
         return  # not_modelled says so
@@ -521,10 +525,11 @@ def _point(i: int, p: Config, sc: _Scenario, zero: tuple, cov_star: np.ndarray |
             notes.append("ema with momentum above 0.5 u_c: the loop may end on a cycle "
                          "(bistable, docs/theory.md)")
         return
-    if c.type in SIGN_LAWS:
+    if c.type in SIGN_LAWS and p.router.bias_mode == "additive":
         _relay(i, p, sc, a, noise, rate, out, notes, samples, seed)
         return
-    notes.append(f"no steady-state theory for controller.type = {c.type!r}")
+    notes.append(f"no steady-state theory for controller.type = {c.type!r}"
+                 + (" with a multiplicative bias" if c.type in SIGN_LAWS else ""))
 
 
 def _relay(i: int, p: Config, sc: _Scenario, a: np.ndarray, noise: np.ndarray, rate: float,
