@@ -61,7 +61,7 @@ _ATTRS = {
 
 
 def predict(config: Config, *, progress: bool | None = None, samples: int = 20000,
-            seed: int = 0, warn: bool = True) -> xr.Dataset:
+            seed: int = 0, warn: bool = True, settling: str = "loop") -> xr.Dataset:
     """What the theory predicts for every point of ``config``.
 
     Parameters
@@ -78,6 +78,10 @@ def predict(config: Config, *, progress: bool | None = None, samples: int = 2000
         Issue a :class:`TheoryWarning` naming the settings that the theory
         does not model (they are listed in ``attrs["not_modelled"]`` either
         way).
+    settling : {"loop", "linear"}
+        How ``settling_steps`` is computed: the noise-free loop on the exact
+        map, or the spectral radius alone (faster for hundreds of experts;
+        see :func:`routesim.theory.predict_points`).
 
     Returns
     -------
@@ -111,7 +115,8 @@ def predict(config: Config, *, progress: bool | None = None, samples: int = 2000
     >>> ds["maxvio_steady"].notnull().values.tolist(), str(ds["note"].values[1])
     ([True, False], 'at or above the critical rate: no stationary state')
     """
-    out = predict_points(config, progress=progress, samples=samples, seed=seed)
+    out = predict_points(config, progress=progress, samples=samples, seed=seed,
+                         settling=settling)
     resolved = out["config"]
     point, pe = ("point",), ("point", "expert")
     data = {name: (point, out[name]) for name in (

@@ -91,6 +91,9 @@ def test_settling_time_matches_the_engine():
     assert not outside[-10:].any()
     assert np.all(np.abs(measured - predicted) <= np.maximum(1.0, 0.1 * predicted)), (
         measured, predicted)
+    fast = predict(cfg, settling="linear")  # the spectral radius alone, no loop
+    np.testing.assert_array_equal(fast["settling_steps"].values,
+                                  pred["settling_steps_linear"].values)
 
 
 def test_load_map_matches_token_frequencies_without_control():

@@ -331,7 +331,7 @@ _VARIABLES = ("rate", "critical_rate", "rate_over_critical", "loop_gain_max",
 
 
 def predict_points(config: Config, *, progress: bool | None = None, samples: int = 20000,
-                   seed: int = 0) -> dict[str, Any]:
+                   seed: int = 0, settling: str = "loop") -> dict[str, Any]:
     """Per-point predictions of the theory for every point of ``config``.
 
     Parameters
@@ -345,6 +345,12 @@ def predict_points(config: Config, *, progress: bool | None = None, samples: int
     samples, seed : int
         Gaussian Monte Carlo draws of each expected maximum and their seed
         (point ``i`` uses ``seed + i``).
+    settling : {"loop", "linear"}
+        ``loop``: ``settling_steps`` from the noise-free loop on the exact
+        map (one map evaluation per window until the loads are within 3 % of
+        balance: the dearest part for hundreds of experts); ``linear``: from
+        the spectral radius alone (``settling_steps_linear``, also returned
+        with ``loop``).
 
     Returns
     -------
@@ -382,6 +388,8 @@ def predict_points(config: Config, *, progress: bool | None = None, samples: int
     >>> bool(out["maxvio_zero_bias"][0] > 5 * out["maxvio_steady"][0])
     True
     """
+    if settling not in ("loop", "linear"):
+        raise ConfigError(f"settling = {settling!r}: must be 'loop' or 'linear'")
     first = config.points()[0]
     if first.traffic.kind != "popularity":
         raise ConfigError(f"traffic.kind = {first.traffic.kind!r}: the theory predicts "
@@ -414,7 +422,7 @@ def predict_points(config: Config, *, progress: bool | None = None, samples: int
         groups = _settling_groups(points, index, scenarios)
         bar.total += len(groups)
         bar.refresh()
-        _settling(points, scenarios, groups, out, notes, bar)
+        _settling(points, scenarios, groups, out, notes, bar, settling == "loop")
         for i, p in enumerate(points):
             sc, j = scenarios[index[i]], index[i]
             _point(i, p, sc, zero[j], star.get(j), out, notes[i], tokens, samples, seed)
@@ -439,7 +447,7 @@ def _settling_groups(points: Sequence[Config], index: list[int],
 
 def _settling(points: Sequence[Config], scenarios: list[_Scenario],
               groups: dict[tuple, list[int]], out: dict, notes: list[list[str]],
-              bar: Any) -> None:
+              bar: Any, iterate: bool) -> None:
     """Settling steps of the linear laws: the noise-free loop on the exact map from the
     initial bias, all rates of one (scenario, law, filter) at once."""
     for (j, law, beta, scale), members in groups.items():
@@ -458,6 +466,8 @@ def _settling(points: Sequence[Config], scenarios: list[_Scenario],
                           3 * (finite.max() if finite.size else 0) + 40))
         if size == 0.0:
             loop = np.zeros(len(members))
+        elif not iterate:
+            loop = linear
         else:
             kw = {k: v for k, v in sc.router.items() if k not in ("topk", "bias_on")}
             traj = deterministic_trajectory(
