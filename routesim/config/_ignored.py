@@ -158,7 +158,16 @@ RULES: dict[str, _Why] = {
     **{f"penalty.{n}": _learning(lambda p: p.penalty.type != "none",
                                  "penalty.type = 'none' does not use it (set a balance loss "
                                  "type)")
-       for n in ("alpha", "normalization", "f_map")},
+       for n in ("alpha", "normalization", "f_map", "loss", "target")},
+    "penalty.normalise": lambda p: (
+        _learning(lambda q: q.penalty.type != "none",
+                  "penalty.type = 'none' does not use it (set a balance loss type)")(p)
+        or (None if p.router.score_function == "sigmoid" and not p.penalty.noisy_gate else
+            "a softmax gate's scores already sum to 1 (only a sigmoid gate's E[rho] "
+            "differs from P)")),
+    "penalty.temperature": _learning(
+        lambda p: p.penalty.type != "none" and p.penalty.loss == "logsumexp",
+        "penalty.loss = {p.penalty.loss!r} does not use it (only 'logsumexp' does)"),
     "penalty.alpha_schedule": _learning(
         lambda p: p.penalty.type != "none" or p.penalty.importance_loss > 0
         or p.penalty.load_loss > 0,

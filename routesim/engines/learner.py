@@ -130,8 +130,9 @@ class LearnerPlan:
     ----------
     points : PointPlan
     tparams, cparams : traffic and controller parameters of the points.
-    types_P : str array (P,)
-        Balance-loss type of each point.
+    types_P, losses_P : str arrays (P,)
+        Balance-loss groups (``penalty.type``) and objective (``penalty.loss``)
+        of each point.
     alpha_P, zcoef_P, lr_P, imp_P, loadw_P, gamma_P, affinity_P : float arrays (P,)
         Per-point penalty weights, learning rate, rich-get-richer strength and
         affinity scale.
@@ -151,6 +152,7 @@ class LearnerPlan:
     tparams: Any
     cparams: Any
     types_P: np.ndarray
+    losses_P: np.ndarray
     alpha_P: np.ndarray
     zcoef_P: np.ndarray
     lr_P: np.ndarray
@@ -194,6 +196,7 @@ def make_plan_learner(config: Config, point_indices: Sequence[int] | None = None
     return LearnerPlan(points=pp, tparams=traffic.make_traffic_params(pp.points),
                        cparams=controllers.make_controller_params(pp.points),
                        types_P=np.array([p.penalty.type for p in pp.points]),
+                       losses_P=np.array([p.penalty.loss for p in pp.points]),
                        alpha_P=col("alpha"), zcoef_P=col("z_loss"), lr_P=col("learning_rate"),
                        imp_P=col("importance_loss"), loadw_P=col("load_loss"),
                        gamma_P=col("quality_strength"), affinity_P=col("affinity_scale"))
