@@ -67,3 +67,35 @@ def test_a_user_objective_runs_in_the_engine():
         mask = penalties.topk_map(np, inputs[1] @ w0.T, 2)
         f = mask.reshape(2, 16, 4).sum(1) / 32
         assert np.isclose(out.extra.balance_loss_PR[0, 0], np.mean(np.sum(f ** 3, -1)))
+
+
+# ----------------------------------------------------------------------------
+# signed interference
+# ----------------------------------------------------------------------------
+def test_task_projection_against_its_formula_and_the_clipped_share():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 4, 5)), rng.normal(size=(3, 4, 5))
+    proj = penalties.task_projection(np, a, b)
+    _, share = penalties.interference(np, a, b)
+    for i in range(3):
+        x, y = a[i].ravel(), b[i].ravel()
+        assert np.isclose(proj[i], (x + y) @ x / (x @ x))
+        assert np.isclose(share[i], np.clip(1 - proj[i], 0, 1))
+    # the reversal the clipped share cannot show: 1 - 2 alpha at alpha = 0.8
+    assert np.allclose(penalties.task_projection(np, a, -1.6 * a), -0.6)
+    assert np.allclose(penalties.interference(np, a, -1.6 * a)[1], 1.0)
+    assert np.isnan(penalties.task_projection(np, 0 * a, b)).all()
+
+
+def test_engine_reports_the_projection_and_the_reversal_share():
+    # a huge alpha against a small task signal: the total gradient reverses on some steps
+    cfg = small(run={"steps": 6}, penalty={"type": "switch", "affinity_scale": 1e-3,
+                                           "quality_strength": 0.0},
+                sweep={"penalty.alpha": [0.0, 10.0]})
+    ds = simulate(cfg, progress=False)
+    proj = ds["task_projection"].values                     # (S, P, R)
+    assert np.allclose(proj[:, 0], 1.0)                      # no penalty: the task alone
+    assert np.allclose(ds["cancelled_share"].values, np.clip(1 - proj, 0, 1))
+    share = (proj < 0).mean(axis=0)
+    assert np.allclose(ds["reversal_share"].values, share)
+    assert share[1, 0] > 0 and share[0, 0] == 0               # reversals occur only with it

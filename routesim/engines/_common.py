@@ -275,6 +275,7 @@ class LearnerExtra:
     z_loss_value_PR: Any
     interference_PR: Any
     cancelled_share_PR: Any
+    task_projection_PR: Any
     max_logit_PR: Any
     logit_spread_PR: Any
     alpha_t_P: Any

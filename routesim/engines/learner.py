@@ -13,8 +13,10 @@ step:
 3. the task-loss proxy (:mod:`routesim.learning.task_proxy`) and the penalties
    (:mod:`routesim.learning.penalties`, :mod:`routesim.learning.noisy_gate`), each with its
    analytic gradient on the logits, turned into gradients on ``W``;
-4. interference: cosine between the task and penalty gradients on ``W`` and
-   the share of the task gradient the penalty cancels;
+4. interference: cosine between the task and penalty gradients on ``W``, the
+   share of the task gradient the penalty cancels (clipped to [0, 1]) and the
+   signed projection of the total gradient on the task gradient (negative
+   when the step goes against the task);
 5. one SGD or Adam step on ``W`` (and ``W_noise``) with the summed gradient;
    the expert usage behind the rich-get-richer quality is updated from the
    step's loads.
@@ -343,8 +345,8 @@ def forward(plan: LearnerPlan, state: LearnerState, t: int) -> _Forward:
 
 
 def _gradients(plan: LearnerPlan, fw: _Forward, d_task: Any, d_pen: Any,
-               d_clean_load: Any, d_raw_load: Any) -> tuple[tuple, Any, Any]:
-    """Gradients on ``W`` (and ``W_noise``); cosine and cancelled share of task vs penalty."""
+               d_clean_load: Any, d_raw_load: Any) -> tuple[tuple, Any, tuple]:
+    """Gradients on ``W`` (and ``W_noise``); cosine, cancelled share and signed projection."""
     xp = plan.points.xp
     g_task = penalties.weight_grad(xp, d_task, fw.x)
     g_pen = penalties.weight_grad(
@@ -354,7 +356,7 @@ def _gradients(plan: LearnerPlan, fw: _Forward, d_task: Any, d_pen: Any,
         d_raw = (d_task + d_pen) * fw.eps * sigmoid(xp, fw.raw) + d_raw_load
         grads = (g_task + g_pen, penalties.weight_grad(xp, d_raw, fw.x))
     cos, cancelled = penalties.interference(xp, g_task, g_pen)
-    return grads, cos, cancelled
+    return grads, cos, (cancelled, penalties.task_projection(xp, g_task, g_pen))
 
 
 def _eval_pass(plan: LearnerPlan, fw: _Forward, first_bias: Any) -> tuple[Any, Any]:
@@ -406,7 +408,8 @@ def step_state(plan: LearnerPlan, state: LearnerState) -> tuple[LearnerState, St
                             axis=-1)
     pen_value, d_pen, (d_clean_load, d_raw_load), logs = penalty_terms(
         plan, t, fw.h, mask, unbiased, fw.clean, fw.raw, fw.eps)
-    grads, cos, cancelled = _gradients(plan, fw, d_task, d_pen, d_clean_load, d_raw_load)
+    grads, cos, (cancelled, projection) = _gradients(plan, fw, d_task, d_pen, d_clean_load,
+                                                     d_raw_load)
     state = optimize(plan, state, t, grads)
     usage = task_proxy.update_usage(xp, state.usage_PRE, load, cfg.penalty.quality_memory, k,
                                     cfg.batch.tokens_per_step)
@@ -415,7 +418,7 @@ def step_state(plan: LearnerPlan, state: LearnerState) -> tuple[LearnerState, St
     extra = LearnerExtra(
         task_proxy_PR=proxy, task_affinity_PR=affinity_part, penalty_PR=pen_value,
         balance_loss_PR=logs["balance_loss"], z_loss_value_PR=logs["z_loss_value"],
-        interference_PR=cos, cancelled_share_PR=cancelled,
+        interference_PR=cos, cancelled_share_PR=cancelled, task_projection_PR=projection,
         max_logit_PR=xp.max(fw.h, axis=(-2, -1)),
         logit_spread_PR=xp.mean(xp.std(fw.h, axis=-1), axis=-1),
         alpha_t_P=logs["alpha_t"], z_loss_t_P=logs["z_loss_t"],
