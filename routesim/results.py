@@ -28,7 +28,7 @@ from .rng import entropy_of
 __all__ = ["build_dataset", "engine_variables", "extra_variables"]
 
 #: Dimension of each shape letter of a recorded field name.
-_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert"}
+_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert", "L": "position"}
 
 
 def _sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:

@@ -33,8 +33,8 @@ def _family_reference(inputs, w, w0, fmap_groups, mask):
 def test_sgd_step_follows_each_objective(gate, normalise):
     target = [0.4, 0.3, 0.2, 0.1]
     cfg = small(router={"score_function": gate},
-                penalty={"type": "global_batch", "alpha": 0.3, "target": target, "temperature": 0.5,
-                         **({} if normalise else {"normalise": False})},
+                penalty={"type": "global_batch", "alpha": 0.3, "target": target,
+                         "temperature": 0.5, **({} if normalise else {"normalise": False})},
                 sweep={"penalty.loss": ["switch", "quadratic", "entropy", "l1", "logsumexp"]})
     init, step = learner.make_learner_simulator(cfg)
     s0 = init()
@@ -99,3 +99,86 @@ def test_engine_reports_the_projection_and_the_reversal_share():
     share = (proj < 0).mean(axis=0)
     assert np.allclose(ds["reversal_share"].values, share)
     assert share[1, 0] > 0 and share[0, 0] == 0               # reversals occur only with it
+
+
+# ----------------------------------------------------------------------------
+# capacity
+# ----------------------------------------------------------------------------
+def brute_force_kept(h, gate, k, n_mb, seqs_mb, seq_len, factor, policy):
+    """Kept assignments of step 0 (bias 0), expert by expert, token by token."""
+    from scipy.special import expit, softmax
+
+    t, e = h.shape
+    s = softmax(h, -1) if gate == "softmax" else expit(h)
+    t_mb = seqs_mb * seq_len
+    cap = int(np.ceil(t_mb * k / e * factor))
+    chosen = np.zeros((t, e), dtype=bool)
+    for row in range(t):
+        chosen[row, np.argsort(-s[row], kind="stable")[:k]] = True
+    kept = np.zeros_like(chosen)
+    for mb in range(n_mb):
+        for j in range(e):
+            tokens = [mb * t_mb + i for i in range(t_mb) if chosen[mb * t_mb + i, j]]
+            if policy == "probs":
+                def weight(row):
+                    top = np.flatnonzero(chosen[row])
+                    if gate == "softmax":          # softmax over the chosen logits
+                        return softmax(h[row, top])[list(top).index(j)]
+                    return s[row, j] / s[row, top].sum()
+                tokens.sort(key=lambda row: -weight(row))     # stable: earlier token first
+            else:                                             # [position, sequence] order
+                tokens.sort(key=lambda row: ((row % t_mb) % seq_len, (row % t_mb) // seq_len))
+            for row in tokens[:cap]:
+                kept[row, j] = True
+    return chosen, kept
+
+
+@pytest.mark.parametrize("gate,policy", [("softmax", "probs"), ("sigmoid", "position")])
+def test_capacity_drops_as_a_brute_force_loop_and_the_gradient_skips_them(gate, policy):
+    cfg = small(router={"score_function": gate, "capacity_factor": 0.75,
+                        "token_drop_policy": policy},
+                penalty={"type": "switch", "alpha": 0.2, "quality_strength": 0.0},
+                batch={"num_sequences": 4, "seq_length": 8, "micro_batch_size": 2})
+    init, step = learner.make_learner_simulator(cfg)
+    s0 = init()
+    s1, out = step(s0)
+    inputs = _step0_inputs(cfg, 0)
+    p, x, topic, aff, _ = inputs
+    w0 = np.asarray(s0.weight_PRED[0, 0])
+    b, k = cfg.batch, cfg.router.topk
+    chosen, kept = brute_force_kept(x @ w0.T, gate, k, b.num_micro_batches,
+                                    b.sequences_per_micro_batch, b.seq_length, 0.75, policy)
+    assert (~kept & chosen).any()                                   # something dropped
+    assert np.array_equal(out.load_PRE[0, 0], chosen.sum(0))
+    assert np.array_equal(out.kept_PRE[0, 0], kept.sum(0))
+    lost = (chosen & ~kept).reshape(b.num_sequences, b.seq_length, -1).sum((0, 2))
+    assert np.allclose(out.extra.drop_by_position_PRL[0, 0], lost / (b.num_sequences * k))
+
+    def total(w):   # dropped assignments earn nothing; f counts the chosen (pre-drop) map
+        h = x @ w.T
+        task = task_proxy.task_loss(np, gate, h, chosen, aff[topic] * kept, k)[0]
+        bal = penalties.balance_loss(np, h, chosen, gate, k, b.num_micro_batches)[0]
+        return -float(task) + 0.2 * float(bal)
+
+    assert rel_err(w0 - np.asarray(s1.weight_PRED[0, 0]), fd_grad(total, w0)) < RTOL
+
+
+def test_capacity_dataset_has_the_drop_rate_by_position():
+    cfg = small(run={"steps": 3}, router={"capacity_factor": 0.5},
+                penalty={"type": "switch", "alpha": 0.01})
+    ds = simulate(cfg, progress=False)
+    assert ds["drop_by_position"].dims == ("step", "point", "replica", "position")
+    # the mean over positions is the step's drop rate (every position has B * K assignments)
+    assert np.allclose(ds["drop_by_position"].mean("position"), ds["drop_rate"])
+    assert (ds["drop_rate"] > 0).all()
+    assert "drop_by_position" not in simulate(small(run={"steps": 1}), progress=False)
+
+
+def test_controller_counts_the_kept_loads():
+    cfg = small(run={"steps": 2}, router={"capacity_factor": 0.6},
+                controller={"type": "sign", "bias_update_rate": 0.01})
+    ds = simulate(cfg, progress=False)
+    kept = ds["kept_load"].values[0].astype(float)
+    assert (ds["kept_load"].values[0] != ds["expert_load"].values[0]).any()
+    step1 = 0.01 * np.sign(kept.mean(-1, keepdims=True) - kept)
+    assert np.allclose(ds["bias"].values[1], step1, atol=1e-7)

@@ -1,4 +1,4 @@
-"""Su's general auxiliary loss: a balance objective ``phi(F)`` through the straight-through estimator.
+"""Su's general auxiliary loss: a balance objective ``phi(F)`` through ``P + sg[F - P]``.
 
 For a balance objective ``phi`` on the load distribution ``F``
 (:mod:`routesim.penalty_registry`), the loss of a group of ``T_g`` tokens is
