@@ -182,3 +182,70 @@ def test_controller_counts_the_kept_loads():
     assert (ds["kept_load"].values[0] != ds["expert_load"].values[0]).any()
     step1 = 0.01 * np.sign(kept.mean(-1, keepdims=True) - kept)
     assert np.allclose(ds["bias"].values[1], step1, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------
+# drift of the topic weights
+# ----------------------------------------------------------------------------
+def _topic_setup(drift, replicas=1, **extra):
+    from routesim import rng, traffic
+
+    t = {"kind": "features", "num_topics": 4, "topic_weights": [0.55, 0.25, 0.15, 0.05],
+         "drift": drift, **extra}
+    cfg = config_from_dict({"router": {"num_experts": 4, "topk": 1}, "traffic": t,
+                            "run": {"replicas": replicas}})
+    params = traffic.make_traffic_params(cfg.points())
+    keys = rng.point_keys(0, [0], replicas)
+    return traffic, params, keys, traffic.init_traffic(np, params, keys)
+
+
+def test_regime_switch_permutes_the_topic_weights_and_the_tokens_follow():
+    traffic, params, keys, state = _topic_setup("regime", regime_steps=[5])
+    w0 = np.array([0.55, 0.25, 0.15, 0.05])
+    shares = []
+    for step in (4, 5):
+        st = traffic.advance_traffic(np, params, state, keys, step)
+        w = traffic.topic_weights(np, params, st)[0, 0]
+        _, topic = traffic.token_features(np, params, st, keys, step, 0, 40000)
+        share = np.bincount(topic[0, 0], minlength=4) / 40000
+        assert np.abs(share - w).max() < 0.01           # tokens drawn from the weights in force
+        shares.append(w)
+    assert np.allclose(shares[0], w0)
+    assert np.allclose(np.sort(shares[1]), np.sort(w0)) and not np.allclose(shares[1], w0)
+
+
+def test_sinusoid_and_random_walk_move_the_log_weights_by_their_formulas():
+    traffic, params, keys, state = _topic_setup("sinusoid", drift_amplitude=0.8,
+                                                drift_period=20.0)
+    st = traffic.advance_traffic(np, params, state, keys, 7)
+    logw = np.log([0.55, 0.25, 0.15, 0.05]) + 0.8 * np.sin(2 * np.pi * 7 / 20
+                                                           + 2 * np.pi * np.arange(4) / 4)
+    ref = np.exp(logw) / np.exp(logw).sum()
+    assert np.allclose(traffic.topic_weights(np, params, st)[0, 0], ref, rtol=1e-12)
+    # random walk: independent N(0, std^2) increments per topic and step
+    traffic, params, keys, state = _topic_setup("random_walk", replicas=300, drift_std=0.1)
+    st1 = traffic.advance_traffic(np, params, state, keys, 1)
+    st2 = traffic.advance_traffic(np, params, st1, keys, 2)
+    inc = (st2.topic_logw_PRM - st1.topic_logw_PRM).ravel()
+    assert abs(inc.std() - 0.1) < 0.01 and abs(inc.mean()) < 0.01
+    st0 = traffic.advance_traffic(np, params, state, keys, 0)       # step 0: no increment yet
+    assert np.allclose(st0.topic_logw_PRM, np.log([0.55, 0.25, 0.15, 0.05]))
+
+
+def test_shift_response_on_a_learning_run():
+    from routesim.analysis import shift_response
+
+    cfg = small(run={"steps": 40}, traffic={"topic_weights": [0.8, 0.1, 0.1],
+                                            "drift": "regime", "regime_steps": [20]},
+                controller={"type": "sign", "bias_update_rate": 0.05},
+                penalty={"optimizer": "adam", "learning_rate": 0.05})
+    ds = simulate(cfg, progress=False)
+    out = shift_response(ds, 20, window=10, smooth=3, tolerance=0.5)
+    m = ds["maxvio_batch"].values[:, 0, 0]
+    proxy = ds["task_proxy"].values[:, 0, 0]
+    assert np.isclose(out["maxvio_before"].item(), m[10:20].mean())
+    assert np.isclose(out["proxy_lost"].item(), proxy[10:20].mean() - proxy[20:30].mean())
+    k = out["rebalance_steps"].item()
+    smoothed = [m[20 + i:23 + i].mean() for i in range(18)]
+    ok = [v <= 1.5 * m[10:20].mean() for v in smoothed]
+    assert (np.isnan(k) and not any(ok)) or (k == ok.index(True))
