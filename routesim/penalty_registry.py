@@ -43,12 +43,16 @@ This module sits below :mod:`routesim.config`, which validates
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterator
 
 __all__ = ["BalanceObjective", "register", "unregister", "registered", "get_objective",
-           "registered_temporarily", "ENTROPY_FLOOR"]
+           "registered_temporarily", "import_objective_module", "ENTROPY_FLOOR"]
 
 #: Floor of ``F`` inside the entropy loss's logarithm.
 ENTROPY_FLOOR = 1e-9
@@ -220,6 +224,47 @@ def registered_temporarily(name: str, phi: Phi, dphi: Phi, **kwargs: Any
     finally:
         if _REGISTRY.get(name) is spec:
             del _REGISTRY[name]
+
+
+#: Modules imported by :func:`import_objective_module`: key -> (module, names it registered).
+_LOADED: dict[str, tuple[Any, tuple[str, ...]]] = {}
+
+
+def import_objective_module(module: str) -> Any:
+    """Import the module that registers an objective: a dotted name or a ``.py`` file path.
+
+    Run once per process, and again only if an objective it registered has
+    since been removed. ``penalty.module`` calls it when the config is read,
+    so that spawned sweep workers, which rebuild the config, register the
+    objective too.
+
+    Examples
+    --------
+    >>> import_objective_module("routesim.penalty_registry").__name__
+    'routesim.penalty_registry'
+    """
+    key = module if not module.endswith(".py") else str(Path(module).resolve())
+    if key in _LOADED and all(n in _REGISTRY for n in _LOADED[key][1]):
+        return _LOADED[key][0]
+    before = set(_REGISTRY)
+    if not module.endswith(".py"):
+        mod = importlib.import_module(module)
+        if key in _LOADED:
+            mod = importlib.reload(mod)  # an objective it registered was removed
+    else:
+        if not Path(key).is_file():
+            raise FileNotFoundError(f"no file {module!r}")
+        mod_name = "routesim_objective_" + Path(key).stem
+        spec = importlib.util.spec_from_file_location(mod_name, key)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[mod_name]
+            raise
+    _LOADED[key] = (mod, tuple(sorted(set(_REGISTRY) - before)))
+    return mod
 
 
 # ----------------------------------------------------------------------------

@@ -211,3 +211,25 @@ def test_array_api_strict_agrees_with_numpy():
             v1, g1 = balance_family.family_loss(xps, name, xps.asarray(z), xps.asarray(f),
                                                 "sigmoid", 2, xps.asarray(q), normalise, 0.5)
             assert np.allclose(v0, np.asarray(v1)) and np.allclose(g0, np.asarray(g1))
+
+
+def test_penalty_module_registers_a_users_objective(tmp_path):
+    from routesim import ConfigError, config_from_dict
+
+    path = tmp_path / "my_objective.py"
+    path.write_text(
+        "from routesim import penalty_registry\n"
+        "penalty_registry.register('from_module', lambda xp, F, Q, t: xp.sum(F * F, axis=-1),\n"
+        "                          lambda xp, F, Q, t: 2 * F, replace=True)\n")
+    base = {"traffic": {"kind": "features"}, "router": {"num_experts": 4, "topk": 1}}
+    try:
+        cfg = config_from_dict({**base, "penalty": {"learn": True, "type": "switch",
+                                                    "loss": "from_module",
+                                                    "module": str(path)}})
+        assert cfg.penalty.loss == "from_module"
+    finally:
+        if "from_module" in penalty_registry.registered():
+            penalty_registry.unregister("from_module")
+    with pytest.raises(ConfigError, match="penalty.module"):
+        config_from_dict({**base, "penalty": {"learn": True, "type": "switch",
+                                              "module": str(tmp_path / "missing.py")}})

@@ -168,7 +168,7 @@ RULES: dict[str, _Why] = {
     **{f"penalty.{n}": _learning(lambda p: p.penalty.type != "none",
                                  "penalty.type = 'none' does not use it (set a balance loss "
                                  "type)")
-       for n in ("alpha", "normalization", "f_map", "loss", "target")},
+       for n in ("alpha", "normalization", "f_map", "loss", "target", "module")},
     "penalty.normalise": lambda p: (
         _learning(lambda q: q.penalty.type != "none",
                   "penalty.type = 'none' does not use it (set a balance loss type)")(p)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import math
 from typing import Literal
 
-from ..penalty_registry import registered
+from ..exceptions import ConfigError
+from ..penalty_registry import import_objective_module, registered
 from ._checks import DATACLASS, check_types, positive, require
 
 __all__ = ["PenaltyConfig"]
@@ -47,6 +48,11 @@ class PenaltyConfig:
         sigmoid score ``E[rho]``.
     temperature : float > 0
         ``tau`` of the ``logsumexp`` objective.
+    module : str or None
+        A module (dotted name or ``.py`` path) imported when the config is
+        read, which registers the objective named in ``loss``
+        (:func:`routesim.penalty_registry.register`); sweep workers import it
+        too.
     normalization : {"megatron", "mixtral"}
         ``f_i = c_i / (K T)`` (the loss equals ``alpha`` at balance) or
         ``c_i / T`` (transformers' Mixtral loss: equals ``K * alpha``).
@@ -119,6 +125,7 @@ class PenaltyConfig:
     target: tuple[float, ...] | None = None
     normalise: bool = True
     temperature: float = 0.1
+    module: str | None = None
     normalization: Literal["megatron", "mixtral"] = "megatron"
     f_map: Literal["unbiased", "realized"] = "unbiased"
     z_loss: float = 0.0
@@ -149,9 +156,17 @@ class PenaltyConfig:
         positive(self, "penalty", "alpha", "z_loss", "noise_init_scale", "importance_loss",
                   "load_loss", "affinity_scale", "quality_strength", allow_zero=True)
         positive(self, "penalty", "learning_rate", "schedule_width", "adam_eps", "temperature")
+        if self.module is not None:
+            try:
+                import_objective_module(self.module)
+            except Exception as err:  # any failure of the user's module is a config error
+                raise ConfigError(f"penalty.module = {self.module!r}: cannot be imported "
+                                  f"({type(err).__name__}: {err})") from None
         names = registered()
         require(self.loss in names, "penalty.loss", self.loss,
-                 "must be one of " + ", ".join(repr(n) for n in names))
+                 "must be one of " + ", ".join(repr(n) for n in names)
+                 + " (add one with routesim.penalty_registry.register, or name the module "
+                 "that registers it in penalty.module)")
         if self.target is not None:
             q = self.target
             require(all(math.isfinite(x) and x > 0 for x in q), "penalty.target", list(q),
