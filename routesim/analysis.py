@@ -109,7 +109,7 @@ def unstack_points(ds: xr.Dataset) -> xr.Dataset:
 
 
 def shift_response(ds: xr.Dataset, step: int, *, window: int = 50, smooth: int = 10,
-                   tolerance: float = 0.25) -> xr.Dataset:
+                   tolerance: float = 0.25, proxy: str = "task_proxy") -> xr.Dataset:
     """How each point and replica answers a traffic shift at ``step``.
 
     Parameters
@@ -127,6 +127,9 @@ def shift_response(ds: xr.Dataset, step: int, *, window: int = 50, smooth: int =
     tolerance : float >= 0
         Rebalanced when the smoothed MaxVio_batch is within
         ``(1 + tolerance)`` times the old level.
+    proxy : str
+        The variable whose loss is measured: ``task_proxy``, or
+        ``task_affinity`` (the reward without the rich-get-richer quality).
 
     Returns
     -------
@@ -136,9 +139,9 @@ def shift_response(ds: xr.Dataset, step: int, *, window: int = 50, smooth: int =
         ``window`` steps after), ``rebalance_steps`` (steps from the shift
         until the smoothed MaxVio_batch, the mean over ``[t, t + smooth)``,
         is back within tolerance: 0 if it never left; NaN if it does not
-        return before the run ends), and with ``task_proxy``:
-        ``proxy_before``, ``proxy_after`` (means over the two windows) and
-        ``proxy_lost`` (their difference).
+        return before the run ends), and when ``ds`` has the ``proxy``
+        variable: ``proxy_before``, ``proxy_after`` (means over the two
+        windows) and ``proxy_lost`` (their difference).
 
     Examples
     --------
@@ -173,10 +176,10 @@ def shift_response(ds: xr.Dataset, step: int, *, window: int = 50, smooth: int =
     out = {"maxvio_before": (pr, before),
            "maxvio_peak": (pr, smoothed[:window].max(axis=0)),
            "rebalance_steps": (pr, first)}
-    if "task_proxy" in ds:
-        proxy = ds["task_proxy"].transpose("step", "point", "replica").values
-        pb = proxy[max(0, step - window):step].mean(axis=0)
-        pa = proxy[step:step + window].mean(axis=0)
+    if proxy in ds:
+        values = ds[proxy].transpose("step", "point", "replica").values
+        pb = values[max(0, step - window):step].mean(axis=0)
+        pa = values[step:step + window].mean(axis=0)
         out.update(proxy_before=(pr, pb), proxy_after=(pr, pa), proxy_lost=(pr, pb - pa))
     coords = {name: ds.coords[name] for name in ("point", "replica", "label")
               if name in ds.coords}
