@@ -249,3 +249,25 @@ def test_shift_response_on_a_learning_run():
     smoothed = [m[20 + i:23 + i].mean() for i in range(18)]
     ok = [v <= 1.5 * m[10:20].mean() for v in smoothed]
     assert (np.isnan(k) and not any(ok)) or (k == ok.index(True))
+
+
+def test_array_api_strict_agrees_with_capacity_drift_and_a_family_loss():
+    xps = pytest.importorskip("array_api_strict")
+    cfg = small(router={"capacity_factor": 0.8, "token_drop_policy": "position",
+                        "score_function": "sigmoid"},
+                traffic={"topic_weights": [0.5, 0.3, 0.2], "drift": "sinusoid",
+                         "drift_amplitude": 0.5},
+                controller={"type": "sign", "bias_update_rate": 0.01},
+                penalty={"type": "sequence", "alpha": 0.1, "loss": "entropy",
+                         "normalise": False, "target": [0.4, 0.3, 0.2, 0.1]})
+    runs = []
+    for xp in (np, xps):
+        init, step = learner.make_learner_simulator(cfg, xp=xp)
+        state = init()
+        for _ in range(3):
+            state, out = step(state)
+        runs.append((np.asarray(state.weight_PRED), np.asarray(out.kept_PRE),
+                     np.asarray(out.extra.drop_by_position_PRL),
+                     np.asarray(out.extra.task_projection_PR)))
+    for a, b in zip(*runs):
+        assert np.allclose(a, b)
