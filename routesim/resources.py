@@ -68,7 +68,7 @@ COUNT_BYTES = 24
 FEATURE_BYTES = 24
 WEIGHT_BYTES = 64
 STEP_LOGIT_BYTES = 96
-STEP_DROP_BYTES = 32  # learning with capacity: kept masks, weights and ranks of a step
+STEP_DROP_BYTES = 8  # learning with capacity: the kept mask of a step (measured)
 JACOBIAN_BYTES = 80
 #: The mean-field load map's fixed working tables (bytes, measured).
 MEANFIELD_BASE_BYTES = 48 * 10**6
