@@ -271,3 +271,34 @@ def test_array_api_strict_agrees_with_capacity_drift_and_a_family_loss():
                      np.asarray(out.extra.task_projection_PR)))
     for a, b in zip(*runs):
         assert np.allclose(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("changes", [
+    {"router": {"capacity_factor": 0.8, "token_drop_policy": "position",
+                "score_function": "sigmoid"},
+     "penalty": {"type": "sequence", "alpha": 0.1, "loss": "entropy", "normalise": False}},
+    {"traffic": {"topic_weights": [0.5, 0.3, 0.2], "drift": "regime", "regime_steps": [2]},
+     "controller": {"type": "sign", "bias_update_rate": 0.01},
+     "penalty": {"type": "switch", "alpha": 0.1, "loss": "logsumexp"}},
+])
+def test_cupy_backend_agrees_with_capacity_drift_and_the_family(changes):
+    from routesim._backend import cupy_available
+
+    ok, reason = cupy_available()
+    if not ok:
+        pytest.skip(reason)
+    import cupy
+
+    cfg = small(run={"steps": 4}, **changes)
+    outs = []
+    for xp in (np, cupy):
+        init, step = learner.make_learner_simulator(cfg, xp=xp)
+        state = init()
+        for _ in range(4):
+            state, out = step(state)
+        host = cupy.asnumpy if xp is cupy else np.asarray
+        outs.append((host(state.weight_PRED), host(out.kept_PRE),
+                     host(out.extra.task_projection_PR), host(out.extra.balance_loss_PR)))
+    for a, b in zip(*outs):
+        assert np.allclose(a, b, atol=1e-6)
