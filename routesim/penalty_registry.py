@@ -158,6 +158,16 @@ def register(name: str, phi: Phi, dphi: Phi, *, linear: bool = False, replace: b
 def unregister(name: str) -> None:
     """Remove a user objective (built-ins cannot be removed).
 
+    Parameters
+    ----------
+    name : str
+        A registered user objective.
+
+    Raises
+    ------
+    ValueError
+        If it is not registered or is built in.
+
     Examples
     --------
     >>> unregister("quadratic")
@@ -176,6 +186,10 @@ def unregister(name: str) -> None:
 def registered() -> tuple[str, ...]:
     """Names of the registered objectives, built-ins first.
 
+    Returns
+    -------
+    tuple of str
+
     Examples
     --------
     >>> registered()[:5]
@@ -186,6 +200,20 @@ def registered() -> tuple[str, ...]:
 
 def get_objective(name: str) -> BalanceObjective:
     """The objective registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A ``penalty.loss`` value.
+
+    Returns
+    -------
+    BalanceObjective
+
+    Raises
+    ------
+    ValueError
+        If no objective is registered under ``name``.
 
     Examples
     --------
@@ -207,6 +235,15 @@ def get_objective(name: str) -> BalanceObjective:
 def registered_temporarily(name: str, phi: Phi, dphi: Phi, **kwargs: Any
                            ) -> Iterator[BalanceObjective]:
     """Register an objective for the duration of a ``with`` block.
+
+    Parameters
+    ----------
+    name, phi, dphi, **kwargs
+        As for :func:`register`.
+
+    Returns
+    -------
+    context manager yielding the BalanceObjective
 
     Examples
     --------
@@ -237,6 +274,16 @@ def import_objective_module(module: str) -> Any:
     since been removed. ``penalty.module`` calls it when the config is read,
     so that spawned sweep workers, which rebuild the config, register the
     objective too.
+
+    Parameters
+    ----------
+    module : str
+        A dotted module name, or a path ending in ``.py``.
+
+    Returns
+    -------
+    module
+        The imported module.
 
     Examples
     --------

@@ -404,6 +404,18 @@ def _advance_topics(xp: ModuleType, params: TrafficParams, state: TrafficState, 
 def topic_weights(xp: ModuleType, params: TrafficParams, state: TrafficState) -> Any:
     """Topic mixture weights in force: array (P, R, M), or (M,) without drift.
 
+    Parameters
+    ----------
+    xp : namespace
+    params : TrafficParams
+        Of ``features`` traffic.
+    state : TrafficState
+        As returned by :func:`advance_traffic` for the step.
+
+    Returns
+    -------
+    float64 array (P, R, M) with drift, (M,) without
+
     Examples
     --------
     Regime switches permute the weights ``[0.7, 0.2, 0.1]`` at step 2:

@@ -322,6 +322,18 @@ def drop_by_position(xp: ModuleType, mask_PRTE: Any, kept_PRTE: Any, num_sequenc
                      seq_length: int) -> Any:
     """Share of the assignments at each sequence position dropped by capacity: (P, R, L).
 
+    Parameters
+    ----------
+    xp : namespace
+    mask_PRTE, kept_PRTE : bool arrays (P, R, T, E)
+        Chosen and kept assignments, tokens sequence-major (``T = B * L``).
+    num_sequences, seq_length : int
+        ``B`` and ``L``.
+
+    Returns
+    -------
+    float64 array (P, R, L)
+
     Examples
     --------
     Two sequences of two tokens, top-1; the second token of sequence 1 dropped:

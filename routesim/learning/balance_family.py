@@ -45,6 +45,15 @@ __all__ = ["score_and_slope", "family_loss", "family_loss_from_map", "uniform_ta
 def uniform_target(xp: ModuleType, num_experts: int) -> Any:
     """The uniform target ``Q_i = 1 / N``: array (E,).
 
+    Parameters
+    ----------
+    xp : namespace
+    num_experts : int
+
+    Returns
+    -------
+    float64 array (E,)
+
     Examples
     --------
     >>> import numpy as np
@@ -156,6 +165,20 @@ def family_loss_from_map(xp: ModuleType, objective: BalanceObjective | str, z_TE
 
     ``F_gi = c_gi / (K T_g)`` (``megatron``, a distribution) or ``c_gi / T_g``
     (``mixtral``, summing to K: the Switch loss then equals ``K`` at balance).
+
+    Parameters
+    ----------
+    xp, objective, z_TE, score_function, groups, target_E, normalise, temperature
+        As for :func:`family_loss`.
+    map_TE : bool or 0/1 array (..., T, E)
+        The routing map that gives ``F`` (held constant).
+    topk : int
+    normalization : {"megatron", "mixtral"}
+
+    Returns
+    -------
+    value : array (...)
+    grad_TE : array (..., T, E)
 
     Examples
     --------

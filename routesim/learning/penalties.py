@@ -328,6 +328,16 @@ def task_projection(xp: ModuleType, g_task: Any, g_pen: Any) -> Any:
     Unlike :func:`interference`'s cancelled share it is not clipped. NaN
     where the task gradient is zero.
 
+    Parameters
+    ----------
+    xp : namespace
+    g_task, g_pen : arrays (..., E, D)
+        Task and penalty gradients on the router weights.
+
+    Returns
+    -------
+    float64 array (...)
+
     Examples
     --------
     >>> import numpy as np
