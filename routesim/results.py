@@ -28,7 +28,7 @@ from .rng import entropy_of
 __all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords"]
 
 #: Dimension of each shape letter of a recorded field name.
-_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert"}
+_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert", "L": "position"}
 
 
 def sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
@@ -216,6 +216,11 @@ def _learner_variables(config: Config, extra: LearnerExtra,
     pr = ("point", "replica")
     data["load_ratio"] = (pr, _load_ratio(load_SPRE))
     data["maxvio_global_final"] = (pr, metrics.maxvio(load_SPRE[-window:].sum(axis=0)))
+    proj = extra.task_projection_PR
+    with np.errstate(invalid="ignore"):
+        # steps whose total gradient points against the task gradient (NaN steps left out)
+        data["reversal_share"] = (pr, np.sum(proj < 0, axis=0)
+                                  / np.maximum(np.sum(np.isfinite(proj), axis=0), 1))
     if extra.eval_load_PRE is not None:
         ev = extra.eval_load_PRE.astype(np.int64)
         data["eval_load"] = (("step", "point", "replica", "expert"), ev.astype(np.int32))
