@@ -13,10 +13,12 @@ gates        softmax, sigmoid, sqrt-softplus
 routing      biased top-K, group limits, weights, capacity, counting, Expert Choice
 metrics      MaxVio, CV, entropy, flips
 learning     balance losses, z-loss, noisy top-K gating, the task proxy, optimizers
+penalty_registry  the balance-loss family's objectives and their registry
 theory       analytic results (load map, stability, limit cycles, MaxVio, leakage)
 engines      the exact, mean-field and learning engines: pure (init, step) pairs
 leakage      measured information leakage of early routing
 run          simulate, simulate_meanfield, simulate_learner: every step, one Dataset
+predict      the theory's predictions for every point of a config, as a Dataset
 sweep        chunked, parallel, resumable sweeps
 store        atomic save/load of results
 plot         figures (matplotlib)
@@ -44,6 +46,7 @@ from .exceptions import (BackendError, ConfigError, NumericalFault, ResourceErro
 from .leakage.measure import measure_leakage
 from .engines.learner import make_learner_simulator
 from .run import simulate, simulate_learner, simulate_meanfield
+from .predict import TheoryWarning, predict
 from .store import load, save
 from .engines.meanfield import make_meanfield_simulator
 from .sweep import run_sweep
@@ -67,6 +70,8 @@ __all__ = [
     "load",
     "load_config",
     "NumericalFault",
+    "predict",
+    "TheoryWarning",
     "ResourceError",
     "ResultsFileError",
     "SolverError",
