@@ -303,6 +303,8 @@ def import_objective_module(module: str) -> Any:
             raise FileNotFoundError(f"no file {module!r}")
         mod_name = "routesim_objective_" + Path(key).stem
         spec = importlib.util.spec_from_file_location(mod_name, key)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {module!r} as a Python file")
         mod = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = mod
         try:

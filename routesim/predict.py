@@ -10,6 +10,7 @@ this module only builds the Dataset.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -119,7 +120,7 @@ def predict(config: Config, *, progress: bool | None = None, samples: int = 2000
                          settling=settling)
     resolved = out["config"]
     point, pe = ("point",), ("point", "expert")
-    data = {name: (point, out[name]) for name in (
+    data: dict[str, tuple[tuple[str, ...], Any]] = {name: (point, out[name]) for name in (
         "rate", "critical_rate", "rate_over_critical", "loop_gain_max", "settling_steps",
         "settling_steps_linear", "maxvio_zero_bias", "maxvio_zero_bias_stderr",
         "maxvio_steady", "maxvio_steady_stderr", "relay_ratio", "sign_cycle_period",

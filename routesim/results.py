@@ -37,6 +37,18 @@ def sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
     A value resolved before the run (``sweep.resolved``, e.g. a rate written
     as ``"0.5 u_c"``) is the coordinate ``KEY.resolved``.
 
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    indices : list of int
+        Global indices of the points.
+
+    Returns
+    -------
+    dict of str to (dims, array)
+        Coordinates along ``point``.
+
     Examples
     --------
     >>> from routesim import config_from_dict

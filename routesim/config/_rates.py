@@ -70,6 +70,16 @@ def critical_rate_blockers(point: Any) -> list[tuple[str, Any, str]]:
     without group limits, a fixed router, and a load map with an exact
     derivative (not an additive bias on softmax probabilities).
 
+    Parameters
+    ----------
+    point : Config
+        One point (no sweep).
+
+    Returns
+    -------
+    list of (str, object, str)
+        Empty when the critical rate can be predicted.
+
     Examples
     --------
     >>> from routesim.config import Config, RouterConfig

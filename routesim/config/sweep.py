@@ -54,7 +54,7 @@ class SweepConfig:
     mode: Literal["grid", "zip"] = "grid"
     parameters: dict[str, Any] = field(default_factory=dict)
     labels: tuple[str, ...] | None = None
-    resolved: dict = field(default_factory=dict)
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_types(self, "sweep")

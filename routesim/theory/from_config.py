@@ -132,7 +132,8 @@ def _token_cov(sc: _Scenario, bias: np.ndarray) -> np.ndarray:
 
 def _scenarios(points: Sequence[Config]) -> tuple[list[int], list[_Scenario]]:
     keys: dict[tuple, int] = {}
-    index, out = [], []
+    index: list[int] = []
+    out: list[_Scenario] = []
     for p in points:
         key = _scenario_key(p)
         if key not in keys:
@@ -261,6 +262,16 @@ def _windows_per_step(point: Config) -> float:
 
 def not_modelled(point: Config) -> list[str]:
     """Settings of one point that the predictions leave out, one line each.
+
+    Parameters
+    ----------
+    point : Config
+        One point (no sweep).
+
+    Returns
+    -------
+    list of str
+        Empty when the predictions model every setting.
 
     Examples
     --------
@@ -440,7 +451,7 @@ def _settling_groups(points: Sequence[Config], index: list[int],
     for i, p in enumerate(points):
         c = p.controller
         sc = scenarios[index[i]]
-        if c.type in LINEAR_LAWS and sc.bstar is not None and c.bias_update_rate > 0:
+        if c.type in LINEAR_LAWS and sc.bstar is not None and float(c.bias_update_rate) > 0:
             groups.setdefault((index[i], c.type, c.momentum, c.tanh_scale), []).append(i)
     return groups
 
@@ -505,7 +516,7 @@ def _point(i: int, p: Config, sc: _Scenario, zero: tuple, cov_star: np.ndarray |
     out["rate"][i] = rate
     if c.type == "none" or rate == 0.0:  # the bias stays where it starts
         out["maxvio_steady"][i], out["maxvio_steady_stderr"][i] = mv0, se0
-    if sc.bstar is None:
+    if sc.bstar is None or sc.lam is None or sc.jac is None:
         notes.append(sc.error or "no equilibrium")
         return
     out["equilibrium_bias_PE"][i] = sc.bstar
@@ -551,6 +562,7 @@ def _relay(i: int, p: Config, sc: _Scenario, a: np.ndarray, noise: np.ndarray, r
     gain = np.diag(a)
     ratio = float(np.mean(gain) * rate / np.mean(sigma))
     out["relay_ratio"][i] = ratio
+    assert sc.bstar is not None and sc.lam is not None  # _point returns without them
     resp = map_response(sc.mu, sc.bstar, topk=sc.router["topk"], nodes=48, **kw)
     chain = relay_stationary(gain, sigma, rate, response=resp)
     out["sign_bias_amplitude"][i] = chain["bias_rms"]
