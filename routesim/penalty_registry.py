@@ -19,8 +19,9 @@ Built-ins, registered through the same door as a user's (:func:`register`):
 ``loss``         ``phi(F)``                              ``dphi / dF_i``
 ===============  ======================================  ================================
 ``switch``       ``sum_i F_i^2 / (2 Q_i)``, reported as  ``F_i / Q_i``
-                 the dot product ``sum_i F_i P_i / Q_i``
-                 (Switch/GShard ``N sum_i f_i P_i``)
+                 the dot product
+                 ``sum_i F_i P_i / Q_i`` (Switch/GShard
+                 ``N sum_i f_i P_i``)
 ``quadratic``    ``1/2 sum_i (F_i - Q_i)^2``             ``F_i - Q_i``
 ``entropy``      ``sum_i F_i log(F_i / Q_i)`` (KL; the   ``log(F_i / Q_i) + 1``
                  negative entropy plus a constant for
