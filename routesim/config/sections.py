@@ -46,12 +46,17 @@ class RunConfig:
         treatment. A point's numbers then depend on neither its index nor
         its neighbours. (The learning router has its own switch,
         ``penalty.common_random_numbers``.)
-    kernel : {"auto", "generic", "numba", "cuda"}
+    kernel : {"auto", "generic", "numba", "cuda", "sparse"}
         Exact-engine routing code: ``generic`` is the array code (any
         backend); ``numba`` (NumPy backend, ``fast`` extra) and ``cuda``
         (CuPy backend) are compiled kernels for popularity traffic with
         normal noise, dropless token choice; ``auto`` picks the compiled one
         where it applies. All give the same counts up to float32 near-ties.
+        ``sparse`` (NumPy backend, ``fast`` extra; never picked by ``auto``)
+        draws only the experts near each token's top-K, in O(K) per token:
+        selections with the same law as the others' but other random numbers
+        (popularity traffic with any noise law, sigmoid or sqrt-softplus
+        gate, dropless token choice, ``record_displacement = false``).
     max_memory : int > 0, str or None
         Memory a run may use: bytes, or a string such as ``"8GB"`` or
         ``"512MiB"`` (k, M, G, T are powers of 1000; Ki, Mi, Gi, Ti of
@@ -78,7 +83,7 @@ class RunConfig:
     global_window: int = 100
     record_displacement: bool = True
     common_random_numbers: bool = False
-    kernel: Literal["auto", "generic", "numba", "cuda"] = "auto"
+    kernel: Literal["auto", "generic", "numba", "cuda", "sparse"] = "auto"
     max_memory: int | str | None = None
 
     def __post_init__(self) -> None:
