@@ -316,16 +316,12 @@ def _binomial(u, nb, p):
 
 
 @njit(**_INL)
-def _band(w, S, J, i):
-    lo = 0
-    hi = J - 1  # the first level with w < S[level, i] (exists: w < S[J - 1, i])
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if w < S[mid, i]:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+def _band(w, ST, J, i):
+    """The first level ``j`` with ``w < ST[i, j]`` (rows non-decreasing; counted, branch-free)."""
+    jb = 0
+    for j in range(J - 1):
+        jb += w >= ST[i, j]
+    return jb
 
 
 _TSHIFT, _JSHIFT = np.int64(19), np.int64(14)
@@ -343,7 +339,7 @@ def _store(t, jb, i, w, J, cnt, hkey, hw, nh):
 
 
 @njit(**_OPT)
-def _expert_hits(sub, i, p, nb, S, J, owner, cnt, hkey, hw, nh):
+def _expert_hits(sub, i, p, nb, ST, J, owner, cnt, hkey, hw, nh):
     """The tokens of a block of ``nb`` where expert ``i`` exceeds the lowest level.
 
     Independent Bernoulli(``p``) trials: a Binomial count, then that many distinct
@@ -370,7 +366,7 @@ def _expert_hits(sub, i, p, nb, S, J, owner, cnt, hkey, hw, nh):
                 continue
             owner[t] = i
             w = p * ((float(x & _LO32) + 0.5) * _INV32)
-            _store(t, _band(w, S, J, i), i, w, J, cnt, hkey, hw, nh)
+            _store(t, _band(w, ST, J, i), i, w, J, cnt, hkey, hw, nh)
             nh += 1
             got += 1
         return nh
@@ -389,7 +385,7 @@ def _expert_hits(sub, i, p, nb, S, J, owner, cnt, hkey, hw, nh):
         c += np.uint64(1)
         x = _mix(sub + c * _GOLD)
         w = p * ((float(x >> _S11) + 0.5) * _INV53)
-        _store(t, _band(w, S, J, i), i, w, J, cnt, hkey, hw, nh)
+        _store(t, _band(w, ST, J, i), i, w, J, cnt, hkey, hw, nh)
         nh += 1
     return nh
 
@@ -432,7 +428,7 @@ def _workspace(TB, n, J, k):
             np.empty(TB + 1, np.int64), np.empty(cap, np.int64), np.empty(cap, np.float64),
             np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty(cap, np.int64),
             np.empty(cap, np.float64), np.empty(n, np.float64), np.empty(n, np.int64),
-            np.zeros(n, np.bool_), np.empty(TB, np.int64))
+            np.zeros(n, np.bool_), np.empty(TB, np.int64), np.empty(TB, np.int64))
 
 
 @njit(**_OPT)
@@ -443,9 +439,10 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
     ``S`` (J, E) from :func:`levels_into`; ``ws`` from :func:`_workspace`; ``TB`` tokens
     per block (:func:`block_tokens`). Returns the workspace (grown if it had to).
     """
-    cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner = ws
+    cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take = ws
     n = m.shape[0]
     J = S.shape[0]
+    ST = np.ascontiguousarray(S.T)
     nblocks = (L + TB - 1) // TB
     for blk in range(nblocks):
         b0 = blk * TB
@@ -462,42 +459,34 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
                 hkey, hw = _grow(hkey, nb), _growf(hw, nb)
                 rkey, rw, skey, sw = (_grow(rkey, nb), _growf(rw, nb), _grow(skey, nb),
                                       _growf(sw, nb))
-            nh = _expert_hits(_mix(hbase + (bq + np.uint64(i)) * _GOLD), i, p, nb, S, J,
+            nh = _expert_hits(_mix(hbase + (bq + np.uint64(i)) * _GOLD), i, p, nb, ST, J,
                               owner, cnt, hkey, hw, nh)
-        # per token: the level band where the count reaches K, and what it still needs
+        # per token: the band where the count reaches K (J: never), what it still needs,
+        # how many bands are taken whole, and the band to rank (-1: none; J: completion)
         for t in range(nb):
             cum = 0
-            js = J
+            js = 0
+            before = 0
             for jb in range(J):
-                c1 = cnt[t * J + jb]
-                if cum + c1 >= k:
-                    js = jb
-                    break
-                cum += c1
-            need[t] = k - cum
-            # J: completion; >= J + 2: the band holds exactly what is needed (take all)
-            jstar[t] = js if js == J or cnt[t * J + js] > k - cum else js + J + 2
+                cum += cnt[t * J + jb]
+                below = cum < k
+                js += below
+                before = cum if below else before
+            need[t] = k - before
+            exact = js < J and cnt[t * J + min(js, J - 1)] == k - before
+            take[t] = js + 1 if exact else js
+            jstar[t] = -1 if exact else js
         # selected candidates counted; those to rank (or to exclude) kept, by token
         nr = 0
         for a in range(nh):
             key = hkey[a]
             t = key >> _TSHIFT
             jb = (key >> _JSHIFT) & _JMASK
-            i = key & _IMASK
+            counts_row[key & _IMASK] += jb < take[t]
             js = jstar[t]
-            if js >= J + 2:
-                if jb <= js - J - 2:
-                    counts_row[i] += 1
-            elif jb < js:
-                counts_row[i] += 1
-                if js == J:
-                    rkey[nr] = key
-                    rw[nr] = hw[a]
-                    nr += 1
-            elif jb == js:
-                rkey[nr] = key
-                rw[nr] = hw[a]
-                nr += 1
+            rkey[nr] = key
+            rw[nr] = hw[a]
+            nr += (jb == js) | (js == J)
         start[:nb + 1] = 0
         for a in range(nr):
             start[(rkey[a] >> _TSHIFT) + 1] += 1
@@ -512,7 +501,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
         for t in range(nb):
             a1 = start[t]
             js = jstar[t]
-            if js < J:  # too many in the band: rank its members by their scores
+            if 0 <= js < J:  # too many in the band: rank its members by their scores
                 cnt_b = 0
                 for a in range(a0, a1):
                     i = skey[a] & _IMASK
@@ -540,7 +529,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
                     cnt_b += 1
                 _pick(vbuf, ibuf, cnt_b, need[t], counts_row)
             a0 = a1
-    return (cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner)
+    return (cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take)
 
 
 @njit(nogil=True, **_OPT)
