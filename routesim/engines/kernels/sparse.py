@@ -405,7 +405,7 @@ def _growf(x, extra):
 
 
 def block_tokens(seq_length: int, num_experts: int) -> int:
-    """Tokens per block of a sequence: a power of two near ``N / 2`` in ``[512, 8192]``.
+    """Tokens per block of a sequence: a power of two at least ``N``, in ``[2048, 8192]``.
 
     Candidates are drawn block by block (one Binomial count per block and expert, so
     large blocks for many experts; small blocks keep the candidates in cache).
@@ -413,10 +413,10 @@ def block_tokens(seq_length: int, num_experts: int) -> int:
     Examples
     --------
     >>> block_tokens(4096, 256), block_tokens(4096, 4096), block_tokens(300, 64)
-    (512, 2048, 300)
+    (2048, 4096, 300)
     """
-    tb = 512
-    while tb < num_experts // 2 and tb < MAX_BLOCK:
+    tb = 2048
+    while tb < num_experts and tb < MAX_BLOCK:
         tb *= 2
     return min(tb, seq_length)
 
