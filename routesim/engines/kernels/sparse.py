@@ -590,8 +590,9 @@ def _parallel(threads: int, n_tasks: int, fn, args: tuple) -> None:
 def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
     """Expected counts above the highest and the lowest level, ``(lambda_1, lambda_J)``.
 
-    ``lambda_J`` minimises ``lambda + 4 N P(Poisson(lambda) < K)``, the expected
-    candidates plus the cost of completing a token densely (a Poisson law bounds the
+    ``lambda_J`` minimises ``lambda + N P(Poisson(lambda) < K) / 2``, the expected
+    candidates plus the cost of completing a token densely (measured: about half a
+    candidate per expert; a Poisson law bounds the
     Poisson-binomial count's lower tail); ``lambda_1 = max(0.5, K - 2.5 sqrt(K))``.
     Either choice affects speed only.
 
@@ -609,7 +610,7 @@ def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
         for j in range(k):
             tail += term
             term *= lam / (j + 1)
-        cost = lam + 4.0 * n * tail
+        cost = lam + 0.5 * n * tail
         if cost < best_cost:
             best, best_cost = float(lam), cost
     return max(0.5, k - 2.5 * math.sqrt(k)), best
