@@ -267,11 +267,14 @@ class Config:
         return Config(**sections)
 
 
+_NO_SWEEP = SweepConfig()
+
+
 def _build_plain(sections: dict[str, Any]) -> Config:
     """A Config without sweep, skipping the point expansion (no recursion)."""
     cfg = object.__new__(Config)
     for name in _SECTIONS:
-        object.__setattr__(cfg, name, sections.get(name, SweepConfig()))
+        object.__setattr__(cfg, name, sections.get(name) or _NO_SWEEP)
     return cfg
 
 
