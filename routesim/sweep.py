@@ -47,6 +47,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -322,7 +323,13 @@ def _compute(todo: list, config_json: str, workers: int, executor: Any, bar: Any
     try:
         futures, waiter = _submit_all(executor, config_json, todo)
         for fut in waiter(list(futures)):
-            result = fut.result()
+            try:
+                result = fut.result()
+            except BrokenProcessPool as err:
+                raise RuntimeError(
+                    "a sweep worker process stopped before finishing its chunk (killed, out of "
+                    "memory, or a script that calls run_sweep(workers > 1) outside "
+                    "'if __name__ == \"__main__\":', which every worker imports again)") from err
             if futures[fut] is not None:
                 save(result, futures[fut])
             bar.update(1)
@@ -455,10 +462,12 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
 
 
 def _importing_main_in_worker() -> bool:
-    """Whether this is a spawned process importing the parent's script (``__mp_main__``)."""
-    main = sys.modules.get("__main__")
-    return (multiprocessing.parent_process() is not None
-            and getattr(main, "__name__", None) == "__mp_main__")
+    """Whether this is a spawned process still importing the parent's script.
+
+    ``_inheriting`` is what :mod:`multiprocessing` itself checks to refuse
+    starting processes at that moment.
+    """
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 def _write_text(path: Path, text: str) -> None:
