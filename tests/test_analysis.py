@@ -165,3 +165,19 @@ def test_steady_takes_flat_or_unstacked_and_thinned_results():
         steady(thinned, "maxvio_batch", window=7)
     with pytest.raises(ValueError, match="variable = 'maxvio_global_run'"):
         steady(ds, "maxvio_global_run")
+
+
+def test_maxvio_plot_draws_the_same_lines_from_flat_or_unstacked_results():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from routesim.plot import maxvio_plot
+
+    ds = _sweep(**{"traffic.noise_scale": [0.5, 1.0], "controller.bias_update_rate": [1e-3, 1e-2]})
+    flat, grid = maxvio_plot(ds, smooth=1), maxvio_plot(unstack_points(ds), smooth=1)
+    assert [ln.get_label() for ln in grid.lines] == list(ds["label"].values)
+    for a, b in zip(flat.lines, grid.lines):
+        np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())
+    plt.close("all")

@@ -1,6 +1,7 @@
 """Chunked, parallel and resumed sweeps give the numbers of one call."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -33,7 +34,10 @@ def _same(a, b):
 
 
 def test_chunks_in_this_process(whole, tmp_path):
-    _same(run_sweep(CFG, tmp_path, points_per_chunk=4, progress=False), whole)
+    with warnings.catch_warnings(record=True) as caught:  # labels of several widths
+        warnings.simplefilter("always")
+        _same(run_sweep(CFG, tmp_path, points_per_chunk=4, progress=False), whole)
+    assert [str(w.message) for w in caught] == []
     # joined into compressed zarr; the chunk files are gone once it is written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "results.zarr"]
     meta = json.loads((tmp_path / "results.zarr" / "expert_load" / ".zarray").read_text())
