@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .exceptions import ConfigError
+
 __all__ = ["swept_keys", "unstack_points", "stack_points", "steady", "CRITERION"]
 
 #: Dimensions of a results Dataset that are not sweep points.
@@ -170,7 +172,7 @@ def _stride(steps: np.ndarray) -> int:
         return 1
     gaps = np.diff(steps)
     if not np.all(gaps == gaps[0]) or gaps[0] < 1:
-        raise ValueError("steady: the step coordinate must be evenly spaced "
+        raise ConfigError("steady: the step coordinate must be evenly spaced "
                          f"(got gaps {sorted(set(gaps.tolist()))[:3]})")
     return int(gaps[0])
 
@@ -225,9 +227,9 @@ def steady(ds: xr.Dataset, variable: str = "maxvio_batch", *, window: int | None
 
     Raises
     ------
-    ValueError
-        For a variable without a ``step`` dimension, or a bad window,
-        tolerance or confidence (one line naming it).
+    ConfigError
+        (a ``ValueError``) For a variable without a ``step`` dimension, or a
+        bad window, tolerance or confidence (one line naming it).
 
     Examples
     --------
@@ -242,12 +244,12 @@ def steady(ds: xr.Dataset, variable: str = "maxvio_batch", *, window: int | None
     ([30], [1.0], [True])
     """
     if variable not in ds or "step" not in ds[variable].dims:
-        raise ValueError(f"steady: variable = {variable!r}: must be a variable with a 'step' "
+        raise ConfigError(f"steady: variable = {variable!r}: must be a variable with a 'step' "
                          "dimension")
     for name, value, ok in (("rtol", rtol, rtol >= 0), ("atol", atol, atol >= 0),
                             ("z", z, z >= 0), ("confidence", confidence, 0 < confidence < 1)):
         if not ok:
-            raise ValueError(f"steady: {name} = {value!r}: must be "
+            raise ConfigError(f"steady: {name} = {value!r}: must be "
                              + ("in (0, 1)" if name == "confidence" else ">= 0"))
     da = ds[variable]
     if "replica" not in da.dims:
@@ -258,7 +260,7 @@ def steady(ds: xr.Dataset, variable: str = "maxvio_batch", *, window: int | None
     if window is None:
         window = stride * max(1, n // 10)
     if window < stride or window % stride or window // stride > n:
-        raise ValueError(f"steady: window = {window!r}: must be a multiple of the recorded "
+        raise ConfigError(f"steady: window = {window!r}: must be a multiple of the recorded "
                          f"step spacing ({stride}) of at most {n * stride} steps")
     w = window // stride
     others = [d for d in da.dims if d not in ("step", "replica")]
