@@ -8,7 +8,7 @@ import scipy.stats
 import xarray as xr
 import pytest
 
-from routesim import config_from_dict, simulate
+from routesim import ConfigError, config_from_dict, simulate
 from routesim.analysis import steady, swept_keys, unstack_points
 
 BASE = {"run": {"steps": 3, "replicas": 2}, "batch": {"num_sequences": 2, "seq_length": 16},
@@ -165,6 +165,10 @@ def test_steady_takes_flat_or_unstacked_and_thinned_results():
         steady(thinned, "maxvio_batch", window=7)
     with pytest.raises(ValueError, match="variable = 'maxvio_global_run'"):
         steady(ds, "maxvio_global_run")
+    with pytest.raises(ConfigError, match=r"confidence = 1.0: must be in \(0, 1\)"):
+        steady(ds, "maxvio_batch", confidence=1.0)
+    with pytest.raises(ConfigError, match="rtol = -0.1: must be >= 0"):
+        steady(ds, "maxvio_batch", rtol=-0.1)
 
 
 def test_maxvio_plot_draws_the_same_lines_from_flat_or_unstacked_results():
