@@ -27,8 +27,9 @@ __all__ = ["main", "format_summary"]
 
 #: Columns of the summary table after the steady MaxVio_batch: (variable, header, reduction).
 #: ``final``: over replicas; ``tail``: over the last tenth of the steps and replicas;
-#: ``mean``: over every step. Learning runs add the cancelled share of the task gradient
-#: and, with the noisy gate, the evaluation-window (noise off) balance.
+#: ``mean``: over every step. Learning runs add the cancelled share of the task gradient,
+#: the signed projection of the total gradient on the task gradient and the share of steps
+#: where it is negative and, with the noisy gate, the evaluation-window (noise off) balance.
 SUMMARY_COLUMNS = [
     ("maxvio_global_final", "MaxVio_global", "final"),
     ("dead_experts", "dead", "tail"),
@@ -36,6 +37,8 @@ SUMMARY_COLUMNS = [
     ("task_proxy", "task proxy", "tail"),
     ("interference", "interference", "mean"),
     ("cancelled_share", "cancelled", "mean"),
+    ("task_projection", "projection", "mean"),
+    ("reversal_share", "reversed", "final"),
     ("load_ratio", "max/min load", "final"),
     ("maxvio_global_eval_run", "MaxVio_eval", "final"),
     ("load_ratio_eval", "max/min eval", "final"),

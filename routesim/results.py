@@ -35,7 +35,7 @@ __all__ = ["build_dataset", "engine_variables", "extra_variables", "apply_record
            "VARIABLE_ATTRS", "describe"]
 
 #: Dimension of each shape letter of a recorded field name.
-_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert"}
+_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert", "L": "position"}
 
 
 #: ``name -> (long_name, units)`` of every variable and coordinate a Dataset can hold.
@@ -48,6 +48,7 @@ VARIABLE_ATTRS: dict[str, tuple[str, str]] = {
     "label": ("name of the sweep point", "1"),
     "compute_batch": ("computation batch size", "sequences"),
     "num_assigned": ("number of experts assigned to a token", "1"),
+    "position": ("token position in the sequence", "1"),
     # every engine
     "expert_load": ("tokens routed to the expert in the step (before capacity dropping)",
                     "tokens"),
@@ -81,6 +82,10 @@ VARIABLE_ATTRS: dict[str, tuple[str, str]] = {
     "z_loss_value": ("router z-loss (unweighted)", "1"),
     "interference": ("cosine between the task gradient and the penalty gradient", "1"),
     "cancelled_share": ("share of the task gradient removed by the penalty", "1"),
+    "task_projection": ("projection of the total router gradient on the task gradient", "1"),
+    "reversal_share": ("share of steps whose total gradient points against the task gradient",
+                       "1"),
+    "drop_by_position": ("share of assignments dropped by capacity, per sequence position", "1"),
     "max_logit": ("largest router logit of the step", "1"),
     "logit_spread": ("mean over tokens of the standard deviation of a token's logits", "1"),
     "alpha_t": ("balance loss weight at the step", "1"),
@@ -343,6 +348,11 @@ def _learner_variables(config: Config, extra: LearnerExtra,
     window = config.run.global_window
     pr = ("point", "replica")
     data["load_ratio"] = (pr, _load_ratio(load_SPRE))
+    proj = extra.task_projection_PR
+    with np.errstate(invalid="ignore"):
+        # steps whose total gradient points against the task gradient (NaN steps left out)
+        data["reversal_share"] = (pr, np.sum(proj < 0, axis=0)
+                                  / np.maximum(np.sum(np.isfinite(proj), axis=0), 1))
     if extra.eval_load_PRE is not None:
         ev = extra.eval_load_PRE.astype(np.int64)
         data["eval_load"] = (("step", "point", "replica", "expert"), ev.astype(np.int32))

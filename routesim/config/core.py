@@ -154,6 +154,12 @@ class Config:
             require(r.score_function == "softmax", "penalty.noisy_gate", pen.noisy_gate,
                      "the noisy top-K gate is a softmax gate: needs router.score_function = "
                      f"'softmax', not {r.score_function!r}")
+        if pen.target is not None:
+            require(len(pen.target) == r.num_experts, "penalty.target", list(pen.target),
+                     f"must have router.num_experts ({r.num_experts}) entries")
+        require(pen.normalization == "megatron" or pen.loss == "switch", "penalty.normalization",
+                 pen.normalization, f"'mixtral' scales the dot-product loss only (penalty.loss = "
+                 f"'switch', not {pen.loss!r}): the objectives read F as a distribution")
         for name in ("importance_loss", "load_loss"):
             value = getattr(pen, name)
             require(value == 0 or pen.noisy_gate, f"penalty.{name}", value,
@@ -161,8 +167,6 @@ class Config:
                      "penalty.noisy_gate = true (or the weight to 0)")
         require(self.run.engine == "exact", "run.engine", self.run.engine,
                  "a learning router needs run.engine = 'exact'")
-        require(r.dropless, "router.capacity_factor", r.capacity_factor,
-                 "the learning router routes dropless: omit it (or use inf)")
         require(r.router_type == "token_choice", "router.router_type", r.router_type,
                  "the learning router is token choice")
         law = get_law(self.controller.type)

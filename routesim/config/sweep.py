@@ -102,8 +102,9 @@ SWEEPABLE = frozenset(
                               "drift_period", "topic_spread")]
     + [f"controller.{n}" for n in ("type", "bias_update_rate", "momentum", "bias_cap",
                                    "warmup_steps", "tanh_scale", "quantile_ema")]
-    + [f"penalty.{n}" for n in ("type", "alpha", "z_loss", "learning_rate", "importance_loss",
-                                "load_loss", "affinity_scale", "quality_strength")]
+    + [f"penalty.{n}" for n in ("type", "loss", "alpha", "z_loss", "learning_rate",
+                                "importance_loss", "load_loss", "affinity_scale",
+                                "quality_strength")]
 )
 
 #: Dotted prefix of a law's parameters, sweepable by name (``controller.params.ki``).
