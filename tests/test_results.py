@@ -26,6 +26,9 @@ ENGINES = {
     "learner": {**SMALL, "traffic": {"kind": "features"},
                 "router": {"num_experts": 8, "topk": 2, "score_function": "softmax"},
                 "penalty": {"learn": True, "noisy_gate": True}},
+    "learner_capacity": {**SMALL, "traffic": {"kind": "features"},
+                         "router": {"num_experts": 8, "topk": 2, "capacity_factor": 1.0},
+                         "penalty": {"learn": True}},
     "expert_choice": {**SMALL, "router": {"num_experts": 8, "topk": 2,
                                           "router_type": "expert_choice"}},
 }
@@ -40,6 +43,8 @@ def test_every_variable_and_coordinate_has_long_name_and_units(engine):
     assert ds["maxvio_batch"].attrs["units"] == "1" and ds["step"].attrs["units"] == "steps"
     if engine == "exact":
         assert ds["traffic.drift_period"].attrs["units"] == "steps"
+    if engine == "learner_capacity":
+        assert "drop_by_position" in ds
 
 
 def test_the_table_describes_every_learner_field():
