@@ -31,7 +31,7 @@ from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
 from .rng import entropy_of
 
-__all__ = ["build_dataset", "engine_variables", "extra_variables", "apply_record",
+__all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords", "apply_record",
            "VARIABLE_ATTRS", "describe"]
 
 #: Dimension of each shape letter of a recorded field name.
@@ -136,6 +136,10 @@ def describe(ds: xr.Dataset) -> xr.Dataset:
     for name, var in ds.variables.items():
         if name in VARIABLE_ATTRS:
             long_name, units = VARIABLE_ATTRS[name]
+        elif str(name).endswith(".resolved"):
+            base = str(name)[: -len(".resolved")]
+            long_name, units = (f"swept setting {base}, as resolved before the run",
+                                _SETTING_UNITS.get(base, "1"))
         elif "." in str(name):
             long_name, units = f"swept setting {name}", _SETTING_UNITS.get(str(name), "1")
         else:
@@ -176,14 +180,28 @@ def apply_record(ds: xr.Dataset, record: str, every: int) -> xr.Dataset:
     return ds
 
 
-def _sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
-    """Label and swept values of the chosen points (one pass over the sweep)."""
+def sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
+    """Label, swept values and resolved values of the chosen points (one pass).
+
+    A value resolved before the run (``sweep.resolved``, e.g. a rate written
+    as ``"0.5 u_c"``) is the coordinate ``KEY.resolved``.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"sweep": {"traffic.noise_scale": [0.5, 1.0]}})
+    >>> coords = sweep_coords(cfg, [1])
+    >>> coords["label"][1].tolist(), coords["traffic.noise_scale"][1].tolist()
+    (['noise_scale=1.0'], [1.0])
+    """
     labels_all = config.point_labels()
     assignments = config.sweep.assignments()
     coords: dict[str, Any] = {
         "label": ("point", np.asarray([labels_all[i] for i in indices], dtype=str))}
     for key in config.sweep.parameters:
         coords[key] = ("point", np.asarray([assignments[i][key] for i in indices]))
+    for key, values in config.sweep.resolved.items():
+        coords[f"{key}.resolved"] = ("point", np.asarray([values[i] for i in indices]))
     return coords
 
 
@@ -254,7 +272,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "replica": np.arange(config.run.replicas),
         "expert": np.arange(load.shape[-1]),
     }
-    coords.update(_sweep_coords(config, indices))
+    coords.update(sweep_coords(config, indices))
     if config.batch.computation_batch_sizes:
         data["maxvio_compute"] = (dims3 + ("compute_batch",), maxvio_compute_SPRC)
         coords["compute_batch"] = np.asarray(config.batch.computation_batch_sizes)

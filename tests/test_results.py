@@ -29,6 +29,10 @@ ENGINES = {
     "learner_capacity": {**SMALL, "traffic": {"kind": "features"},
                          "router": {"num_experts": 8, "topk": 2, "capacity_factor": 1.0},
                          "penalty": {"learn": True}},
+    "critical_units": {**SMALL, "traffic": {"skew": "zipf"},
+                       "run": {**SMALL["run"], "record_displacement": False},
+                       "controller": {"type": "proportional"},
+                       "sweep": {"controller.bias_update_rate": ["0.5 u_c", "2 u_c"]}},
     "expert_choice": {**SMALL, "router": {"num_experts": 8, "topk": 2,
                                           "router_type": "expert_choice"}},
 }
@@ -43,6 +47,8 @@ def test_every_variable_and_coordinate_has_long_name_and_units(engine):
     assert ds["maxvio_batch"].attrs["units"] == "1" and ds["step"].attrs["units"] == "steps"
     if engine == "exact":
         assert ds["traffic.drift_period"].attrs["units"] == "steps"
+    if engine == "critical_units":
+        assert "resolved" in ds["controller.bias_update_rate.resolved"].attrs["long_name"]
     if engine == "learner_capacity":
         assert "drop_by_position" in ds
 

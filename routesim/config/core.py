@@ -15,6 +15,7 @@ from ..controllers.registry import get_law
 from ..exceptions import ConfigError
 from ._checks import DATACLASS, check_types, require
 from ._numerics import check_numerics
+from ._rates import check_rate_expression
 from ._ignored import check_ignored, check_kernel, set_fields_by_value
 from ._trace import check_trace
 from .penalty import PenaltyConfig
@@ -129,6 +130,7 @@ class Config:
             require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
                      "a learnable router or a penalty needs traffic.kind = 'features'")
         self._check_learning()
+        check_rate_expression(self)
         check_numerics(self)
 
     def _check_learning(self) -> None:
@@ -191,6 +193,14 @@ class Config:
             for key, value in assignment.items():
                 section, name = key.split(".", 1)
                 by_section.setdefault(section, {})[name] = value
+            for key, values in self.sweep.resolved.items():
+                section, name = key.split(".", 1)
+                written = by_section.get(section, {}).get(name, getattr(sections[section], name))
+                if not isinstance(written, str) and written != values[i]:
+                    raise ConfigError(f"sweep.resolved.{key}[{i}] = {values[i]!r}: point {i} "
+                                      f"sets the number {written!r}; a resolved value stands "
+                                      "only for an expression such as '0.5 u_c'")
+                by_section.setdefault(section, {})[name] = values[i]
             for section, changes in by_section.items():
                 try:
                     sections[section] = _replace_section(sections[section], changes)
@@ -230,6 +240,8 @@ class Config:
                 v = getattr(section, f.name)
                 if v is None or (isinstance(v, LawParameters) and not v):
                     continue
+                if f.name == "resolved" and not v:
+                    continue
                 if isinstance(v, tuple):
                     v = list(v)
                 if isinstance(v, LawParameters):
@@ -261,6 +273,9 @@ class Config:
                                   f"section one of {', '.join(_SECTIONS)}")
             section, name = key.split(".", 1)
             by_section.setdefault(section, {})[name] = value
+        if "sweep.resolved" not in changes and self.sweep.resolved:
+            # a change may move the critical rate: the next run resolves again
+            sections["sweep"] = dataclasses.replace(self.sweep, resolved={})
         for section, ch in by_section.items():
             known = {f.name for f in fields(_SECTIONS[section])}
             for name in ch:
@@ -290,15 +305,15 @@ def _section_from_dict(name: str, cls: type, data: Any) -> Any:
         kwargs = {}
         params = {}
         for key, value in data.items():
-            if key in ("mode", "labels"):
+            if key in ("mode", "labels", "resolved"):
                 kwargs[key] = value
             elif key == "parameters" and isinstance(value, dict):
                 params.update(value)
             elif "." in key:
                 params[key] = value
             else:
-                raise ConfigError(f"sweep.{key}: unknown key; use 'mode', 'labels' or a dotted "
-                                  "field name such as 'controller.bias_update_rate'")
+                raise ConfigError(f"sweep.{key}: unknown key; use 'mode', 'labels', 'resolved' "
+                                  "or a dotted field name such as 'controller.bias_update_rate'")
         return SweepConfig(parameters=params, **kwargs)
     for key in data:
         if key not in known:

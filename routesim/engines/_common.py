@@ -92,6 +92,11 @@ def select_points(config: Config, point_indices: Sequence[int] | None
     ...
     routesim.exceptions.ConfigError: point_indices: 3 is not a point index in [0, 3)"""
     all_points = config.points()
+    for p in all_points:
+        if isinstance(p.controller.bias_update_rate, str):
+            raise ConfigError(f"controller.bias_update_rate = {p.controller.bias_update_rate!r}: "
+                              "not resolved; resolve it with routesim.theory.resolve_rates "
+                              "(routesim.simulate does)")
     indices = tuple(range(len(all_points)) if point_indices is None else point_indices)
     for i in indices:
         if not 0 <= i < len(all_points):
