@@ -22,6 +22,7 @@ noisy_gate   noisy top-K gating with importance and load losses
 task_proxy   the task-loss proxy (topic affinity, rich-get-richer quality)
 optim        SGD, Adam, learning-rate and loss-weight schedules
 simulate     run all steps, return an xarray Dataset
+predict      the theory's predictions for every point of a config, as a Dataset
 surrogate    the mean-field engine (loads from the expected-load map)
 sweep        chunked, parallel, resumable sweeps
 leakage      measured information leakage (Expert Choice and others)
@@ -60,6 +61,8 @@ _LAZY = {
     "save": ("store", "save"),
     "make_meanfield_simulator": ("engines.meanfield", "make_meanfield_simulator"),
     "run_sweep": ("sweep", "run_sweep"),
+    "predict": ("predict", "predict"),
+    "TheoryWarning": ("predict", "TheoryWarning"),
     "theory": ("theory", None),
 }
 
@@ -99,6 +102,8 @@ __all__ = [
     "load",
     "load_config",
     "NumericalFault",
+    "predict",
+    "TheoryWarning",
     "ResourceError",
     "ResultsFileError",
     "SolverError",
