@@ -7,8 +7,9 @@ extension (Expert Choice's histogram, the mean-field evaluations, the
 learning router's losses). Assembly is O(P) in the number of points: every
 per-point coordinate is built in one pass.
 
-Shape legend: S steps, P points, R replicas, E experts, C computation-batch
-sizes, J assignment counts 0..E.
+Shape legend: S steps, P points, L layers, R replicas, E experts, C
+computation-batch sizes, J assignment counts 0..E, B computation batches,
+K expert-parallel ranks.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from . import metrics
+from . import metrics, placement
 from ._version import __version__
 from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
 from .rng import entropy_of
 
-__all__ = ["build_dataset", "engine_variables", "extra_variables"]
+__all__ = ["build_dataset", "engine_variables", "extra_variables", "placement_variables",
+           "layer_percentiles", "LAYER_STATS"]
 
 #: Dimension of each shape letter of a recorded field name.
 _DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert"}
@@ -45,8 +47,13 @@ def _sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
 def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
                   bias_SPRE: np.ndarray, load_SPRE: np.ndarray, kept_SPRE: np.ndarray,
                   displaced_SPR: np.ndarray, maxvio_compute_SPRC: np.ndarray,
-                  extra: dict[str, Any] | None = None) -> xr.Dataset:
+                  extra: dict[str, Any] | None = None,
+                  ep_batch_SPRBE: np.ndarray | None = None) -> xr.Dataset:
     """Assemble the result Dataset from recorded host arrays (any engine).
+
+    With ``model.num_layers = L > 1`` the point axis of every recorded
+    array holds ``P * L`` rows, point-major; they come back on a ``layer``
+    dimension after ``point``.
 
     Parameters
     ----------
@@ -59,6 +66,9 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     maxvio_compute_SPRC : array (S, P, R, C)
     extra : dict of str to (dims, array), optional
         Engine variables (:func:`engine_variables`).
+    ep_batch_SPRBE : array (S, P, R, B, E), optional
+        Kept loads of each expert-parallel computation batch (with
+        ``placement.ep_size``).
 
     Returns
     -------
@@ -78,7 +88,12 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     """
 
     indices = list(range(config.num_points) if point_indices is None else point_indices)
-    dims3 = ("step", "point", "replica")
+    layers = config.model.num_layers
+    unfold = _unfolder(layers)
+    load_SPRE, kept_SPRE, bias_SPRE, displaced_SPR, maxvio_compute_SPRC, ep_batch_SPRBE = (
+        unfold(x) for x in (load_SPRE, kept_SPRE, bias_SPRE, displaced_SPR,
+                            maxvio_compute_SPRC, ep_batch_SPRBE))
+    dims3 = ("step", "point", "layer", "replica") if layers > 1 else ("step", "point", "replica")
     dims4 = dims3 + ("expert",)
     window = config.run.global_window
     load = load_SPRE.astype(np.int64)
@@ -91,7 +106,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "bias": (dims4, bias_SPRE),
         "maxvio_batch": (dims3, metrics.maxvio(load)),
         "maxvio_global": (dims3, metrics.maxvio(metrics.trailing_sum(load, window))),
-        "maxvio_global_run": (("point", "replica"), metrics.maxvio(load.sum(axis=0))),
+        "maxvio_global_run": (dims3[1:], metrics.maxvio(load.sum(axis=0))),
         "cv": (dims3, metrics.cv(load)),
         "min_load": (dims3, load.min(-1).astype(np.int32)),
         "max_load": (dims3, load.max(-1).astype(np.int32)),
@@ -113,7 +128,15 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         data["maxvio_compute"] = (dims3 + ("compute_batch",), maxvio_compute_SPRC)
         coords["compute_batch"] = np.asarray(config.batch.computation_batch_sizes)
     if extra:
-        data.update(extra)
+        data.update({name: _unfold_variable(unfold, dims, value)
+                     for name, (dims, value) in extra.items()})
+    if config.placement.active:
+        data.update(placement_variables(config, dims3, kept, ep_batch_SPRBE))
+        coords["rank"] = np.arange(config.placement.ep_size)
+    if layers > 1:
+        coords["layer"] = np.arange(layers)
+        coords["layer_stat"] = np.asarray(LAYER_STATS, dtype=str)
+        data.update(layer_percentiles(data, dims3))
     attrs = {
         "title": "routesim simulation",
         "routesim_version": __version__,
@@ -124,8 +147,132 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "tokens_per_step": int(config.batch.tokens_per_step),
         "num_experts": int(config.router.num_experts),
         "topk": int(config.router.topk),
+        "num_layers": int(layers),
     }
+    if config.placement.active:
+        attrs["ep_size"] = int(config.placement.ep_size)
+        attrs["computation_batch_sequences"] = int(
+            config.batch.sequences_per_micro_batch * config.placement.ep_size)
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _unfolder(layers: int) -> Any:
+    """Reshape axis 1 of a recorded array from ``P * L`` rows to ``(P, L)`` (identity for L = 1)."""
+    def unfold(x: np.ndarray | None) -> np.ndarray | None:
+        if x is None or layers == 1:
+            return x
+        return x.reshape((x.shape[0], x.shape[1] // layers, layers) + x.shape[2:])
+    return unfold
+
+
+def _unfold_variable(unfold: Any, dims: tuple[str, ...], value: np.ndarray) -> tuple:
+    """An engine variable with its point axis unfolded into (point, layer)."""
+    unfolded = unfold(value) if dims[:2] == ("step", "point") else value
+    if unfolded is value:
+        return dims, value
+    return dims[:2] + ("layer",) + dims[2:], unfolded
+
+
+#: Statistics over layers of a per-layer metric (dimension ``layer_stat``).
+LAYER_STATS = ("median", "p90", "max")
+
+#: Per-layer variables summarised across layers.
+_ACROSS_LAYERS = ("maxvio_batch", "maxvio_global", "rank_straggler", "rank_straggler_planned")
+
+
+def layer_percentiles(data: dict[str, Any], dims3: tuple[str, ...]) -> dict[str, Any]:
+    """Median, 90th percentile and maximum over layers of the per-layer metrics.
+
+    ``NAME_across_layers`` for ``maxvio_batch``, ``maxvio_global`` and the
+    rank straggler ratios present in ``data``, dims ``(step, point,
+    replica, layer_stat)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dims = ("step", "point", "layer", "replica")
+    >>> mv = np.arange(10.0).reshape(1, 1, 10, 1)  # ten layers: 0, 1, ..., 9
+    >>> out = layer_percentiles({"maxvio_batch": (dims, mv)}, dims)
+    >>> out["maxvio_batch_across_layers"][1].ravel().tolist()
+    [4.5, 8.1, 9.0]
+    """
+    axis = dims3.index("layer")
+    out_dims = tuple(d for d in dims3 if d != "layer") + ("layer_stat",)
+    out = {}
+    for name in _ACROSS_LAYERS:
+        if name not in data:
+            continue
+        value = data[name][1]
+        stats = [np.median(value, axis=axis), np.quantile(value, 0.9, axis=axis),
+                 np.max(value, axis=axis)]
+        out[f"{name}_across_layers"] = (out_dims, np.stack(stats, axis=-1))
+    return out
+
+
+def placement_variables(config: Config, dims3: tuple[str, ...], kept: np.ndarray,
+                        ep_batch: np.ndarray) -> dict[str, Any]:
+    """Rank loads, straggler ratios and Gini of a placement (:mod:`routesim.placement`).
+
+    Parameters
+    ----------
+    config : Config
+        With ``placement.ep_size`` set.
+    dims3 : tuple of str
+        Dims of a per-step metric (step, point, [layer,] replica).
+    kept : int array (S, P, [L,] R, E)
+        Kept loads of each step.
+    ep_batch : int array (S, P, [L,] R, B, E)
+        Kept loads of each computation batch.
+
+    Returns
+    -------
+    dict of str to (dims, array)
+        ``expert_rank`` (expert), ``rank_load`` (step loads per rank),
+        ``rank_straggler`` (mean over the step's computation batches of max
+        / mean rank load), ``expert_gini`` and ``rank_gini`` (of the step's
+        loads). With ``placement.optimise = "greedy"`` also the plan built
+        from each row's mean load over the run: ``planned_copies``,
+        ``planned_share`` (share of each expert's load on each rank),
+        ``rank_load_planned`` and ``rank_straggler_planned``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"router": {"num_experts": 4, "topk": 1},
+    ...     "batch": {"num_sequences": 2, "micro_batch_size": 1},
+    ...     "placement": {"ep_size": 2}})
+    >>> kept = np.array([[[[3, 1, 2, 2]]]])         # (S, P, R, E)
+    >>> out = placement_variables(cfg, ("step", "point", "replica"), kept, kept[..., None, :])
+    >>> out["rank_load"][1].ravel().tolist(), out["rank_straggler"][1].ravel().tolist()
+    ([4, 4], [1.0])
+    """
+    pl = config.placement
+    n, ep = config.router.num_experts, pl.ep_size
+    rank_E = np.asarray(pl.map) if pl.map is not None else placement.contiguous_map(n, ep)
+    share_EK = placement.placement_matrix(rank_E, ep)
+    dims_rank = dims3 + ("rank",)
+    rank_load = placement.rank_loads(kept, share_EK)
+    out = {
+        "expert_rank": (("expert",), rank_E.astype(np.int32)),
+        "rank_load": (dims_rank, np.rint(rank_load).astype(np.int64)),
+        "rank_straggler": (dims3, placement.straggler_ratio(
+            placement.rank_loads(ep_batch, share_EK)).mean(axis=-1)),
+        "expert_gini": (dims3, placement.gini(kept)),
+        "rank_gini": (dims3, placement.gini(rank_load)),
+    }
+    if pl.planned:
+        mean_load = kept.mean(axis=0)                               # (P, [L,] R, E)
+        copies = placement.replicate_hottest(mean_load, pl.replicate_hottest)
+        share = placement.greedy_pack(mean_load, copies, ep)      # (P, [L,] R, E, K)
+        planned = placement.rank_loads(kept, share[None])
+        out["planned_copies"] = (dims3[1:] + ("expert",), copies.astype(np.int32))
+        out["planned_share"] = (dims3[1:] + ("expert", "rank"), share)
+        out["rank_load_planned"] = (dims_rank, planned)
+        out["rank_straggler_planned"] = (dims3, placement.straggler_ratio(
+            np.einsum("...be,...ek->...bk", ep_batch.astype(np.float64), share[None]))
+            .mean(axis=-1))
+    return out
 
 
 def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ __all__ = ["simulate", "simulate_meanfield", "simulate_learner", "build_dataset"
 
 #: The fields of :class:`StepOutput` every engine records.
 _FIELDS = ("bias_PRE", "load_PRE", "kept_PRE", "displaced_PR", "maxvio_compute_PRC",
-           "unrouted_PR")
+           "unrouted_PR", "ep_batch_load_PRBE")
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,8 @@ def run_engine(config: Config, name: str, *, point_indices: Sequence[int] | None
                        load_SPRE=rec["load_PRE"], kept_SPRE=rec["kept_PRE"],
                        displaced_SPR=rec["displaced_PR"],
                        maxvio_compute_SPRC=rec["maxvio_compute_PRC"],
-                       extra=engine_variables(config, rec))
+                       extra=engine_variables(config, rec),
+                       ep_batch_SPRBE=rec["ep_batch_load_PRBE"])
     ds.attrs.update(engine.attrs(**options))
     return ds
 

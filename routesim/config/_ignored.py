@@ -186,6 +186,16 @@ RULES: dict[str, _Why] = {
        for n in ("noise_init_scale", "importance_loss", "load_loss")},
     "penalty.quality_memory": _learning(lambda p: p.penalty.quality_strength > 0,
                                         "penalty.quality_strength = 0 turns the quality off"),
+    # model and placement
+    "model.layer_correlation": _only(lambda p: p.model.num_layers > 1,
+                                     "model.num_layers = 1 has one popularity order"),
+    **{f"placement.{n}": _only(lambda p: p.placement.active,
+                               "placement.ep_size is not set (no placement)")
+       for n in ("map", "optimise")},
+    "placement.replicate_hottest": _only(
+        lambda p: p.placement.active and p.placement.planned,
+        lambda p: ("placement.ep_size is not set (no placement)" if not p.placement.active
+                   else "placement.optimise = 'none' packs no replicas (use 'greedy')")),
 }
 
 
@@ -199,7 +209,8 @@ def set_fields_by_value(cfg: "Config") -> set[str]:
     ['controller.momentum', 'controller.type']
     """
     out = set(cfg.sweep.parameters)
-    for name in ("run", "batch", "traffic", "router", "controller", "penalty"):
+    for name in ("run", "batch", "traffic", "router", "controller", "penalty", "model",
+                 "placement"):
         section = getattr(cfg, name)
         for f in dataclasses.fields(section):
             if f.default is not dataclasses.MISSING and getattr(section, f.name) != f.default:

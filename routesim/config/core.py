@@ -19,6 +19,7 @@ from ._ignored import check_ignored, check_kernel, set_fields_by_value
 from ._trace import check_trace
 from .penalty import PenaltyConfig
 from .controller import ControllerConfig, LawParameters
+from .model import ModelConfig, PlacementConfig, check_model_cross
 from .router import RouterConfig
 from .sections import BatchConfig, RunConfig, TrafficConfig
 from .sweep import SweepConfig, is_sweepable
@@ -46,6 +47,8 @@ _SECTIONS = {
     "router": RouterConfig,
     "controller": ControllerConfig,
     "penalty": PenaltyConfig,
+    "model": ModelConfig,
+    "placement": PlacementConfig,
     "sweep": SweepConfig,
 }
 
@@ -83,6 +86,8 @@ class Config:
     router: RouterConfig = field(default_factory=RouterConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
@@ -129,6 +134,7 @@ class Config:
             require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
                      "a learnable router or a penalty needs traffic.kind = 'features'")
         self._check_learning()
+        check_model_cross(self)
         check_numerics(self)
 
     def _check_learning(self) -> None:

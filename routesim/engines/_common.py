@@ -23,7 +23,7 @@ from ..exceptions import ConfigError
 from ..rng import point_keys
 
 __all__ = ["PointPlan", "make_plan", "select_points", "initial_bias", "closes_after_micro_batch",
-           "closes_after_step", "update_controller", "maxvio_compute", "StepOutput",
+           "closes_after_step", "update_controller", "maxvio_compute", "batch_loads", "StepOutput",
            "EngineExtra", "ExpertChoiceExtra", "LearnerExtra", "MeanFieldExtra", "Simulator"]
 
 
@@ -218,6 +218,20 @@ def maxvio_compute(xp: ModuleType, rows_PRBE: Any, rows_per_batch: Sequence[int]
     return xp.stack(out, axis=-1) if out else xp.zeros((p, r, 0), dtype=xp.float64)
 
 
+def batch_loads(xp: ModuleType, rows_PRBE: Any, rows_per_batch: int) -> Any:
+    """Loads of consecutive computation batches of ``rows_per_batch`` rows: (P, R, B', E).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rows = np.array([[[[3, 1], [1, 3], [2, 0], [0, 2]]]])  # four sequences
+    >>> batch_loads(np, rows, 2).tolist()
+    [[[[4, 4], [2, 2]]]]
+    """
+    p, r, b, e = rows_PRBE.shape
+    return xp.sum(xp.reshape(rows_PRBE, (p, r, b // rows_per_batch, rows_per_batch, e)), axis=3)
+
+
 # ----------------------------------------------------------------------------
 # What a step reports
 # ----------------------------------------------------------------------------
@@ -306,6 +320,9 @@ class StepOutput:
         Choice); None where the engine does not report it.
     logit_sum_PR : sum of the step's router logits (a cheap finite check),
         or None where the engine does not report it.
+    ep_batch_load_PRBE : kept loads of each expert-parallel computation
+        batch (``batch.micro_batch_size x placement.ep_size`` sequences),
+        or None without a placement.
     extra : EngineExtra or None
         The engine's own report.
 
@@ -328,6 +345,7 @@ class StepOutput:
     unrouted_PR: Any = None
     logit_sum_PR: Any = None
     extra: EngineExtra | None = None
+    ep_batch_load_PRBE: Any = None
 
     @property
     def experts_per_token_PRJ(self) -> Any:

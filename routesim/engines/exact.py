@@ -40,7 +40,8 @@ from . import kernels as _kernels
 from .._backend import one_hot
 from ..config import Config
 from ..gates import gate
-from ._common import (ExpertChoiceExtra, PointPlan, StepOutput, closes_after_micro_batch,
+from ._common import (ExpertChoiceExtra, PointPlan, StepOutput, batch_loads,
+                      closes_after_micro_batch,
                       closes_after_step, initial_bias, make_plan, maxvio_compute,
                       update_controller)
 
@@ -376,11 +377,17 @@ def step_output(plan: ExactPlan, first_bias: Any, parts: list[_MicroBatch]) -> S
         unrouted = xp.astype(per_token[..., 0], xp.float64) / batch.tokens_per_step
     else:
         unrouted = xp.full(shape_PR, 0.0 if router.dropless else float("nan"), dtype=xp.float64)
+    ep_batch = None
+    if cfg.placement.active:  # kept loads of each expert-parallel computation batch
+        kept_seq = xp.concat([p.kept_PRBE for p in parts], axis=2)
+        ep_batch = batch_loads(xp, kept_seq,
+                               batch.sequences_per_micro_batch * cfg.placement.ep_size)
     return StepOutput(bias_PRE=first_bias, load_PRE=xp.sum(routed_seq, axis=2), kept_PRE=kept,
                       displaced_PR=disp_share,
                       maxvio_compute_PRC=maxvio_compute(xp, routed_seq,
                                                         batch.computation_batch_sizes),
-                      unrouted_PR=unrouted, logit_sum_PR=logit_sum, extra=extra)
+                      unrouted_PR=unrouted, logit_sum_PR=logit_sum, extra=extra,
+                      ep_batch_load_PRBE=ep_batch)
 
 
 def make_simulator(config: Config, point_indices: Sequence[int] | None = None,

@@ -35,6 +35,7 @@ from .stability import (
     stable_region,
     steady_error_covariance,
 )
+from .placement import counting_straggler, expected_straggler, rank_load_moments
 from .leakage import leakage_bound, leakage_exact, leakage_limit, leakage_split
 
 __all__ = [
@@ -65,6 +66,9 @@ __all__ = [
     "spectral_radius",
     "stable_region",
     "steady_error_covariance",
+    "counting_straggler",
+    "expected_straggler",
+    "rank_load_moments",
     "leakage_bound",
     "leakage_exact",
     "leakage_limit",
