@@ -152,11 +152,15 @@ def estimate(config: Any, point_indices: Sequence[int] | None = None) -> Estimat
     ('load-map tables', True)
     """
     run, b, r, t = config.run, config.batch, config.router, config.traffic
-    P = config.num_points if point_indices is None else len(point_indices)
+    P = (config.num_points if point_indices is None else len(point_indices))
+    layers = config.model.num_layers
+    P *= layers  # every layer is a row of the point axis
     R, E, S, T, B = run.replicas, r.num_experts, run.steps, b.tokens_per_step, b.num_sequences
     D = t.feature_dim if t.kind == "features" else 0
     rows = P * R
-    f = {"S": f"run.steps ({S})", "P": f"points ({P})", "R": f"run.replicas ({R})",
+    f = {"S": f"run.steps ({S})",
+         "P": f"points ({P})" if layers == 1 else f"points x model.num_layers ({P})",
+         "R": f"run.replicas ({R})",
          "E": f"router.num_experts ({E})", "D": f"traffic.feature_dim ({D})",
          "T": f"tokens per step (batch.num_sequences x batch.seq_length = {T})",
          "B": f"batch.num_sequences ({B})"}

@@ -119,7 +119,12 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
         ``unrouted_share`` (tokens with no expert) and, for Expert Choice,
         ``experts_per_token`` (tokens with 0..E experts, dim ``num_assigned``).
         The mean-field and learning engines add their own variables
-        (:func:`simulate_meanfield`, :func:`simulate_learner`).
+        (:func:`simulate_meanfield`, :func:`simulate_learner`). With
+        ``model.num_layers > 1`` the per-layer variables gain a ``layer``
+        dimension and ``NAME_across_layers`` summarises them
+        (:func:`routesim.results.layer_percentiles`); with
+        ``placement.ep_size`` the rank variables of
+        :func:`routesim.results.placement_variables` are added.
         Attributes hold the config (JSON), the package version, the seed and
         its SeedSequence entropy.
 

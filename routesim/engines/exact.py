@@ -178,6 +178,9 @@ def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
     cfg, xp = pp.first, pp.xp
     batch, router = cfg.batch, cfg.router
     tparams = traffic.make_traffic_params(pp.points)
+    if cfg.model.num_layers > 1:
+        tparams = dataclasses.replace(tparams, mu0_PE=traffic.layer_popularity(
+            tparams.mu0_PE, cfg.model.num_layers, cfg.model.layer_correlation, cfg.run.seed))
     cparams = controllers.make_controller_params(pp.points)
     seqs_mb = batch.sequences_per_micro_batch
     # A compiled kernel (run.kernel) streams over tokens itself: one call per micro-batch.
