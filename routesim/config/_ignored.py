@@ -131,6 +131,13 @@ RULES: dict[str, _Why] = {
         lambda p: p.router.router_type == "expert_choice",
         lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
                   "'expert_choice' does)"),
+    **{f"router.{n}": _only(
+        lambda p: p.router.router_type == "hash",
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'hash' does)") for n in ("hash_vocab_size", "hash_zipf_exponent")},
+    "controller.type": _only(
+        lambda p: p.router.router_type != "hash" or p.controller.type == "none",
+        "hash routing takes no bias (a fixed table routes every token id); use 'none'"),
     "router.pre_softmax": _only(
         lambda p: p.router.score_function == "softmax"
         and not (p.penalty.learn and p.penalty.noisy_gate),

@@ -130,6 +130,12 @@ class Config:
                      "Expert Choice fills every expert exactly; omit the capacity factor")
             require(not dual, "controller.type", c.type,
                      "Expert Choice takes no quantile dual; use another controller or none")
+        if r.router_type == "hash":
+            require(r.dropless, "router.capacity_factor", r.capacity_factor,
+                     "hash routing is dropless here; omit the capacity factor")
+            require(self.traffic.kind == "popularity" and not dual, "router.router_type",
+                     r.router_type, "hash routing draws its own token ids: needs "
+                     "traffic.kind = 'popularity' and no quantile controller")
         if self.penalty.learn or self.penalty.type != "none" or self.penalty.z_loss > 0:
             require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
                      "a learnable router or a penalty needs traffic.kind = 'features'")
@@ -394,7 +400,7 @@ def load_config(path: str | Path) -> Config:
     >>> load_config(folder / "typo.toml")
     Traceback (most recent call last):
     ...
-    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, group_topk, num_experts, num_groups, pre_softmax, router_type, score_function, token_drop_policy, topk, topk_scaling_factor
+    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, group_topk, hash_vocab_size, hash_zipf_exponent, num_experts, num_groups, pre_softmax, router_type, score_function, token_drop_policy, topk, topk_scaling_factor
     """
     path = Path(path)
     try:

@@ -43,11 +43,19 @@ class RouterConfig:
     token_drop_policy : {"probs", "position"}
         Which tokens an over-full expert keeps: the highest gate weights, or
         the first in Megatron's [sequence position, batch] order.
-    router_type : {"token_choice", "expert_choice"}
+    router_type : {"token_choice", "expert_choice", "hash"}
         ``expert_choice``: each expert takes its top ``K * T / N`` tokens of a
-        block of ``expert_choice_block`` tokens.
+        block of ``expert_choice_block`` tokens. ``hash``: each token carries
+        a token id drawn from a Zipf law, and a fixed table sends each id to
+        ``K`` experts (DeepSeek-V4's first layers; :mod:`routesim.routing.hash`);
+        no logits, gate or bias act.
     expert_choice_block : int > 0 or None
         Block size for Expert Choice (None = one micro-batch).
+    hash_vocab_size : int > 0
+        ``V``, token ids of hash routing.
+    hash_zipf_exponent : float >= 0
+        Token frequencies of hash routing, ``f_v`` proportional to
+        ``(v + 1) ** -a``: an id with ``f_v > K / N`` cannot be balanced.
 
     Examples
     --------
@@ -71,8 +79,10 @@ class RouterConfig:
     topk_scaling_factor: float | None = None
     capacity_factor: float | None = None
     token_drop_policy: Literal["probs", "position"] = "probs"
-    router_type: Literal["token_choice", "expert_choice"] = "token_choice"
+    router_type: Literal["token_choice", "expert_choice", "hash"] = "token_choice"
     expert_choice_block: int | None = None
+    hash_vocab_size: int = 32768
+    hash_zipf_exponent: float = 1.0
 
     def __post_init__(self) -> None:
         check_types(self, "router")
@@ -105,6 +115,9 @@ class RouterConfig:
         if self.capacity_factor is not None:
             require(self.capacity_factor > 0, "router.capacity_factor", self.capacity_factor,
                      "must be > 0 (omit it, or use inf, for dropless routing)")
+        require(self.hash_vocab_size >= 1, "router.hash_vocab_size", self.hash_vocab_size,
+                 "must be an integer >= 1")
+        positive(self, "router", "hash_zipf_exponent", allow_zero=True)
         if self.expert_choice_block is not None:
             require(self.expert_choice_block >= 1, "router.expert_choice_block",
                      self.expert_choice_block, "must be an integer >= 1")

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..routing import expert_choice
+from ..routing import hash as hash_routing
 from .. import controllers, routing, traffic
 from . import kernels as _kernels
 from .._backend import one_hot
@@ -115,6 +116,10 @@ class ExactPlan:
         Expert capacity per micro-batch.
     ec_block : int or None
         Expert Choice block in tokens (None for token choice).
+    hash_table_PVK : int array (P, V, K) or None
+        Hash routing: the id-to-experts table of each row (one per layer).
+    hash_cdf_V : float64 array (V,) or None
+        Hash routing: cumulative token-id frequencies.
 
     Examples
     --------
@@ -134,6 +139,8 @@ class ExactPlan:
     chunk_seqs: int
     cap: int
     ec_block: int | None
+    hash_table_PVK: Any = None
+    hash_cdf_V: Any = None
 
     @property
     def cfg(self) -> Config:
@@ -192,12 +199,21 @@ def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
     # Expert Choice: block size (None for token choice); see route_expert_choice.
     ec_block = ((router.expert_choice_block or seqs_mb * batch.seq_length)
                 if router.router_type == "expert_choice" else None)
+    table, cdf = None, None
+    if router.router_type == "hash":
+        layers = cfg.model.num_layers
+        per_layer = [hash_routing.hash_table(router.hash_vocab_size, router.num_experts,
+                                             router.topk, cfg.run.seed, layer)
+                     for layer in range(layers)]
+        table = xp.asarray(np.stack(per_layer * (len(pp.points) // layers)))
+        cdf = xp.asarray(np.cumsum(hash_routing.token_frequencies(
+            router.hash_vocab_size, router.hash_zipf_exponent)))
     return ExactPlan(points=pp, tparams=tparams, cparams=cparams,
                      quantile_P=cparams.on_logits_P,
                      fast_router=fast_router, chunk_seqs=chunk_seqs,
                      cap=routing.capacity(seqs_mb * batch.seq_length, router.topk,
                                           router.num_experts, router.capacity_factor),
-                     ec_block=ec_block)
+                     ec_block=ec_block, hash_table_PVK=table, hash_cdf_V=cdf)
 
 
 def init_state(plan: ExactPlan) -> SimState:
@@ -296,7 +312,13 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
     logit_sum = 0.0
     for c0 in range(0, seqs_mb, plan.chunk_seqs):
         start = (mb * seqs_mb + c0) * L
-        if plan.ec_block is not None:  # Expert Choice (chunk = whole micro-batch)
+        if plan.hash_table_PVK is not None:  # hash routing: no logits, no bias
+            ids = hash_routing.token_ids(xp, plan.points.keys_PR, t, start,
+                                         plan.chunk_seqs * L, plan.hash_cdf_V)
+            routed = hash_routing.route_hash(xp, ids, plan.hash_table_PVK, plan.chunk_seqs, L,
+                                             cfg.router.num_experts)
+            kept, disp, est, zsum = routed, None, None, None
+        elif plan.ec_block is not None:  # Expert Choice (chunk = whole micro-batch)
             routed, hist, zsum = route_expert_choice(plan, state.traffic, t, start,
                                                      plan.chunk_seqs)
             kept, disp, est = routed, None, None
@@ -370,7 +392,7 @@ def step_output(plan: ExactPlan, first_bias: Any, parts: list[_MicroBatch]) -> S
         for hist in p.hist_parts:
             per_token = per_token + hist
     logit_sum = None if parts[0].logit_sum_PR is None else sum(p.logit_sum_PR for p in parts)
-    if cfg.run.record_displacement and plan.ec_block is None:
+    if cfg.run.record_displacement and plan.ec_block is None and plan.hash_table_PVK is None:
         disp_share = displaced / (batch.tokens_per_step * router.topk)
     else:
         disp_share = xp.full(shape_PR, float("nan"), dtype=xp.float64)
