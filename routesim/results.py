@@ -130,6 +130,11 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     if extra:
         data.update({name: _unfold_variable(unfold, dims, value)
                      for name, (dims, value) in extra.items()})
+    zero = config.router.zero_experts
+    if zero:  # zero-computation experts: the FFN experts' balance and budget
+        ffn = load[..., :load.shape[-1] - zero]
+        data["maxvio_ffn"] = (dims3, metrics.maxvio(ffn))
+        data["ffn_per_token"] = (dims3, ffn.sum(-1) / config.batch.tokens_per_step)
     if config.placement.active:
         data.update(placement_variables(config, dims3, kept, ep_batch_SPRBE))
         coords["rank"] = np.arange(config.placement.ep_size)
@@ -177,7 +182,8 @@ def _unfold_variable(unfold: Any, dims: tuple[str, ...], value: np.ndarray) -> t
 LAYER_STATS = ("median", "p90", "max")
 
 #: Per-layer variables summarised across layers.
-_ACROSS_LAYERS = ("maxvio_batch", "maxvio_global", "rank_straggler", "rank_straggler_planned")
+_ACROSS_LAYERS = ("maxvio_batch", "maxvio_global", "maxvio_ffn", "rank_straggler",
+                  "rank_straggler_planned")
 
 
 def layer_percentiles(data: dict[str, Any], dims3: tuple[str, ...]) -> dict[str, Any]:

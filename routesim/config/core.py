@@ -130,6 +130,12 @@ class Config:
                      "Expert Choice fills every expert exactly; omit the capacity factor")
             require(not dual, "controller.type", c.type,
                      "Expert Choice takes no quantile dual; use another controller or none")
+        if c.type == "zero_budget":
+            require(r.zero_experts >= 1, "controller.type", c.type,
+                     "needs zero-computation experts: set router.zero_experts >= 1")
+            budget = c.params.get("ffn_budget", law.params["ffn_budget"].default)
+            require(0.0 <= budget <= r.topk, "controller.params.ffn_budget", budget,
+                     f"must be in [0, router.topk] = [0, {r.topk}] (FFN experts per token)")
         if r.router_type == "hash":
             require(r.dropless, "router.capacity_factor", r.capacity_factor,
                      "hash routing is dropless here; omit the capacity factor")
@@ -400,7 +406,7 @@ def load_config(path: str | Path) -> Config:
     >>> load_config(folder / "typo.toml")
     Traceback (most recent call last):
     ...
-    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, group_topk, hash_vocab_size, hash_zipf_exponent, num_experts, num_groups, pre_softmax, router_type, score_function, token_drop_policy, topk, topk_scaling_factor
+    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, group_topk, hash_vocab_size, hash_zipf_exponent, num_experts, num_groups, pre_softmax, router_type, score_function, token_drop_policy, topk, topk_scaling_factor, zero_experts
     """
     path = Path(path)
     try:

@@ -145,6 +145,9 @@ def check_model_cross(cfg: object) -> None:
             "placement needs run.engine = 'exact' without penalty.learn (it counts the "
             "loads of each computation batch)")
     require(n % ep == 0, "placement.ep_size", ep, f"must divide router.num_experts ({n})")
+    require(cfg.router.zero_experts == 0, "placement.ep_size", ep,
+            "zero-computation experts (router.zero_experts) are not placed on ranks; "
+            "remove one or the other")
     batch_seqs = b.sequences_per_micro_batch * ep
     require(b.num_sequences % batch_seqs == 0, "placement.ep_size", ep,
             f"the computation batch, batch.micro_batch_size x ep_size = "

@@ -51,6 +51,12 @@ class RouterConfig:
         no logits, gate or bias act.
     expert_choice_block : int > 0 or None
         Block size for Expert Choice (None = one micro-batch).
+    zero_experts : int >= 0
+        ``Z``: the last ``Z`` of the ``num_experts`` experts are
+        zero-computation (identity) experts (LongCat-Flash); a token that
+        picks one computes fewer FFN experts. The ``zero_budget`` controller
+        steers the mean number of FFN experts per token to
+        ``controller.params.ffn_budget``.
     hash_vocab_size : int > 0
         ``V``, token ids of hash routing.
     hash_zipf_exponent : float >= 0
@@ -81,6 +87,7 @@ class RouterConfig:
     token_drop_policy: Literal["probs", "position"] = "probs"
     router_type: Literal["token_choice", "expert_choice", "hash"] = "token_choice"
     expert_choice_block: int | None = None
+    zero_experts: int = 0
     hash_vocab_size: int = 32768
     hash_zipf_exponent: float = 1.0
 
@@ -115,6 +122,9 @@ class RouterConfig:
         if self.capacity_factor is not None:
             require(self.capacity_factor > 0, "router.capacity_factor", self.capacity_factor,
                      "must be > 0 (omit it, or use inf, for dropless routing)")
+        require(0 <= self.zero_experts < self.num_experts, "router.zero_experts",
+                 self.zero_experts, f"must be an integer in [0, router.num_experts) = "
+                 f"[0, {self.num_experts})")
         require(self.hash_vocab_size >= 1, "router.hash_vocab_size", self.hash_vocab_size,
                  "must be an integer >= 1")
         positive(self, "router", "hash_zipf_exponent", allow_zero=True)
