@@ -135,6 +135,14 @@ RULES: dict[str, _Why] = {
         lambda p: p.router.router_type == "hash",
         lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
                   "'hash' does)") for n in ("hash_vocab_size", "hash_zipf_exponent")},
+    "router.expert_choice_shuffle": _only(
+        lambda p: p.router.router_type == "expert_choice",
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'expert_choice' does)"),
+    "router.threshold_ema": _only(
+        lambda p: p.router.router_type == "expert_threshold",
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'expert_threshold' does)"),
     "controller.type": _only(
         lambda p: p.router.router_type != "hash" or p.controller.type == "none",
         "hash routing takes no bias (a fixed table routes every token id); use 'none'"),

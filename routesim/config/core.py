@@ -136,6 +136,22 @@ class Config:
             budget = c.params.get("ffn_budget", law.params["ffn_budget"].default)
             require(0.0 <= budget <= r.topk, "controller.params.ffn_budget", budget,
                      f"must be in [0, router.topk] = [0, {r.topk}] (FFN experts per token)")
+        if r.router_type == "expert_choice" and r.expert_choice_shuffle:
+            block = r.expert_choice_block or tokens_mb
+            require(block < tokens_mb, "router.expert_choice_shuffle", True,
+                     f"has no effect with a block of the whole micro-batch ({tokens_mb} "
+                     "tokens): set router.expert_choice_block smaller")
+        if r.router_type == "expert_threshold":
+            require(r.dropless, "router.capacity_factor", r.capacity_factor,
+                     "Expert Threshold routing is dropless here; omit the capacity factor")
+            require(not dual, "controller.type", c.type,
+                     "Expert Threshold takes no quantile dual; use another controller or none")
+            require(tokens_mb * r.topk >= r.num_experts, "router.router_type", r.router_type,
+                     f"Expert Threshold needs K * T / N >= 1 per micro-batch "
+                     f"({r.topk} x {tokens_mb} / {r.num_experts})")
+        if r.router_type in ("hash", "expert_threshold"):
+            require(self.run.engine == "exact", "router.router_type", r.router_type,
+                     "runs on run.engine = 'exact'")
         if r.router_type == "hash":
             require(r.dropless, "router.capacity_factor", r.capacity_factor,
                      "hash routing is dropless here; omit the capacity factor")
@@ -406,7 +422,7 @@ def load_config(path: str | Path) -> Config:
     >>> load_config(folder / "typo.toml")
     Traceback (most recent call last):
     ...
-    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, group_topk, hash_vocab_size, hash_zipf_exponent, num_experts, num_groups, pre_softmax, router_type, score_function, token_drop_policy, topk, topk_scaling_factor, zero_experts
+    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, expert_choice_shuffle, group_topk, hash_vocab_size, hash_zipf_exponent, num_experts, num_groups, pre_softmax, router_type, score_function, threshold_ema, token_drop_policy, topk, topk_scaling_factor, zero_experts
     """
     path = Path(path)
     try:

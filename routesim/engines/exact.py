@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..routing import expert_choice
+from ..routing import expert_threshold
 from ..routing import hash as hash_routing
 from .. import controllers, routing, traffic
 from . import kernels as _kernels
@@ -74,6 +75,8 @@ class SimState:
     windows_done : int
         Controller windows completed (for warm-up).
     traffic : traffic.TrafficState
+    threshold_PRE : array (P, R, E) or None
+        Expert Threshold routing: each expert's score threshold.
 
     Examples
     --------
@@ -93,6 +96,7 @@ class SimState:
     window_batches: int
     windows_done: int
     traffic: traffic.TrafficState
+    threshold_PRE: Any = None
 
 
 Simulator = tuple[Callable[[], SimState], Callable[[SimState], tuple[SimState, StepOutput]]]
@@ -230,10 +234,19 @@ def init_state(plan: ExactPlan) -> SimState:
     pp = plan.points
     xp = pp.xp
     zeros = xp.zeros(pp.shape_PRE, dtype=pp.dtype)
+    tstate = traffic.init_traffic(xp, plan.tparams, pp.keys_PR)
+    threshold = None
+    if plan.cfg.router.router_type == "expert_threshold":
+        # a calibration micro-batch, drawn at step -1 (before the run): causal
+        b, router = plan.cfg.batch, plan.cfg.router
+        z = traffic.logits(xp, plan.tparams, tstate, pp.keys_PR, -1, 0,
+                           b.sequences_per_micro_batch * b.seq_length)
+        threshold = expert_threshold.threshold_estimate(
+            xp, gate(xp, router.score_function, z), router.topk)
     return SimState(step=0, bias_PRE=initial_bias(pp), memory_PRE=zeros,
                     window_load_PRE=xp.zeros(pp.shape_PRE, dtype=xp.int64),
                     window_estimate_PRE=zeros, window_batches=0, windows_done=0,
-                    traffic=traffic.init_traffic(xp, plan.tparams, pp.keys_PR))
+                    traffic=tstate, threshold_PRE=threshold)
 
 
 def route_chunk(plan: ExactPlan, tstate: traffic.TrafficState, bias_PRE: Any, step: int,
@@ -271,8 +284,14 @@ def route_expert_choice(plan: ExactPlan, tstate: traffic.TrafficState, step: int
     L = cfg.batch.seq_length
     z = traffic.logits(xp, plan.tparams, tstate, plan.points.keys_PR, step, token_start,
                        n_seqs * L)
-    mask = expert_choice.expert_choice_mask(xp, gate(xp, cfg.router.score_function, z),
-                                            cfg.router.topk, plan.ec_block)
+    scores = gate(xp, cfg.router.score_function, z)
+    if cfg.router.expert_choice_shuffle:  # a content-blind permutation of the micro-batch
+        perm = expert_threshold.token_permutation(xp, plan.points.keys_PR, step, token_start,
+                                                  n_seqs * L)
+        mask = expert_threshold.shuffled_expert_choice_mask(xp, scores, cfg.router.topk,
+                                                            plan.ec_block, perm)
+    else:
+        mask = expert_choice.expert_choice_mask(xp, scores, cfg.router.topk, plan.ec_block)
     return (routing.mask_counts_per_sequence(xp, mask, n_seqs, L),
             expert_choice.experts_per_token_histogram(xp, mask), _logit_sum(xp, z))
 
@@ -302,6 +321,7 @@ class _MicroBatch:
     estimate_PRE: Any        # the quantile estimate (None without quantile points)
     hist_parts: list         # per chunk: Expert Choice histogram
     logit_sum_PR: Any        # None from a compiled kernel
+    threshold_estimate_PRE: Any = None  # Expert Threshold: this micro-batch's estimate
 
 
 def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
@@ -309,6 +329,7 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
     xp, cfg = plan.points.xp, plan.cfg
     seqs_mb, L, t = cfg.batch.sequences_per_micro_batch, cfg.batch.seq_length, state.step
     routed_parts, kept_parts, displaced, hists, estimate = [], [], [], [], None
+    threshold_est = None
     logit_sum = 0.0
     for c0 in range(0, seqs_mb, plan.chunk_seqs):
         start = (mb * seqs_mb + c0) * L
@@ -318,6 +339,15 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
             routed = hash_routing.route_hash(xp, ids, plan.hash_table_PVK, plan.chunk_seqs, L,
                                              cfg.router.num_experts)
             kept, disp, est, zsum = routed, None, None, None
+        elif cfg.router.router_type == "expert_threshold":  # chunk = whole micro-batch
+            z = traffic.logits(xp, plan.tparams, state.traffic, plan.points.keys_PR, t, start,
+                               plan.chunk_seqs * L)
+            scores = gate(xp, cfg.router.score_function, z)
+            mask = expert_threshold.threshold_mask(xp, scores, state.threshold_PRE)
+            routed = routing.mask_counts_per_sequence(xp, mask, plan.chunk_seqs, L)
+            hists.append(expert_choice.experts_per_token_histogram(xp, mask))
+            threshold_est = expert_threshold.threshold_estimate(xp, scores, cfg.router.topk)
+            kept, disp, est, zsum = routed, None, None, _logit_sum(xp, z)
         elif plan.ec_block is not None:  # Expert Choice (chunk = whole micro-batch)
             routed, hist, zsum = route_expert_choice(plan, state.traffic, t, start,
                                                      plan.chunk_seqs)
@@ -333,7 +363,7 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
         estimate = est
         logit_sum = None if zsum is None else logit_sum + zsum
     return _MicroBatch(xp.concat(routed_parts, axis=2), xp.concat(kept_parts, axis=2),
-                       displaced, estimate, hists, logit_sum)
+                       displaced, estimate, hists, logit_sum, threshold_est)
 
 
 def count_micro_batch(plan: ExactPlan, state: SimState, part: _MicroBatch) -> SimState:
@@ -371,6 +401,9 @@ def step_state(plan: ExactPlan, state: SimState) -> tuple[SimState, StepOutput]:
     for mb in range(plan.cfg.batch.num_micro_batches):
         part = route_micro_batch(plan, state, mb)
         state = count_micro_batch(plan, state, part)
+        if part.threshold_estimate_PRE is not None:  # routes the next micro-batch
+            state = dataclasses.replace(state, threshold_PRE=expert_threshold.update_threshold(
+                state.threshold_PRE, part.threshold_estimate_PRE, plan.cfg.router.threshold_ema))
         parts.append(part)
     if closes_after_step(plan.cfg.controller, t):
         state = close_window(plan, state)
@@ -392,12 +425,13 @@ def step_output(plan: ExactPlan, first_bias: Any, parts: list[_MicroBatch]) -> S
         for hist in p.hist_parts:
             per_token = per_token + hist
     logit_sum = None if parts[0].logit_sum_PR is None else sum(p.logit_sum_PR for p in parts)
-    if cfg.run.record_displacement and plan.ec_block is None and plan.hash_table_PVK is None:
+    masked = plan.ec_block is not None or router.router_type == "expert_threshold"
+    if (cfg.run.record_displacement and router.router_type == "token_choice"):
         disp_share = displaced / (batch.tokens_per_step * router.topk)
     else:
         disp_share = xp.full(shape_PR, float("nan"), dtype=xp.float64)
     extra = None
-    if plan.ec_block is not None:
+    if masked:  # tokens with 0..E experts (Expert Choice, Expert Threshold)
         extra = ExpertChoiceExtra(experts_per_token_PRJ=per_token)
         unrouted = xp.astype(per_token[..., 0], xp.float64) / batch.tokens_per_step
     else:
