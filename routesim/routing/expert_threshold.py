@@ -86,7 +86,10 @@ def token_permutation(xp: ModuleType, keys_PR: Any, step: int, token_start: int,
     """
     index = xp.arange(token_start, token_start + n_tokens, dtype=xp.uint64)
     u = rng.uniform(xp, keys_PR, step, SHUFFLE_STREAM, index, dtype=xp.float64)
-    return xp.argsort(u, axis=-1, stable=True)
+    # 24-bit uniforms tie in large batches: the token's position breaks ties, so the
+    # sort keys are distinct and every backend gives the same permutation
+    bits = xp.astype(xp.floor(u * float(1 << 24)), xp.int64)
+    return xp.argsort(bits * n_tokens + xp.arange(n_tokens, dtype=xp.int64), axis=-1)
 
 
 def shuffled_expert_choice_mask(xp: ModuleType, scores_PRTE: Any, topk: int, block: int,
@@ -109,6 +112,6 @@ def shuffled_expert_choice_mask(xp: ModuleType, scores_PRTE: Any, topk: int, blo
     idx = xp.broadcast_to(perm_PRT[..., None], perm_PRT.shape + (scores_PRTE.shape[-1],))
     shuffled = xp.take_along_axis(scores_PRTE, idx, axis=-2)
     mask = expert_choice_mask(xp, shuffled, topk, block)
-    inverse = xp.argsort(perm_PRT, axis=-1, stable=True)
+    inverse = xp.argsort(perm_PRT, axis=-1)
     inv = xp.broadcast_to(inverse[..., None], idx.shape)
     return xp.take_along_axis(mask, inv, axis=-2)

@@ -52,9 +52,9 @@ def hash_balance_limit(freq_V: Any, num_experts: int, topk: int) -> float:
     Examples
     --------
     >>> from routesim.routing.hash import token_frequencies
-    >>> f = token_frequencies(32768, 1.0)      # the top id has 9.2% of the tokens
+    >>> f = token_frequencies(32768, 1.0)      # the top id has 9.1% of the tokens
     >>> round(float(f[0]), 4), round(hash_balance_limit(f, 64, 6), 3)   # K / N = 9.4%
-    (0.0918, 0.0)
+    (0.0911, 0.0)
     >>> round(hash_balance_limit(f, 256, 8), 3)                          # K / N = 3.1%
     1.916
     """
