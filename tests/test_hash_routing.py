@@ -70,3 +70,30 @@ def test_hash_with_a_controller_is_refused():
     with pytest.raises(ConfigError, match=r"controller\.type"):
         config_from_dict({"router": {"router_type": "hash", "num_experts": 8, "topk": 2},
                           "controller": {"type": "ema"}})
+
+
+def test_hash_first_layers_are_hash_routed_and_the_others_token_choice():
+    """Rows of model.hash_layers equal a hash run's layers; the rest a token-choice run's."""
+    base = {"run": {"steps": 6, "kernel": "generic"},
+            "router": {"num_experts": 16, "topk": 2, "hash_vocab_size": 300},
+            "traffic": {"skew": "zipf", "zipf_exponent": 0.5},
+            "batch": {"num_sequences": 4, "seq_length": 32}}
+
+    def run(model, router=None, controller=None):
+        d = {**base, "model": model, "router": {**base["router"], **(router or {})},
+             "controller": controller or {"type": "sign", "bias_update_rate": 0.01}}
+        return simulate(config_from_dict(d), progress=False)["expert_load"].values
+
+    mixed = run({"num_layers": 4, "hash_layers": 2})
+    hashed = run({"num_layers": 4}, {"router_type": "hash"}, {"type": "none"})
+    plain = config_from_dict({**base, "model": {"num_layers": 4},
+                              "router": {"num_experts": 16, "topk": 2},
+                              "controller": {"type": "sign", "bias_update_rate": 0.01}})
+    plain = simulate(plain, progress=False)["expert_load"].values
+    np.testing.assert_array_equal(mixed[:, :, :2], hashed[:, :, :2])
+    np.testing.assert_array_equal(mixed[:, :, 2:], plain[:, :, 2:])
+    with pytest.raises(ConfigError, match=r"model\.hash_layers"):
+        config_from_dict({**base, "model": {"num_layers": 2, "hash_layers": 3}})
+    with pytest.raises(ConfigError, match=r"model\.hash_layers"):
+        config_from_dict({**base, "model": {"num_layers": 2, "hash_layers": 1},
+                          "router": {**base["router"], "capacity_factor": 1.0}})

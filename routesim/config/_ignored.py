@@ -132,9 +132,10 @@ RULES: dict[str, _Why] = {
         lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
                   "'expert_choice' does)"),
     **{f"router.{n}": _only(
-        lambda p: p.router.router_type == "hash",
+        lambda p: p.router.router_type == "hash" or p.model.hash_layers > 0,
         lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
-                  "'hash' does)") for n in ("hash_vocab_size", "hash_zipf_exponent")},
+                  "'hash' or model.hash_layers > 0 do)")
+       for n in ("hash_vocab_size", "hash_zipf_exponent")},
     "router.expert_choice_shuffle": _only(
         lambda p: p.router.router_type == "expert_choice",
         lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "

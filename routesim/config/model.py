@@ -32,6 +32,13 @@ class ModelConfig:
         highest rank. ``c = 0``: independent layers; ``c = 1``: every layer
         has the same popular experts. The Spearman correlation of two
         layers' popularity is ``(6 / pi) arcsin(c / 2)``.
+    hash_layers : int in [0, num_layers]
+        The first ``hash_layers`` layers are hash-routed (DeepSeek-V4): a
+        fixed token-id to experts table per layer, with
+        ``router.hash_vocab_size`` and ``router.hash_zipf_exponent``
+        (:mod:`routesim.routing.hash`); the other layers use the
+        ``[router]`` section (token choice). Other per-layer router settings
+        are not supported; dense layers carry no MoE and are not simulated.
 
     Examples
     --------
@@ -45,6 +52,7 @@ class ModelConfig:
 
     num_layers: int = 1
     layer_correlation: float = 0.0
+    hash_layers: int = 0
 
     def __post_init__(self) -> None:
         check_types(self, "model")
@@ -52,6 +60,8 @@ class ModelConfig:
                  "must be an integer >= 1")
         require(0.0 <= self.layer_correlation <= 1.0, "model.layer_correlation",
                  self.layer_correlation, "must be in [0, 1]")
+        require(0 <= self.hash_layers <= self.num_layers, "model.hash_layers", self.hash_layers,
+                 f"must be an integer in [0, model.num_layers] = [0, {self.num_layers}]")
 
 
 @dataclass(**DATACLASS)
@@ -138,6 +148,15 @@ def check_model_cross(cfg: object) -> None:
         require(cfg.traffic.kind == "popularity", "model.num_layers", cfg.model.num_layers,
                 "several layers need traffic.kind = 'popularity' (each layer has its own "
                 "popularity order)")
+    if cfg.model.hash_layers:
+        r = cfg.router
+        require(r.router_type == "token_choice" and r.dropless, "model.hash_layers",
+                cfg.model.hash_layers, "hash-routed first layers need dropless token choice "
+                "in the other layers (router.router_type, router.capacity_factor)")
+        from ..controllers.registry import get_law
+        law = get_law(cfg.controller.type)
+        require(not (law.bias_on_logits or law.needs_dual_estimate), "model.hash_layers",
+                cfg.model.hash_layers, "cannot be combined with quantile balancing")
     if not pl.active:
         return
     ep = pl.ep_size

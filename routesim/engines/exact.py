@@ -124,6 +124,9 @@ class ExactPlan:
         Hash routing: the id-to-experts table of each row (one per layer).
     hash_cdf_V : float64 array (V,) or None
         Hash routing: cumulative token-id frequencies.
+    hash_rows_P : bool array (P,) or None
+        ``model.hash_layers``: the rows (layers) routed by hash, the others
+        by token choice; None when every row routes alike.
 
     Examples
     --------
@@ -145,6 +148,7 @@ class ExactPlan:
     ec_block: int | None
     hash_table_PVK: Any = None
     hash_cdf_V: Any = None
+    hash_rows_P: Any = None
 
     @property
     def cfg(self) -> Config:
@@ -203,8 +207,11 @@ def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
     # Expert Choice: block size (None for token choice); see route_expert_choice.
     ec_block = ((router.expert_choice_block or seqs_mb * batch.seq_length)
                 if router.router_type == "expert_choice" else None)
-    table, cdf = None, None
-    if router.router_type == "hash":
+    table, cdf, hash_rows = None, None, None
+    if cfg.model.hash_layers:
+        layer_P = np.arange(len(pp.points)) % cfg.model.num_layers
+        hash_rows = xp.asarray(layer_P < cfg.model.hash_layers)
+    if router.router_type == "hash" or hash_rows is not None:
         layers = cfg.model.num_layers
         per_layer = [hash_routing.hash_table(router.hash_vocab_size, router.num_experts,
                                              router.topk, cfg.run.seed, layer)
@@ -217,7 +224,8 @@ def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
                      fast_router=fast_router, chunk_seqs=chunk_seqs,
                      cap=routing.capacity(seqs_mb * batch.seq_length, router.topk,
                                           router.num_experts, router.capacity_factor),
-                     ec_block=ec_block, hash_table_PVK=table, hash_cdf_V=cdf)
+                     ec_block=ec_block, hash_table_PVK=table, hash_cdf_V=cdf,
+                     hash_rows_P=hash_rows)
 
 
 def init_state(plan: ExactPlan) -> SimState:
@@ -324,6 +332,21 @@ class _MicroBatch:
     threshold_estimate_PRE: Any = None  # Expert Threshold: this micro-batch's estimate
 
 
+def _hash_rows(plan: ExactPlan, step: int, start: int, routed: Any, kept: Any,
+               disp: Any) -> tuple[Any, Any, Any]:
+    """Replace the counts of the hash-routed rows (``model.hash_layers``) by hash routing."""
+    xp, L = plan.points.xp, plan.cfg.batch.seq_length
+    ids = hash_routing.token_ids(xp, plan.points.keys_PR, step, start, plan.chunk_seqs * L,
+                                 plan.hash_cdf_V)
+    hashed = hash_routing.route_hash(xp, ids, plan.hash_table_PVK, plan.chunk_seqs, L,
+                                     plan.cfg.router.num_experts)
+    rows = xp.reshape(plan.hash_rows_P, (-1, 1, 1, 1))
+    hashed = xp.astype(hashed, routed.dtype)
+    if disp is not None:
+        disp = xp.where(xp.reshape(plan.hash_rows_P, (-1, 1)), xp.zeros_like(disp), disp)
+    return xp.where(rows, hashed, routed), xp.where(rows, hashed, kept), disp
+
+
 def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
     """Route micro-batch ``mb`` of the step ``state.step`` chunk by chunk."""
     xp, cfg = plan.points.xp, plan.cfg
@@ -333,7 +356,7 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
     logit_sum = 0.0
     for c0 in range(0, seqs_mb, plan.chunk_seqs):
         start = (mb * seqs_mb + c0) * L
-        if plan.hash_table_PVK is not None:  # hash routing: no logits, no bias
+        if plan.hash_table_PVK is not None and plan.hash_rows_P is None:  # hash: no bias
             ids = hash_routing.token_ids(xp, plan.points.keys_PR, t, start,
                                          plan.chunk_seqs * L, plan.hash_cdf_V)
             routed = hash_routing.route_hash(xp, ids, plan.hash_table_PVK, plan.chunk_seqs, L,
@@ -356,6 +379,8 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
         else:
             routed, kept, disp, est, zsum = route_chunk(plan, state.traffic, state.bias_PRE, t,
                                                         start, plan.chunk_seqs)
+            if plan.hash_rows_P is not None:  # the hash-routed first layers
+                routed, kept, disp = _hash_rows(plan, t, start, routed, kept, disp)
         routed_parts.append(routed)
         kept_parts.append(kept)
         if disp is not None:
