@@ -170,6 +170,11 @@ def estimate(config: Any, point_indices: Sequence[int] | None = None) -> Estimat
 
     engine = "learning" if config.penalty.learn else run.engine
     terms = {"recorded outputs": (S * rows * E * RECORDED_BYTES[engine], names("SPRE"))}
+    if config.placement.active:  # loads of each expert-parallel computation batch
+        batches = B // (b.sequences_per_micro_batch * config.placement.ep_size)
+        f["b"] = f"computation batches per step ({batches})"
+        terms["computation-batch loads"] = (S * rows * batches * E * COUNT_BYTES,
+                                            names("SPRbE"))
     if config.penalty.learn:
         terms["logits of a step"] = (rows * T * E * STEP_LOGIT_BYTES, names("PRTE"))
         terms["token features"] = (rows * T * D * FEATURE_BYTES, names("PRTD"))
