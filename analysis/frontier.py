@@ -23,7 +23,8 @@ same-batch threshold.
 
 Usage::
 
-    python analysis/frontier.py [--steps 200] [--draws 1000] [--contexts 2] [--seed 0] [--figure PATH]
+    python analysis/frontier.py [--steps 200] [--draws 1000] [--contexts 2] [--seed 0]
+                                [--figure PATH]
 """
 
 from __future__ import annotations

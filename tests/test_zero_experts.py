@@ -18,7 +18,8 @@ from routesim.theory import load_map
 
 def _cfg(controller, steps=250):
     return config_from_dict({
-        "run": {"steps": steps, "kernel": "generic"}, "router": {"num_experts": 24, "zero_experts": 8, "topk": 4},
+        "run": {"steps": steps, "kernel": "generic"},
+        "router": {"num_experts": 24, "zero_experts": 8, "topk": 4},
         "traffic": {"skew": "zipf", "zipf_exponent": 0.5}, "controller": controller,
         "batch": {"num_sequences": 4, "seq_length": 128}})
 
