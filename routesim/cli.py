@@ -25,7 +25,8 @@ __all__ = ["main", "format_summary"]
 
 #: Columns of the summary table: (variable, header, reduction over steps).
 #: Learning runs add the end-of-run global MaxVio, the cancelled share of the task
-#: gradient and, with the noisy gate, the evaluation-window (noise off) balance.
+#: gradient, the signed projection of the total gradient on the task gradient and the
+#: share of steps where it is negative and, with the noisy gate, the evaluation-window (noise off) balance.
 SUMMARY_COLUMNS = [
     ("maxvio_batch", "MaxVio_batch", "tail"),
     ("maxvio_global_run", "MaxVio_global", "scalar"),
@@ -35,6 +36,8 @@ SUMMARY_COLUMNS = [
     ("task_proxy", "task proxy", "tail"),
     ("interference", "interference", "mean"),
     ("cancelled_share", "cancelled", "mean"),
+    ("task_projection", "projection", "mean"),
+    ("reversal_share", "reversed", "scalar"),
     ("load_ratio", "max/min load", "scalar"),
     ("maxvio_global_eval_run", "MaxVio_eval", "scalar"),
     ("load_ratio_eval", "max/min eval", "scalar"),

@@ -26,21 +26,35 @@ from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
 from .rng import entropy_of
 
-__all__ = ["build_dataset", "engine_variables", "extra_variables", "placement_variables",
-           "layer_percentiles", "LAYER_STATS"]
+__all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords",
+           "placement_variables", "layer_percentiles", "LAYER_STATS"]
 
 #: Dimension of each shape letter of a recorded field name.
-_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert"}
+_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert", "L": "position"}
 
 
-def _sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
-    """Label and swept values of the chosen points (one pass over the sweep)."""
+def sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
+    """Label, swept values and resolved values of the chosen points (one pass).
+
+    A value resolved before the run (``sweep.resolved``, e.g. a rate written
+    as ``"0.5 u_c"``) is the coordinate ``KEY.resolved``.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"sweep": {"traffic.noise_scale": [0.5, 1.0]}})
+    >>> coords = sweep_coords(cfg, [1])
+    >>> coords["label"][1].tolist(), coords["traffic.noise_scale"][1].tolist()
+    (['noise_scale=1.0'], [1.0])
+    """
     labels_all = config.point_labels()
     assignments = config.sweep.assignments()
     coords: dict[str, Any] = {
         "label": ("point", np.asarray([labels_all[i] for i in indices], dtype=str))}
     for key in config.sweep.parameters:
         coords[key] = ("point", np.asarray([assignments[i][key] for i in indices]))
+    for key, values in config.sweep.resolved.items():
+        coords[f"{key}.resolved"] = ("point", np.asarray([values[i] for i in indices]))
     return coords
 
 
@@ -123,7 +137,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "replica": np.arange(config.run.replicas),
         "expert": np.arange(load.shape[-1]),
     }
-    coords.update(_sweep_coords(config, indices))
+    coords.update(sweep_coords(config, indices))
     if config.batch.computation_batch_sizes:
         data["maxvio_compute"] = (dims3 + ("compute_batch",), maxvio_compute_SPRC)
         coords["compute_batch"] = np.asarray(config.batch.computation_batch_sizes)
@@ -355,6 +369,11 @@ def _learner_variables(config: Config, extra: LearnerExtra,
     pr = ("point", "replica")
     data["load_ratio"] = (pr, _load_ratio(load_SPRE))
     data["maxvio_global_final"] = (pr, metrics.maxvio(load_SPRE[-window:].sum(axis=0)))
+    proj = extra.task_projection_PR
+    with np.errstate(invalid="ignore"):
+        # steps whose total gradient points against the task gradient (NaN steps left out)
+        data["reversal_share"] = (pr, np.sum(proj < 0, axis=0)
+                                  / np.maximum(np.sum(np.isfinite(proj), axis=0), 1))
     if extra.eval_load_PRE is not None:
         ev = extra.eval_load_PRE.astype(np.int64)
         data["eval_load"] = (("step", "point", "replica", "expert"), ev.astype(np.int32))

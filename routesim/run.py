@@ -24,6 +24,7 @@ from .config import Config
 from .engines import exact, learner, meanfield
 from .engines._common import StepOutput
 from .results import build_dataset, engine_variables
+from .theory.from_config import resolve_rates
 
 __all__ = ["simulate", "simulate_meanfield", "simulate_learner", "build_dataset", "run_steps",
            "run_engine", "Engine", "ENGINES", "engine_of"]
@@ -159,6 +160,7 @@ def run_engine(config: Config, name: str, *, point_indices: Sequence[int] | None
     (3, 0.05)
     """
     engine = ENGINES[name]
+    config = resolve_rates(config)  # rates in units of u_c: numbers, stored with the config
     progress = resources.check(config, point_indices, progress)
     init, step = engine.make_simulator(config, point_indices, **options)
     check = faults.make_step_check(config, point_indices, get_namespace(config.run.backend))

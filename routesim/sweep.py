@@ -47,6 +47,7 @@ from .config import Config, config_from_dict
 from . import resources
 from .exceptions import ConfigError
 from .store import check_output_dir, load, save
+from .theory.from_config import resolve_rates
 
 #: Seconds between a worker's checks that its parent is alive.
 _WATCH_INTERVAL = 0.2
@@ -365,6 +366,7 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
     """
     if workers < 1:
         raise ConfigError(f"workers = {workers}: must be an integer >= 1")
+    config = resolve_rates(config)  # once, before chunking: every chunk runs these numbers
     # one chunk per worker in memory at once; refused before anything is written
     resources.check(config, range(min(points_per_chunk, config.num_points)), False,
                     copies=1 if executor is not None else min(workers, config.num_points))

@@ -189,14 +189,17 @@ class TrafficConfig:
         sequence (per expert); tokens of one sequence then correlate with
         coefficient ``rho``.
     drift : {"none", "random_walk", "sinusoid", "regime"}
-        How ``mu`` moves over steps.
+        How ``mu`` (``popularity``) or the log topic weights (``features``)
+        move over steps.
     drift_std : float >= 0
-        Random-walk step standard deviation per expert per step.
+        Random-walk step standard deviation per expert (per topic) per step.
     drift_amplitude, drift_period : float
-        Sinusoid ``mu_i(t) = mu_i + A sin(2 pi t / period + 2 pi i / N)``.
+        Sinusoid ``mu_i(t) = mu_i + A sin(2 pi t / period + 2 pi i / N)``;
+        for ``features`` ``log w_m(t) = log w_m + A sin(2 pi t / period +
+        2 pi m / M)``, renormalised.
     regime_steps : list of int
-        Steps at which ``mu`` is replaced by a fresh random permutation of
-        itself (regime switches).
+        Steps at which ``mu`` (the topic weights) is replaced by a fresh
+        random permutation of itself (regime switches).
     feature_dim : int > 0
         ``d`` of the token features (``features``).
     num_topics : int > 0

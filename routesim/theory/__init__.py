@@ -37,6 +37,7 @@ from .stability import (
 )
 from .hash_routing import hash_balance_limit, hash_table_maxvio
 from .placement import counting_straggler, expected_straggler, rank_load_moments
+from .from_config import critical_rates, not_modelled, predict_points, resolve_rates
 from .leakage import leakage_bound, leakage_exact, leakage_limit, leakage_split
 
 __all__ = [
@@ -72,6 +73,10 @@ __all__ = [
     "counting_straggler",
     "expected_straggler",
     "rank_load_moments",
+    "critical_rates",
+    "not_modelled",
+    "predict_points",
+    "resolve_rates",
     "leakage_bound",
     "leakage_exact",
     "leakage_limit",
