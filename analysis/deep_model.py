@@ -65,6 +65,10 @@ def layers(steps: int, seed: int) -> None:
     print(f"   {'late':>6s} | {mv[h, 0].mean():13.3f} {mv[h, 1].mean():7.3f} "
           f"{mv[h, 2].mean():7.3f} | {st[h, 0].mean():16.3f} {st[h, 1].mean():7.3f} "
           f"{st[h, 2].mean():7.3f} | {pl[h, 0].mean():14.3f}")
+    tokens = ds.attrs["computation_batch_sequences"] * cfg.batch.seq_length
+    floor = float(counting_straggler(cfg.router.num_experts, cfg.router.topk,
+                                     cfg.placement.ep_size, tokens))
+    print(f"   counting-noise floor of the straggler ratio ({tokens} tokens): {floor:.3f}")
 
 
 def stragglers(steps: int, seed: int) -> None:
