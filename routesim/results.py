@@ -7,9 +7,15 @@ extension (Expert Choice's histogram, the mean-field evaluations, the
 learning router's losses). Assembly is O(P) in the number of points: every
 per-point coordinate is built in one pass.
 
-Shape legend: S steps, P points, L layers, R replicas, E experts, C
-computation-batch sizes, J assignment counts 0..E, B computation batches,
-K expert-parallel ranks.
+Every variable and coordinate carries CF-style ``long_name`` and ``units``
+attributes from one table, :data:`VARIABLE_ATTRS` (``"1"`` for a
+dimensionless quantity). ``run.record`` and ``run.record_every`` are applied
+last, after every metric has been computed from every step
+(:func:`apply_record`).
+
+Shape legend: S steps, P points (``P * model.num_layers`` rows before the
+layer axis is unfolded), R replicas, E experts, C computation-batch sizes,
+J assignment counts 0..E, B computation batches, K expert-parallel ranks.
 """
 
 from __future__ import annotations
@@ -26,11 +32,177 @@ from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
 from .rng import entropy_of
 
-__all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords",
-           "placement_variables", "layer_percentiles", "LAYER_STATS"]
+__all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords", "apply_record",
+           "VARIABLE_ATTRS", "describe", "placement_variables", "layer_percentiles",
+           "LAYER_STATS"]
 
 #: Dimension of each shape letter of a recorded field name.
 _DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert", "L": "position"}
+
+
+#: ``name -> (long_name, units)`` of every variable and coordinate a Dataset can hold.
+VARIABLE_ATTRS: dict[str, tuple[str, str]] = {
+    # coordinates
+    "step": ("training step", "steps"),
+    "point": ("index of the sweep point", "1"),
+    "replica": ("index of the independent replica", "1"),
+    "expert": ("expert index", "1"),
+    "label": ("name of the sweep point", "1"),
+    "compute_batch": ("computation batch size", "sequences"),
+    "num_assigned": ("number of experts assigned to a token", "1"),
+    "position": ("token position in the sequence", "1"),
+    # every engine
+    "expert_load": ("tokens routed to the expert in the step (before capacity dropping)",
+                    "tokens"),
+    "kept_load": ("tokens kept by the expert in the step (after capacity dropping)", "tokens"),
+    "bias": ("expert bias that routed the step's first micro-batch", "1"),
+    "maxvio_batch": ("MaxVio of the step's loads, (max - mean) / mean", "1"),
+    "maxvio_global": ("MaxVio of the loads summed over the trailing run.global_window steps",
+                      "1"),
+    "maxvio_global_run": ("MaxVio of the loads summed over the whole run", "1"),
+    "maxvio_global_final": ("MaxVio of the loads summed over the last run.global_window steps",
+                            "1"),
+    "maxvio_compute": ("mean MaxVio over the computation batches of each size", "1"),
+    "cv": ("coefficient of variation of the step's loads over experts", "1"),
+    "min_load": ("smallest expert load of the step", "tokens"),
+    "max_load": ("largest expert load of the step", "tokens"),
+    "dead_experts": ("experts with no token in the step", "1"),
+    "load_entropy": ("entropy of the step's load fractions", "bit"),
+    "drop_rate": ("share of assignments dropped by capacity", "1"),
+    "displacement": ("share of selections outside the unbiased top-K", "1"),
+    "flip_fraction": ("share of experts whose bias update reversed direction", "1"),
+    "bias_spread": ("max bias - min bias", "1"),
+    "unrouted_share": ("share of tokens with no expert", "1"),
+    # Expert Choice, mean field
+    "experts_per_token": ("tokens of the step with each number of experts", "tokens"),
+    "meanfield_evaluations": ("exact evaluations of the expected-load map", "1"),
+    # learning router
+    "task_proxy": ("task proxy: routing-weighted expert quality", "1"),
+    "task_affinity": ("task proxy without the expert-quality term", "1"),
+    "penalty": ("weighted total of the penalties", "1"),
+    "balance_loss": ("balance loss (unweighted)", "1"),
+    "z_loss_value": ("router z-loss (unweighted)", "1"),
+    "interference": ("cosine between the task gradient and the penalty gradient", "1"),
+    "cancelled_share": ("share of the task gradient removed by the penalty", "1"),
+    "task_projection": ("projection of the total router gradient on the task gradient", "1"),
+    "reversal_share": ("share of steps whose total gradient points against the task gradient",
+                       "1"),
+    "drop_by_position": ("share of assignments dropped by capacity, per sequence position", "1"),
+    "max_logit": ("largest router logit of the step", "1"),
+    "logit_spread": ("mean over tokens of the standard deviation of a token's logits", "1"),
+    "alpha_t": ("balance loss weight at the step", "1"),
+    "z_loss_t": ("z-loss weight at the step", "1"),
+    "lr_t": ("learning rate at the step", "1"),
+    "expert_quality": ("expert quality of the task proxy", "1"),
+    "importance_cv2": ("squared coefficient of variation of the importance", "1"),
+    "load_cv2": ("squared coefficient of variation of the smooth load", "1"),
+    "gate_noise": ("mean standard deviation of the gate noise", "1"),
+    "eval_load": ("tokens routed to the expert with the gate noise off", "tokens"),
+    "maxvio_global_eval": ("MaxVio of eval_load over the trailing run.global_window steps", "1"),
+    "maxvio_global_eval_run": ("MaxVio of eval_load over the whole run", "1"),
+    "load_ratio": ("max over min of the run's total expert loads", "1"),
+    "load_ratio_eval": ("max over min of the run's total eval_load", "1"),
+    # layers, placement, zero-computation experts
+    "layer": ("MoE layer index", "1"),
+    "layer_stat": ("statistic over layers (median, 90th percentile, maximum)", "1"),
+    "rank": ("expert-parallel rank index", "1"),
+    "expert_rank": ("rank of each expert in the base placement", "1"),
+    "rank_load": ("tokens computed by the rank in the step (base placement)", "tokens"),
+    "rank_straggler": ("max / mean rank load, averaged over the step's computation batches "
+                       "(base placement)", "1"),
+    "expert_gini": ("Gini coefficient of the step's expert loads", "1"),
+    "rank_gini": ("Gini coefficient of the step's rank loads (base placement)", "1"),
+    "planned_copies": ("copies of the expert in the planned placement", "1"),
+    "planned_share": ("share of the expert's load on the rank in the planned placement", "1"),
+    "rank_load_planned": ("tokens computed by the rank in the step (planned placement)",
+                          "tokens"),
+    "rank_straggler_planned": ("max / mean rank load, averaged over the step's computation "
+                               "batches (planned placement)", "1"),
+    "maxvio_ffn": ("MaxVio of the step's loads over the FFN experts", "1"),
+    "ffn_per_token": ("mean number of FFN experts per token in the step", "1"),
+}
+VARIABLE_ATTRS.update({
+    f"{name}_across_layers": (f"{VARIABLE_ATTRS[name][0]}: statistic over layers",
+                              VARIABLE_ATTRS[name][1])
+    for name in ("maxvio_batch", "maxvio_global", "maxvio_ffn", "rank_straggler",
+                 "rank_straggler_planned")})
+
+#: Units of swept settings that are not dimensionless.
+_SETTING_UNITS = {"traffic.drift_period": "steps", "controller.warmup_steps": "steps"}
+
+
+def describe(ds: xr.Dataset) -> xr.Dataset:
+    """Set ``long_name`` and ``units`` on every variable and coordinate of ``ds`` (in place).
+
+    Names come from :data:`VARIABLE_ATTRS`; a swept setting (a coordinate
+    named by its dotted field) is described as such.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` itself.
+
+    Raises
+    ------
+    KeyError
+        For a variable the table does not describe.
+
+    Examples
+    --------
+    >>> ds = describe(xr.Dataset({"expert_load": ("expert", [3, 1])},
+    ...                          coords={"controller.bias_update_rate": 0.01}))
+    >>> ds["expert_load"].attrs["units"], ds["controller.bias_update_rate"].attrs["long_name"]
+    ('tokens', 'swept setting controller.bias_update_rate')
+    """
+    for name, var in ds.variables.items():
+        if name in VARIABLE_ATTRS:
+            long_name, units = VARIABLE_ATTRS[name]
+        elif str(name).endswith(".resolved"):
+            base = str(name)[: -len(".resolved")]
+            long_name, units = (f"swept setting {base}, as resolved before the run",
+                                _SETTING_UNITS.get(base, "1"))
+        elif "." in str(name):
+            long_name, units = f"swept setting {name}", _SETTING_UNITS.get(str(name), "1")
+        else:
+            raise KeyError(f"results variable {name!r} has no entry in VARIABLE_ATTRS")
+        var.attrs.update(long_name=long_name, units=units)
+    return ds
+
+
+def apply_record(ds: xr.Dataset, record: str, every: int) -> xr.Dataset:
+    """Keep what ``run.record`` and ``run.record_every`` ask for.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Every step, every variable.
+    record : {"full", "metrics"}
+        ``metrics`` drops every variable with an ``expert`` dimension (and
+        the ``expert`` coordinate).
+    every : int >= 1
+        Keep steps ``0, every, 2 * every, ...``.
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"bias": (("step", "expert"), [[0.0, 1.0]] * 5), "cv": ("step", range(5))},
+    ...                 coords={"step": range(5), "expert": [0, 1]})
+    >>> kept = apply_record(ds, "metrics", 2)
+    >>> list(kept.data_vars), kept["step"].values.tolist(), list(kept.coords)
+    (['cv'], [0, 2, 4], ['step'])
+    """
+    if record == "metrics":
+        ds = ds.drop_vars([n for n, v in ds.variables.items() if "expert" in v.dims])
+    if every > 1:
+        ds = ds.isel(step=slice(None, None, every))
+    return ds
 
 
 def sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
@@ -121,6 +293,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "maxvio_batch": (dims3, metrics.maxvio(load)),
         "maxvio_global": (dims3, metrics.maxvio(metrics.trailing_sum(load, window))),
         "maxvio_global_run": (dims3[1:], metrics.maxvio(load.sum(axis=0))),
+        "maxvio_global_final": (dims3[1:], metrics.maxvio(load[-window:].sum(axis=0))),
         "cv": (dims3, metrics.cv(load)),
         "min_load": (dims3, load.min(-1).astype(np.int32)),
         "max_load": (dims3, load.max(-1).astype(np.int32)),
@@ -172,7 +345,8 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         attrs["ep_size"] = int(config.placement.ep_size)
         attrs["computation_batch_sequences"] = int(
             config.batch.sequences_per_micro_batch * config.placement.ep_size)
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    ds = describe(xr.Dataset(data, coords=coords, attrs=attrs))
+    return apply_record(ds, config.run.record, config.run.record_every)
 
 
 def _unfolder(layers: int) -> Any:
@@ -368,7 +542,6 @@ def _learner_variables(config: Config, extra: LearnerExtra,
     window = config.run.global_window
     pr = ("point", "replica")
     data["load_ratio"] = (pr, _load_ratio(load_SPRE))
-    data["maxvio_global_final"] = (pr, metrics.maxvio(load_SPRE[-window:].sum(axis=0)))
     proj = extra.task_projection_PR
     with np.errstate(invalid="ignore"):
         # steps whose total gradient points against the task gradient (NaN steps left out)

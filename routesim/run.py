@@ -112,9 +112,10 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
     xarray.Dataset
         Dimensions ``step``, ``point``, ``replica``, ``expert`` (and
         ``compute_batch`` when computation-batch sizes are given). Variables:
-        ``load``, ``kept_load``, ``bias``, ``maxvio_batch``,
+        ``expert_load``, ``kept_load``, ``bias``, ``maxvio_batch``,
         ``maxvio_global`` (trailing ``run.global_window`` steps),
-        ``maxvio_global_run`` (all steps), ``maxvio_compute``, ``cv``,
+        ``maxvio_global_run`` (all steps), ``maxvio_global_final`` (the last
+        ``run.global_window`` steps), ``maxvio_compute``, ``cv``,
         ``min_load``, ``max_load``, ``dead_experts``, ``load_entropy``,
         ``drop_rate``, ``displacement``, ``flip_fraction``, ``bias_spread``,
         ``unrouted_share`` (tokens with no expert) and, for Expert Choice,
@@ -126,8 +127,10 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
         (:func:`routesim.results.layer_percentiles`); with
         ``placement.ep_size`` the rank variables of
         :func:`routesim.results.placement_variables` are added.
-        Attributes hold the config (JSON), the package version, the seed and
-        its SeedSequence entropy.
+        Every variable and coordinate has ``long_name`` and ``units``
+        attributes; ``run.record`` and ``run.record_every`` choose which
+        variables and steps are kept. Attributes hold the config (JSON), the
+        package version, the seed and its SeedSequence entropy.
 
     Examples
     --------
