@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .analysis import stack_points
+
 __all__ = ["maxvio_plot", "save_figure", "defaults"]
 
 #: Display settings (plot only; simulation parameters live in the config).
@@ -41,12 +43,15 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
     """Plot a per-step MaxVio variable against step, one line per point.
 
     Lines are the mean over replicas, smoothed over ``smooth`` trailing
-    steps; the band spans the replicas' min and max.
+    steps; the band spans the replicas' min and max. With several layers
+    (``model.num_layers``) each step shows the median over layers.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        As returned by :func:`routesim.simulate`.
+        As returned by :func:`routesim.simulate`, or with the sweep's
+        settings as dimensions (:func:`routesim.analysis.unstack_points`):
+        one line per combination of settings.
     variable : str
         ``maxvio_batch`` or ``maxvio_global``.
     ax : matplotlib Axes, optional
@@ -79,7 +84,11 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
     if ax is None:
         _, ax = plt.subplots(figsize=defaults["plot.figsize"])
     smooth = defaults["plot.smooth_steps"] if smooth is None else smooth
-    values = ds[variable].transpose("step", "point", "replica").values
+    ds = stack_points(ds)
+    data = ds[variable]
+    if "layer" in data.dims:  # several layers: their median at each step
+        data = data.median("layer")
+    values = data.transpose("step", "point", "replica").values
     steps = ds["step"].values
     labels = ds["label"].values if "label" in ds.coords else ds["point"].values
     for j, label in enumerate(labels):

@@ -7,8 +7,15 @@ extension (Expert Choice's histogram, the mean-field evaluations, the
 learning router's losses). Assembly is O(P) in the number of points: every
 per-point coordinate is built in one pass.
 
-Shape legend: S steps, P points, R replicas, E experts, C computation-batch
-sizes, J assignment counts 0..E.
+Every variable and coordinate carries CF-style ``long_name`` and ``units``
+attributes from one table, :data:`VARIABLE_ATTRS` (``"1"`` for a
+dimensionless quantity). ``run.record`` and ``run.record_every`` are applied
+last, after every metric has been computed from every step
+(:func:`apply_record`).
+
+Shape legend: S steps, P points (``P * model.num_layers`` rows before the
+layer axis is unfolded), R replicas, E experts, C computation-batch sizes,
+J assignment counts 0..E, B computation batches, K expert-parallel ranks.
 """
 
 from __future__ import annotations
@@ -19,16 +26,183 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from . import metrics
+from . import metrics, placement
 from ._version import __version__
 from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
 from .rng import entropy_of
 
-__all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords"]
+__all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords", "apply_record",
+           "VARIABLE_ATTRS", "describe", "placement_variables", "layer_percentiles",
+           "LAYER_STATS"]
 
 #: Dimension of each shape letter of a recorded field name.
 _DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert", "L": "position"}
+
+
+#: ``name -> (long_name, units)`` of every variable and coordinate a Dataset can hold.
+VARIABLE_ATTRS: dict[str, tuple[str, str]] = {
+    # coordinates
+    "step": ("training step", "steps"),
+    "point": ("index of the sweep point", "1"),
+    "replica": ("index of the independent replica", "1"),
+    "expert": ("expert index", "1"),
+    "label": ("name of the sweep point", "1"),
+    "compute_batch": ("computation batch size", "sequences"),
+    "num_assigned": ("number of experts assigned to a token", "1"),
+    "position": ("token position in the sequence", "1"),
+    # every engine
+    "expert_load": ("tokens routed to the expert in the step (before capacity dropping)",
+                    "tokens"),
+    "kept_load": ("tokens kept by the expert in the step (after capacity dropping)", "tokens"),
+    "bias": ("expert bias that routed the step's first micro-batch", "1"),
+    "maxvio_batch": ("MaxVio of the step's loads, (max - mean) / mean", "1"),
+    "maxvio_global": ("MaxVio of the loads summed over the trailing run.global_window steps",
+                      "1"),
+    "maxvio_global_run": ("MaxVio of the loads summed over the whole run", "1"),
+    "maxvio_global_final": ("MaxVio of the loads summed over the last run.global_window steps",
+                            "1"),
+    "maxvio_compute": ("mean MaxVio over the computation batches of each size", "1"),
+    "cv": ("coefficient of variation of the step's loads over experts", "1"),
+    "min_load": ("smallest expert load of the step", "tokens"),
+    "max_load": ("largest expert load of the step", "tokens"),
+    "dead_experts": ("experts with no token in the step", "1"),
+    "load_entropy": ("entropy of the step's load fractions", "bit"),
+    "drop_rate": ("share of assignments dropped by capacity", "1"),
+    "displacement": ("share of selections outside the unbiased top-K", "1"),
+    "flip_fraction": ("share of experts whose bias update reversed direction", "1"),
+    "bias_spread": ("max bias - min bias", "1"),
+    "unrouted_share": ("share of tokens with no expert", "1"),
+    # Expert Choice, mean field
+    "experts_per_token": ("tokens of the step with each number of experts", "tokens"),
+    "meanfield_evaluations": ("exact evaluations of the expected-load map", "1"),
+    # learning router
+    "task_proxy": ("task proxy: routing-weighted expert quality", "1"),
+    "task_affinity": ("task proxy without the expert-quality term", "1"),
+    "penalty": ("weighted total of the penalties", "1"),
+    "balance_loss": ("balance loss (unweighted)", "1"),
+    "z_loss_value": ("router z-loss (unweighted)", "1"),
+    "interference": ("cosine between the task gradient and the penalty gradient", "1"),
+    "cancelled_share": ("share of the task gradient removed by the penalty", "1"),
+    "task_projection": ("projection of the total router gradient on the task gradient", "1"),
+    "reversal_share": ("share of steps whose total gradient points against the task gradient",
+                       "1"),
+    "drop_by_position": ("share of assignments dropped by capacity, per sequence position", "1"),
+    "max_logit": ("largest router logit of the step", "1"),
+    "logit_spread": ("mean over tokens of the standard deviation of a token's logits", "1"),
+    "alpha_t": ("balance loss weight at the step", "1"),
+    "z_loss_t": ("z-loss weight at the step", "1"),
+    "lr_t": ("learning rate at the step", "1"),
+    "expert_quality": ("expert quality of the task proxy", "1"),
+    "importance_cv2": ("squared coefficient of variation of the importance", "1"),
+    "load_cv2": ("squared coefficient of variation of the smooth load", "1"),
+    "gate_noise": ("mean standard deviation of the gate noise", "1"),
+    "eval_load": ("tokens routed to the expert with the gate noise off", "tokens"),
+    "maxvio_global_eval": ("MaxVio of eval_load over the trailing run.global_window steps", "1"),
+    "maxvio_global_eval_run": ("MaxVio of eval_load over the whole run", "1"),
+    "load_ratio": ("max over min of the run's total expert loads", "1"),
+    "load_ratio_eval": ("max over min of the run's total eval_load", "1"),
+    # layers, placement, zero-computation experts
+    "layer": ("MoE layer index", "1"),
+    "layer_stat": ("statistic over layers (median, 90th percentile, maximum)", "1"),
+    "rank": ("expert-parallel rank index", "1"),
+    "expert_rank": ("rank of each expert in the base placement", "1"),
+    "rank_load": ("tokens computed by the rank in the step (base placement)", "tokens"),
+    "rank_straggler": ("max / mean rank load, averaged over the step's computation batches "
+                       "(base placement)", "1"),
+    "expert_gini": ("Gini coefficient of the step's expert loads", "1"),
+    "rank_gini": ("Gini coefficient of the step's rank loads (base placement)", "1"),
+    "planned_copies": ("copies of the expert in the planned placement", "1"),
+    "planned_share": ("share of the expert's load on the rank in the planned placement", "1"),
+    "rank_load_planned": ("tokens computed by the rank in the step (planned placement)",
+                          "tokens"),
+    "rank_straggler_planned": ("max / mean rank load, averaged over the step's computation "
+                               "batches (planned placement)", "1"),
+    "maxvio_ffn": ("MaxVio of the step's loads over the FFN experts", "1"),
+    "ffn_per_token": ("mean number of FFN experts per token in the step", "1"),
+}
+VARIABLE_ATTRS.update({
+    f"{name}_across_layers": (f"{VARIABLE_ATTRS[name][0]}: statistic over layers",
+                              VARIABLE_ATTRS[name][1])
+    for name in ("maxvio_batch", "maxvio_global", "maxvio_ffn", "rank_straggler",
+                 "rank_straggler_planned")})
+
+#: Units of swept settings that are not dimensionless.
+_SETTING_UNITS = {"traffic.drift_period": "steps", "controller.warmup_steps": "steps"}
+
+
+def describe(ds: xr.Dataset) -> xr.Dataset:
+    """Set ``long_name`` and ``units`` on every variable and coordinate of ``ds`` (in place).
+
+    Names come from :data:`VARIABLE_ATTRS`; a swept setting (a coordinate
+    named by its dotted field) is described as such.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` itself.
+
+    Raises
+    ------
+    KeyError
+        For a variable the table does not describe.
+
+    Examples
+    --------
+    >>> ds = describe(xr.Dataset({"expert_load": ("expert", [3, 1])},
+    ...                          coords={"controller.bias_update_rate": 0.01}))
+    >>> ds["expert_load"].attrs["units"], ds["controller.bias_update_rate"].attrs["long_name"]
+    ('tokens', 'swept setting controller.bias_update_rate')
+    """
+    for name, var in ds.variables.items():
+        if name in VARIABLE_ATTRS:
+            long_name, units = VARIABLE_ATTRS[name]
+        elif str(name).endswith(".resolved"):
+            base = str(name)[: -len(".resolved")]
+            long_name, units = (f"swept setting {base}, as resolved before the run",
+                                _SETTING_UNITS.get(base, "1"))
+        elif "." in str(name):
+            long_name, units = f"swept setting {name}", _SETTING_UNITS.get(str(name), "1")
+        else:
+            raise KeyError(f"results variable {name!r} has no entry in VARIABLE_ATTRS")
+        var.attrs.update(long_name=long_name, units=units)
+    return ds
+
+
+def apply_record(ds: xr.Dataset, record: str, every: int) -> xr.Dataset:
+    """Keep what ``run.record`` and ``run.record_every`` ask for.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Every step, every variable.
+    record : {"full", "metrics"}
+        ``metrics`` drops every variable with an ``expert`` dimension (and
+        the ``expert`` coordinate).
+    every : int >= 1
+        Keep steps ``0, every, 2 * every, ...``.
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"bias": (("step", "expert"), [[0.0, 1.0]] * 5), "cv": ("step", range(5))},
+    ...                 coords={"step": range(5), "expert": [0, 1]})
+    >>> kept = apply_record(ds, "metrics", 2)
+    >>> list(kept.data_vars), kept["step"].values.tolist(), list(kept.coords)
+    (['cv'], [0, 2, 4], ['step'])
+    """
+    if record == "metrics":
+        ds = ds.drop_vars([n for n, v in ds.variables.items() if "expert" in v.dims])
+    if every > 1:
+        ds = ds.isel(step=slice(None, None, every))
+    return ds
 
 
 def sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
@@ -71,8 +245,13 @@ def sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
 def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
                   bias_SPRE: np.ndarray, load_SPRE: np.ndarray, kept_SPRE: np.ndarray,
                   displaced_SPR: np.ndarray, maxvio_compute_SPRC: np.ndarray,
-                  extra: dict[str, Any] | None = None) -> xr.Dataset:
+                  extra: dict[str, Any] | None = None,
+                  ep_batch_SPRBE: np.ndarray | None = None) -> xr.Dataset:
     """Assemble the result Dataset from recorded host arrays (any engine).
+
+    With ``model.num_layers = L > 1`` the point axis of every recorded
+    array holds ``P * L`` rows, point-major; they come back on a ``layer``
+    dimension after ``point``.
 
     Parameters
     ----------
@@ -85,6 +264,9 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     maxvio_compute_SPRC : array (S, P, R, C)
     extra : dict of str to (dims, array), optional
         Engine variables (:func:`engine_variables`).
+    ep_batch_SPRBE : array (S, P, R, B, E), optional
+        Kept loads of each expert-parallel computation batch (with
+        ``placement.ep_size``).
 
     Returns
     -------
@@ -104,7 +286,12 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     """
 
     indices = list(range(config.num_points) if point_indices is None else point_indices)
-    dims3 = ("step", "point", "replica")
+    layers = config.model.num_layers
+    unfold = _unfolder(layers)
+    load_SPRE, kept_SPRE, bias_SPRE, displaced_SPR, maxvio_compute_SPRC, ep_batch_SPRBE = (
+        unfold(x) for x in (load_SPRE, kept_SPRE, bias_SPRE, displaced_SPR,
+                            maxvio_compute_SPRC, ep_batch_SPRBE))
+    dims3 = ("step", "point", "layer", "replica") if layers > 1 else ("step", "point", "replica")
     dims4 = dims3 + ("expert",)
     window = config.run.global_window
     load = load_SPRE.astype(np.int64)
@@ -117,7 +304,8 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "bias": (dims4, bias_SPRE),
         "maxvio_batch": (dims3, metrics.maxvio(load)),
         "maxvio_global": (dims3, metrics.maxvio(metrics.trailing_sum(load, window))),
-        "maxvio_global_run": (("point", "replica"), metrics.maxvio(load.sum(axis=0))),
+        "maxvio_global_run": (dims3[1:], metrics.maxvio(load.sum(axis=0))),
+        "maxvio_global_final": (dims3[1:], metrics.maxvio(load[-window:].sum(axis=0))),
         "cv": (dims3, metrics.cv(load)),
         "min_load": (dims3, load.min(-1).astype(np.int32)),
         "max_load": (dims3, load.max(-1).astype(np.int32)),
@@ -139,7 +327,20 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         data["maxvio_compute"] = (dims3 + ("compute_batch",), maxvio_compute_SPRC)
         coords["compute_batch"] = np.asarray(config.batch.computation_batch_sizes)
     if extra:
-        data.update(extra)
+        data.update({name: _unfold_variable(unfold, dims, value)
+                     for name, (dims, value) in extra.items()})
+    zero = config.router.zero_experts
+    if zero:  # zero-computation experts: the FFN experts' balance and budget
+        ffn = load[..., :load.shape[-1] - zero]
+        data["maxvio_ffn"] = (dims3, metrics.maxvio(ffn))
+        data["ffn_per_token"] = (dims3, ffn.sum(-1) / config.batch.tokens_per_step)
+    if config.placement.active:
+        data.update(placement_variables(config, dims3, kept, ep_batch_SPRBE))
+        coords["rank"] = np.arange(config.placement.ep_size)
+    if layers > 1:
+        coords["layer"] = np.arange(layers)
+        coords["layer_stat"] = np.asarray(LAYER_STATS, dtype=str)
+        data.update(layer_percentiles(data, dims3))
     attrs = {
         "title": "routesim simulation",
         "routesim_version": __version__,
@@ -150,8 +351,134 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "tokens_per_step": int(config.batch.tokens_per_step),
         "num_experts": int(config.router.num_experts),
         "topk": int(config.router.topk),
+        "num_layers": int(layers),
     }
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    if config.placement.active:
+        attrs["ep_size"] = int(config.placement.ep_size)
+        attrs["computation_batch_sequences"] = int(
+            config.batch.sequences_per_micro_batch * config.placement.ep_size)
+    ds = describe(xr.Dataset(data, coords=coords, attrs=attrs))
+    return apply_record(ds, config.run.record, config.run.record_every)
+
+
+def _unfolder(layers: int) -> Any:
+    """Reshape axis 1 of a recorded array from ``P * L`` rows to ``(P, L)`` (identity for L = 1)."""
+    def unfold(x: np.ndarray | None) -> np.ndarray | None:
+        if x is None or layers == 1:
+            return x
+        return x.reshape((x.shape[0], x.shape[1] // layers, layers) + x.shape[2:])
+    return unfold
+
+
+def _unfold_variable(unfold: Any, dims: tuple[str, ...], value: np.ndarray) -> tuple:
+    """An engine variable with its point axis unfolded into (point, layer)."""
+    unfolded = unfold(value) if dims[:2] == ("step", "point") else value
+    if unfolded is value:
+        return dims, value
+    return dims[:2] + ("layer",) + dims[2:], unfolded
+
+
+#: Statistics over layers of a per-layer metric (dimension ``layer_stat``).
+LAYER_STATS = ("median", "p90", "max")
+
+#: Per-layer variables summarised across layers.
+_ACROSS_LAYERS = ("maxvio_batch", "maxvio_global", "maxvio_ffn", "rank_straggler",
+                  "rank_straggler_planned")
+
+
+def layer_percentiles(data: dict[str, Any], dims3: tuple[str, ...]) -> dict[str, Any]:
+    """Median, 90th percentile and maximum over layers of the per-layer metrics.
+
+    ``NAME_across_layers`` for ``maxvio_batch``, ``maxvio_global`` and the
+    rank straggler ratios present in ``data``, dims ``(step, point,
+    replica, layer_stat)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dims = ("step", "point", "layer", "replica")
+    >>> mv = np.arange(10.0).reshape(1, 1, 10, 1)  # ten layers: 0, 1, ..., 9
+    >>> out = layer_percentiles({"maxvio_batch": (dims, mv)}, dims)
+    >>> out["maxvio_batch_across_layers"][1].ravel().tolist()
+    [4.5, 8.1, 9.0]
+    """
+    axis = dims3.index("layer")
+    out_dims = tuple(d for d in dims3 if d != "layer") + ("layer_stat",)
+    out = {}
+    for name in _ACROSS_LAYERS:
+        if name not in data:
+            continue
+        value = data[name][1]
+        stats = [np.median(value, axis=axis), np.quantile(value, 0.9, axis=axis),
+                 np.max(value, axis=axis)]
+        out[f"{name}_across_layers"] = (out_dims, np.stack(stats, axis=-1))
+    return out
+
+
+def placement_variables(config: Config, dims3: tuple[str, ...], kept: np.ndarray,
+                        ep_batch: np.ndarray) -> dict[str, Any]:
+    """Rank loads, straggler ratios and Gini of a placement (:mod:`routesim.placement`).
+
+    Parameters
+    ----------
+    config : Config
+        With ``placement.ep_size`` set.
+    dims3 : tuple of str
+        Dims of a per-step metric (step, point, [layer,] replica).
+    kept : int array (S, P, [L,] R, E)
+        Kept loads of each step.
+    ep_batch : int array (S, P, [L,] R, B, E)
+        Kept loads of each computation batch.
+
+    Returns
+    -------
+    dict of str to (dims, array)
+        ``expert_rank`` (expert), ``rank_load`` (step loads per rank),
+        ``rank_straggler`` (mean over the step's computation batches of max
+        / mean rank load), ``expert_gini`` and ``rank_gini`` (of the step's
+        loads). With ``placement.optimise = "greedy"`` also the plan built
+        from each row's mean load over the run: ``planned_copies``,
+        ``planned_share`` (share of each expert's load on each rank),
+        ``rank_load_planned`` and ``rank_straggler_planned``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"router": {"num_experts": 4, "topk": 1},
+    ...     "batch": {"num_sequences": 2, "micro_batch_size": 1},
+    ...     "placement": {"ep_size": 2}})
+    >>> kept = np.array([[[[3, 1, 2, 2]]]])         # (S, P, R, E)
+    >>> out = placement_variables(cfg, ("step", "point", "replica"), kept, kept[..., None, :])
+    >>> out["rank_load"][1].ravel().tolist(), out["rank_straggler"][1].ravel().tolist()
+    ([4, 4], [1.0])
+    """
+    pl = config.placement
+    n, ep = config.router.num_experts, pl.ep_size
+    rank_E = np.asarray(pl.map) if pl.map is not None else placement.contiguous_map(n, ep)
+    share_EK = placement.placement_matrix(rank_E, ep)
+    dims_rank = dims3 + ("rank",)
+    rank_load = placement.rank_loads(kept, share_EK)
+    out = {
+        "expert_rank": (("expert",), rank_E.astype(np.int32)),
+        "rank_load": (dims_rank, np.rint(rank_load).astype(np.int64)),
+        "rank_straggler": (dims3, placement.straggler_ratio(
+            placement.rank_loads(ep_batch, share_EK)).mean(axis=-1)),
+        "expert_gini": (dims3, placement.gini(kept)),
+        "rank_gini": (dims3, placement.gini(rank_load)),
+    }
+    if pl.planned:
+        mean_load = kept.mean(axis=0)                               # (P, [L,] R, E)
+        copies = placement.replicate_hottest(mean_load, pl.replicate_hottest)
+        share = placement.greedy_pack(mean_load, copies, ep)      # (P, [L,] R, E, K)
+        planned = placement.rank_loads(kept, share[None])
+        out["planned_copies"] = (dims3[1:] + ("expert",), copies.astype(np.int32))
+        out["planned_share"] = (dims3[1:] + ("expert", "rank"), share)
+        out["rank_load_planned"] = (dims_rank, planned)
+        out["rank_straggler_planned"] = (dims3, placement.straggler_ratio(
+            np.einsum("...be,...ek->...bk", ep_batch.astype(np.float64), share[None]))
+            .mean(axis=-1))
+    return out
 
 
 def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:
@@ -251,7 +578,6 @@ def _learner_variables(config: Config, extra: LearnerExtra,
     window = config.run.global_window
     pr = ("point", "replica")
     data["load_ratio"] = (pr, _load_ratio(load_SPRE))
-    data["maxvio_global_final"] = (pr, metrics.maxvio(load_SPRE[-window:].sum(axis=0)))
     proj = extra.task_projection_PR
     with np.errstate(invalid="ignore"):
         # steps whose total gradient points against the task gradient (NaN steps left out)

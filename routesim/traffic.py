@@ -42,6 +42,7 @@ from .exceptions import ConfigError
 
 __all__ = [
     "popularity",
+    "layer_popularity",
     "topic_weights",
     "TrafficParams",
     "TrafficState",
@@ -91,6 +92,55 @@ def popularity(skew: str, num_experts: int, *, linear_spread: float = 1.0,
     else:
         raise ConfigError(f"traffic.skew = {skew!r}: must be one of uniform, linear, zipf")
     return mu - mu.mean()
+
+
+#: Spawn key of the draws that order each layer's popularity (one per run seed).
+_LAYER_ORDER_KEY = 0x4C41_5945  # "LAYE"
+
+
+def layer_popularity(mu_PE: np.ndarray, num_layers: int, correlation: float,
+                     seed: int) -> np.ndarray:
+    """Each layer's popularity: the same values in the layer's own expert order.
+
+    Rows are point-major (row ``p * L + l`` is layer ``l`` of point ``p``).
+    Layer ``l`` ranks its experts by ``g_l = sqrt(c) g + sqrt(1 - c) e_l``
+    (a Gaussian copula: ``g`` and ``e_l`` standard normal vectors drawn from
+    ``seed``, common to every point and replica) and gives the ``j``-th
+    largest popularity value to its ``j``-th ranked expert. With one layer
+    ``mu`` is returned unchanged.
+
+    Parameters
+    ----------
+    mu_PE : ndarray (P * L, E)
+        Popularity of each row (:func:`popularity` of its point).
+    num_layers : int >= 1
+    correlation : float in [0, 1]
+        ``c``: correlation of the layers' latent scores.
+    seed : int
+        ``run.seed``.
+
+    Returns
+    -------
+    ndarray (P * L, E)
+
+    Examples
+    --------
+    >>> mu = np.tile(popularity("linear", 4), (3, 1))     # one point, three layers
+    >>> out = layer_popularity(mu, 3, 1.0, seed=0)        # c = 1: one order for all
+    >>> bool((out == out[0]).all()), sorted(out[0].tolist()) == sorted(mu[0].tolist())
+    (True, True)
+    """
+    if num_layers == 1:
+        return mu_PE
+    rows, n = mu_PE.shape
+    gen = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_LAYER_ORDER_KEY,)))
+    shared = gen.standard_normal(n)
+    own = gen.standard_normal((num_layers, n))
+    score_LE = math.sqrt(correlation) * shared + math.sqrt(1.0 - correlation) * own
+    rank_LE = np.argsort(np.argsort(-score_LE, axis=-1, kind="stable"), axis=-1)
+    values = -np.sort(-mu_PE, axis=-1)                     # descending, per row
+    rank_XE = np.tile(rank_LE, (rows // num_layers, 1))
+    return np.take_along_axis(values, rank_XE, axis=-1)
 
 
 @dataclass(frozen=True)

@@ -364,7 +364,7 @@ type = "switch"
 [sweep]
 "penalty.alpha" = [0.0, 0.01]
 """)
-    assert cli_main(["run", str(toml), "--no-progress"]) == 0
+    assert cli_main(["run", str(toml), "--no-progress", "--no-save"]) == 0
     out = capsys.readouterr().out
     for header in ("MaxVio_global", "MaxVio_batch", "dead", "task proxy", "interference"):
         assert header in out

@@ -141,6 +141,22 @@ RULES: dict[str, _Why] = {
         lambda p: p.router.router_type == "expert_choice",
         lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
                   "'expert_choice' does)"),
+    **{f"router.{n}": _only(
+        lambda p: p.router.router_type == "hash" or p.model.hash_layers > 0,
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'hash' or model.hash_layers > 0 do)")
+       for n in ("hash_vocab_size", "hash_zipf_exponent")},
+    "router.expert_choice_shuffle": _only(
+        lambda p: p.router.router_type == "expert_choice",
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'expert_choice' does)"),
+    "router.threshold_ema": _only(
+        lambda p: p.router.router_type == "expert_threshold",
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'expert_threshold' does)"),
+    "controller.type": _only(
+        lambda p: p.router.router_type != "hash" or p.controller.type == "none",
+        "hash routing takes no bias (a fixed table routes every token id); use 'none'"),
     "router.pre_softmax": _only(
         lambda p: p.router.score_function == "softmax"
         and not (p.penalty.learn and p.penalty.noisy_gate),
@@ -205,6 +221,16 @@ RULES: dict[str, _Why] = {
        for n in ("noise_init_scale", "importance_loss", "load_loss")},
     "penalty.quality_memory": _learning(lambda p: p.penalty.quality_strength > 0,
                                         "penalty.quality_strength = 0 turns the quality off"),
+    # model and placement
+    "model.layer_correlation": _only(lambda p: p.model.num_layers > 1,
+                                     "model.num_layers = 1 has one popularity order"),
+    **{f"placement.{n}": _only(lambda p: p.placement.active,
+                               "placement.ep_size is not set (no placement)")
+       for n in ("map", "optimise")},
+    "placement.replicate_hottest": _only(
+        lambda p: p.placement.active and p.placement.planned,
+        lambda p: ("placement.ep_size is not set (no placement)" if not p.placement.active
+                   else "placement.optimise = 'none' packs no replicas (use 'greedy')")),
 }
 
 
@@ -226,7 +252,8 @@ def set_fields_by_value(cfg: "Config") -> set[str]:
     ['controller.momentum', 'controller.type']
     """
     out = set(cfg.sweep.parameters)
-    for name in ("run", "batch", "traffic", "router", "controller", "penalty"):
+    for name in ("run", "batch", "traffic", "router", "controller", "penalty", "model",
+                 "placement"):
         section = getattr(cfg, name)
         for f in dataclasses.fields(section):
             if f.default is not dataclasses.MISSING and getattr(section, f.name) != f.default:

@@ -20,6 +20,7 @@ from ._ignored import check_ignored, check_kernel, set_fields_by_value
 from ._trace import check_trace
 from .penalty import PenaltyConfig
 from .controller import ControllerConfig, LawParameters
+from .model import ModelConfig, PlacementConfig, check_model_cross
 from .router import RouterConfig
 from .sections import BatchConfig, RunConfig, TrafficConfig
 from .sweep import SweepConfig, is_sweepable
@@ -47,6 +48,8 @@ _SECTIONS = {
     "router": RouterConfig,
     "controller": ControllerConfig,
     "penalty": PenaltyConfig,
+    "model": ModelConfig,
+    "placement": PlacementConfig,
     "sweep": SweepConfig,
 }
 
@@ -84,6 +87,8 @@ class Config:
     router: RouterConfig = field(default_factory=RouterConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
@@ -126,10 +131,39 @@ class Config:
                      "Expert Choice fills every expert exactly; omit the capacity factor")
             require(not dual, "controller.type", c.type,
                      "Expert Choice takes no quantile dual; use another controller or none")
+        if c.type == "zero_budget":
+            require(r.zero_experts >= 1, "controller.type", c.type,
+                     "needs zero-computation experts: set router.zero_experts >= 1")
+            budget = c.params.get("ffn_budget", law.params["ffn_budget"].default)
+            require(0.0 <= budget <= r.topk, "controller.params.ffn_budget", budget,
+                     f"must be in [0, router.topk] = [0, {r.topk}] (FFN experts per token)")
+        if r.router_type == "expert_choice" and r.expert_choice_shuffle:
+            block = r.expert_choice_block or tokens_mb
+            require(block < tokens_mb, "router.expert_choice_shuffle", True,
+                     f"has no effect with a block of the whole micro-batch ({tokens_mb} "
+                     "tokens): set router.expert_choice_block smaller")
+        if r.router_type == "expert_threshold":
+            require(r.dropless, "router.capacity_factor", r.capacity_factor,
+                     "Expert Threshold routing is dropless here; omit the capacity factor")
+            require(not dual, "controller.type", c.type,
+                     "Expert Threshold takes no quantile dual; use another controller or none")
+            require(tokens_mb * r.topk >= r.num_experts, "router.router_type", r.router_type,
+                     f"Expert Threshold needs K * T / N >= 1 per micro-batch "
+                     f"({r.topk} x {tokens_mb} / {r.num_experts})")
+        if r.router_type in ("hash", "expert_threshold"):
+            require(self.run.engine == "exact", "router.router_type", r.router_type,
+                     "runs on run.engine = 'exact'")
+        if r.router_type == "hash":
+            require(r.dropless, "router.capacity_factor", r.capacity_factor,
+                     "hash routing is dropless here; omit the capacity factor")
+            require(self.traffic.kind == "popularity" and not dual, "router.router_type",
+                     r.router_type, "hash routing draws its own token ids: needs "
+                     "traffic.kind = 'popularity' and no quantile controller")
         if self.penalty.learn or self.penalty.type != "none" or self.penalty.z_loss > 0:
             require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
                      "a learnable router or a penalty needs traffic.kind = 'features'")
         self._check_learning()
+        check_model_cross(self)
         check_rate_expression(self)
         check_numerics(self)
 
@@ -368,11 +402,14 @@ class Config:
         return Config(**sections)
 
 
+_NO_SWEEP = SweepConfig()
+
+
 def _build_plain(sections: dict[str, Any]) -> Config:
     """A Config without sweep, skipping the point expansion (no recursion)."""
     cfg = object.__new__(Config)
     for name in _SECTIONS:
-        object.__setattr__(cfg, name, sections.get(name, SweepConfig()))
+        object.__setattr__(cfg, name, sections.get(name) or _NO_SWEEP)
     return cfg
 
 
@@ -491,7 +528,7 @@ def load_config(path: str | Path) -> Config:
     >>> load_config(folder / "typo.toml")
     Traceback (most recent call last):
     ...
-    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, group_topk, num_experts, num_groups, pre_softmax, router_type, score_function, token_drop_policy, topk, topk_scaling_factor
+    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, expert_choice_shuffle, group_topk, hash_vocab_size, hash_zipf_exponent, num_experts, num_groups, pre_softmax, router_type, score_function, threshold_ema, token_drop_policy, topk, topk_scaling_factor, zero_experts
     """
     path = Path(path)
     try:

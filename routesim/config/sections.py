@@ -46,18 +46,34 @@ class RunConfig:
         treatment. A point's numbers then depend on neither its index nor
         its neighbours. (The learning router has its own switch,
         ``penalty.common_random_numbers``.)
-    kernel : {"auto", "generic", "numba", "cuda"}
+    kernel : {"auto", "generic", "numba", "cuda", "sparse"}
         Exact-engine routing code: ``generic`` is the array code (any
         backend); ``numba`` (NumPy backend, ``fast`` extra) and ``cuda``
         (CuPy backend) are compiled kernels for popularity traffic with
         normal noise, dropless token choice; ``auto`` picks the compiled one
         where it applies. All give the same counts up to float32 near-ties.
+        ``sparse`` (NumPy backend, ``fast`` extra; never picked by ``auto``)
+        draws only the experts near each token's top-K, in O(K) per token:
+        selections with the same law as the others' but other random numbers
+        (popularity traffic with any noise law, sigmoid or sqrt-softplus
+        gate, dropless token choice, ``record_displacement = false``).
     max_memory : int > 0, str or None
         Memory a run may use: bytes, or a string such as ``"8GB"`` or
         ``"512MiB"`` (k, M, G, T are powers of 1000; Ki, Mi, Gi, Ti of
         1024). None: the memory available when the run starts
         (``MemAvailable``). A run whose estimated peak memory
         (:mod:`routesim.resources`) exceeds it is refused before it starts.
+    record : {"full", "metrics"}
+        What the results keep: ``full`` keeps the per-expert variables
+        (``expert_load``, ``kept_load``, ``bias`` and every other variable
+        with an ``expert`` dimension); ``metrics`` drops them and keeps the
+        per-step metrics, so large sweeps stay small. Every metric is
+        computed from the per-expert arrays before they are dropped.
+    record_every : int > 0
+        Keep steps ``0, n, 2n, ...`` of the per-step variables. Metrics that
+        need every step (``maxvio_global`` over its trailing window,
+        ``flip_fraction``, the whole-run and end-of-run MaxVio) are computed
+        from every step before the others are thinned.
 
     Examples
     --------
@@ -78,8 +94,10 @@ class RunConfig:
     global_window: int = 100
     record_displacement: bool = True
     common_random_numbers: bool = False
-    kernel: Literal["auto", "generic", "numba", "cuda"] = "auto"
+    kernel: Literal["auto", "generic", "numba", "cuda", "sparse"] = "auto"
     max_memory: int | str | None = None
+    record: Literal["full", "metrics"] = "full"
+    record_every: int = 1
 
     def __post_init__(self) -> None:
         check_types(self, "run")
@@ -90,6 +108,8 @@ class RunConfig:
         require(0 <= self.seed < 2**63, "run.seed", self.seed, "must be an integer in [0, 2**63)")
         require(self.global_window >= 1, "run.global_window", self.global_window,
                  "must be an integer >= 1")
+        require(1 <= self.record_every <= self.steps, "run.record_every", self.record_every,
+                 f"must be an integer in [1, run.steps = {self.steps}]")
 
     @property
     def max_memory_bytes(self) -> int | None:

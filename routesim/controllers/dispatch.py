@@ -11,6 +11,8 @@ Shape legend: P points, R replicas, E experts.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Iterator, Mapping, Sequence
@@ -35,6 +37,8 @@ class ControllerParams:
     law_params_P : dict of str to dict of str to ndarray (P,)
         For each law present, its ``controller.params`` values; points of
         other laws carry the law's defaults (they are computed, then masked).
+    router_P : dict of str to ndarray (P,)
+        ``zero_experts`` and ``topk`` of each point (inputs a law may declare).
 
     Examples
     --------
@@ -47,6 +51,7 @@ class ControllerParams:
     types: tuple[str, ...]
     fields_P: Mapping[str, np.ndarray]
     law_params_P: Mapping[str, Mapping[str, np.ndarray]]
+    router_P: Mapping[str, np.ndarray] | None = None
 
     @classmethod
     def from_columns(cls, types: Sequence[str], fields_P: Mapping[str, Any],
@@ -126,9 +131,12 @@ def make_controller_params(points: Sequence[Any]) -> ControllerParams:
     (('sign', 'ema'), [0.9, 0.5])
     """
     ctrl = [p.controller for p in points]
-    return ControllerParams.from_columns(
+    params = ControllerParams.from_columns(
         [c.type for c in ctrl], {f: [getattr(c, f) for c in ctrl] for f in CONFIG_FIELDS},
         [getattr(c, "params", {}) for c in ctrl])
+    router = {name: np.array([getattr(p.router, name, 0) for p in points], dtype=np.float64)
+              for name in ("zero_experts", "topk")}
+    return dataclasses.replace(params, router_P=router)
 
 
 class LawParams(Mapping[str, Any]):
@@ -215,6 +223,10 @@ def update_bias(xp: ModuleType, params: ControllerParams, bias_PRE: Any, memory_
         if law.law is None:
             continue
         inputs = {"dual_estimate": estimate_PRE} if law.needs_dual_estimate else {}
+        for name in ("zero_experts", "topk"):
+            if name in law.inputs:
+                inputs[name] = xp.reshape(xp.asarray(params.router_P[name], dtype=dtype),
+                                          (-1, 1, 1))
         columns = {**{f: params.fields_P[f] for f in law.fields},
                    **params.law_params_P.get(law.name, {})}
         b, m = law.law(xp, bias_PRE, load_PRE, memory_PRE,

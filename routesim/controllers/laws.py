@@ -24,6 +24,10 @@ With ``c_bar = mean_i c_i`` and load fractions ``F_i = c_i / sum_j c_j``:
 ``quantile``       ``b = ema * b + (1 - ema) * b_hat; b -= mean(b)`` with
                    ``b_hat`` the one-shot dual estimate of the window
                    (Megatron ``qb_dual_update``; the bias acts on logits)
+``zero_budget``    ``b += u E (target - F)`` with targets ``(k_e / K) / (E - Z)``
+                   per FFN expert and ``(1 - k_e / K) / Z`` per zero expert
+                   (the last ``router.zero_experts``; LongCat-Flash): FFN
+                   experts balanced, ``k_e`` FFN experts per token on average
 =================  ==========================================================
 
 Shape legend: P points, R replicas, E experts.
@@ -34,7 +38,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Mapping
 
-from .registry import register
+from .registry import Param, register
 
 __all__ = [
     "sign_update",
@@ -44,6 +48,7 @@ __all__ = [
     "rms_update",
     "momentum_tanh_update",
     "quantile_update",
+    "zero_budget_update",
 ]
 
 
@@ -353,6 +358,43 @@ def _quantile(xp: ModuleType, bias: Any, load: Any, memory: Any,
     return quantile_update(xp, bias, params["dual_estimate"], params["quantile_ema"]), memory
 
 
+def zero_budget_update(xp: ModuleType, bias: Any, load: Any, rate: Any, budget: Any,
+                       zero: Any, topk: Any) -> Any:
+    """LongCat-Flash's budget law for zero-computation experts (proportional on shares).
+
+    The last ``Z`` experts are identity experts. The target share of the
+    assignments is ``(budget / K) / (E - Z)`` for each FFN expert and
+    ``(1 - budget / K) / Z`` for each zero expert, and
+    ``b += rate * E * (target - share)``: the FFN experts are balanced among
+    themselves while the mean number of FFN experts per token is steered to
+    ``budget``.
+
+    Examples
+    --------
+    Four FFN experts and two zero experts, K = 2, budget 1 (half of each
+    token's choices to FFN experts): targets 1/8 and 1/4.
+
+    >>> import numpy as np
+    >>> load = np.array([30., 20., 20., 10., 10., 10.])          # shares 0.3 .. 0.1
+    >>> b = zero_budget_update(np, np.zeros(6), load, 1.0, 1.0, 2.0, 2.0)
+    >>> np.round(b, 12).tolist()
+    [-1.05, -0.45, -0.45, 0.15, 0.9, 0.9]
+    """
+    n = bias.shape[-1]
+    share = _fractions(xp, load, bias.dtype)
+    index = xp.reshape(xp.arange(n, dtype=bias.dtype), (1,) * (bias.ndim - 1) + (n,))
+    is_zero = index >= n - zero
+    ffn = budget / topk
+    target = xp.where(is_zero, (1.0 - ffn) / xp.where(zero > 0, zero, 1.0), ffn / (n - zero))
+    return bias + rate * n * (target - share)
+
+
+def _zero_budget(xp: ModuleType, bias: Any, load: Any, memory: Any,
+                 params: Mapping[str, Any]) -> tuple[Any, Any]:
+    return zero_budget_update(xp, bias, load, params["bias_update_rate"], params["ffn_budget"],
+                              params["zero_experts"], params["topk"]), memory
+
+
 _RATE = ("bias_update_rate",)
 register("none", None, builtin=True)
 register("sign", _sign, fields=_RATE, builtin=True)
@@ -364,3 +406,6 @@ register("momentum_tanh", _momentum_tanh, fields=_RATE + ("momentum", "tanh_scal
          warmup=True, builtin=True)
 register("quantile", _quantile, fields=("quantile_ema",), bias_on_logits=True,
          inputs=("dual_estimate",), builtin=True)
+register("zero_budget", _zero_budget, fields=_RATE, inputs=("zero_experts", "topk"),
+         params={"ffn_budget": Param(1.0, check=lambda v: v >= 0, allowed="must be >= 0")},
+         builtin=True)

@@ -32,7 +32,7 @@ __all__ = ["Param", "ControllerLaw", "register", "unregister", "registered", "ge
            "registered_temporarily", "import_law_module", "INPUTS", "CONFIG_FIELDS"]
 
 #: Inputs a law may declare, besides bias, loads and memory.
-INPUTS = ("dual_estimate",)
+INPUTS = ("dual_estimate", "zero_experts", "topk")
 
 #: ControllerConfig fields a law may read (by their own names in ``params``).
 CONFIG_FIELDS = ("bias_update_rate", "momentum", "bias_cap", "warmup_steps", "tanh_scale",
@@ -188,7 +188,9 @@ def register(name: str, law: Law | None, *, params: Mapping[str, float | Param] 
         The bias is added to the logits (as quantile balancing does).
     inputs : tuple of str
         ``("dual_estimate",)`` gives ``params["dual_estimate"]``, the
-        window's quantile dual estimate (P, R, E) (exact engine only).
+        window's quantile dual estimate (P, R, E) (exact engine only);
+        ``"zero_experts"`` and ``"topk"`` give ``router.zero_experts`` and
+        ``router.topk`` of each point, shaped (P, 1, 1).
     replace : bool
         Replace a different law registered under the same name (registering
         the same function again always does).
