@@ -58,7 +58,7 @@ def contiguous_map(num_experts: int, ep_size: int) -> np.ndarray:
     return np.arange(num_experts) // (num_experts // ep_size)
 
 
-def placement_matrix(rank_E: Sequence[int], ep_size: int) -> np.ndarray:
+def placement_matrix(rank_E: Sequence[int] | np.ndarray, ep_size: int) -> np.ndarray:
     """The one-hot placement ``share_EK`` of a rank map.
 
     Parameters

@@ -334,7 +334,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         ffn = load[..., :load.shape[-1] - zero]
         data["maxvio_ffn"] = (dims3, metrics.maxvio(ffn))
         data["ffn_per_token"] = (dims3, ffn.sum(-1) / config.batch.tokens_per_step)
-    if config.placement.active:
+    if config.placement.ep_size is not None:  # placement active
         data.update(placement_variables(config, dims3, kept, ep_batch_SPRBE))
         coords["rank"] = np.arange(config.placement.ep_size)
     if layers > 1:
@@ -353,7 +353,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "topk": int(config.router.topk),
         "num_layers": int(layers),
     }
-    if config.placement.active:
+    if config.placement.ep_size is not None:  # placement active
         attrs["ep_size"] = int(config.placement.ep_size)
         attrs["computation_batch_sequences"] = int(
             config.batch.sequences_per_micro_batch * config.placement.ep_size)
@@ -392,6 +392,17 @@ def layer_percentiles(data: dict[str, Any], dims3: tuple[str, ...]) -> dict[str,
     ``NAME_across_layers`` for ``maxvio_batch``, ``maxvio_global`` and the
     rank straggler ratios present in ``data``, dims ``(step, point,
     replica, layer_stat)``.
+
+    Parameters
+    ----------
+    data : dict of str to (dims, array)
+        The Dataset's variables, with a ``layer`` dimension.
+    dims3 : tuple of str
+        ``(step, point, replica)``, the dimensions before ``layer``.
+
+    Returns
+    -------
+    dict of str to (dims, array)
 
     Examples
     --------
@@ -455,6 +466,8 @@ def placement_variables(config: Config, dims3: tuple[str, ...], kept: np.ndarray
     """
     pl = config.placement
     n, ep = config.router.num_experts, pl.ep_size
+    if ep is None:
+        raise ValueError("placement_variables: placement.ep_size is not set (no placement)")
     rank_E = np.asarray(pl.map) if pl.map is not None else placement.contiguous_map(n, ep)
     share_EK = placement.placement_matrix(rank_E, ep)
     dims_rank = dims3 + ("rank",)

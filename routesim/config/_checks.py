@@ -36,7 +36,7 @@ def _describe(hint: Any) -> str:
 
 
 @functools.cache
-def _parts(hint: Any) -> tuple[Any, tuple]:
+def _parts(hint: Any) -> tuple[Any, tuple[Any, ...]]:
     """``(origin, args)`` of a type hint (worked out once per hint)."""
     return typing.get_origin(hint), typing.get_args(hint)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ._checks import DATACLASS, check_types, require
 
@@ -128,7 +128,7 @@ class PlacementConfig:
         return self.optimise != "none"
 
 
-def check_model_cross(cfg: object) -> None:
+def check_model_cross(cfg: Any) -> None:
     """Rules between ``[model]``, ``[placement]`` and the other sections (one point).
 
     Examples

@@ -225,6 +225,9 @@ def update_bias(xp: ModuleType, params: ControllerParams, bias_PRE: Any, memory_
         inputs = {"dual_estimate": estimate_PRE} if law.needs_dual_estimate else {}
         for name in ("zero_experts", "topk"):
             if name in law.inputs:
+                if params.router_P is None:
+                    raise ValueError(f"law {law.name!r} reads router.{name}: build its "
+                                     "parameters with make_controller_params")
                 inputs[name] = xp.reshape(xp.asarray(params.router_P[name], dtype=dtype),
                                           (-1, 1, 1))
         columns = {**{f: params.fields_P[f] for f in law.fields},

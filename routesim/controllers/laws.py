@@ -369,6 +369,25 @@ def zero_budget_update(xp: ModuleType, bias: Any, load: Any, rate: Any, budget: 
     themselves while the mean number of FFN experts per token is steered to
     ``budget``.
 
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases (the zero experts last).
+    load : array (..., E)
+        Loads of the window.
+    rate : float or array
+        ``u``.
+    budget : float or array
+        Target mean number of FFN experts per token.
+    zero : int or array
+        ``Z``, the zero-computation experts.
+    topk : int or array
+        ``K``.
+
+    Returns
+    -------
+    array (..., E)
+
     Examples
     --------
     Four FFN experts and two zero experts, K = 2, budget 1 (half of each

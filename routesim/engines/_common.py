@@ -310,6 +310,17 @@ def maxvio_compute(xp: ModuleType, rows_PRBE: Any, rows_per_batch: Sequence[int]
 def batch_loads(xp: ModuleType, rows_PRBE: Any, rows_per_batch: int) -> Any:
     """Loads of consecutive computation batches of ``rows_per_batch`` rows: (P, R, B', E).
 
+    Parameters
+    ----------
+    rows_PRBE : int array (P, R, B, E)
+        Loads per row (a sequence).
+    rows_per_batch : int
+        Rows in one computation batch (divides ``B``).
+
+    Returns
+    -------
+    int array (P, R, B / rows_per_batch, E)
+
     Examples
     --------
     >>> import numpy as np

@@ -497,7 +497,7 @@ def step_output(plan: ExactPlan, first_bias: Any, parts: list[_MicroBatch]) -> S
     else:
         unrouted = xp.full(shape_PR, 0.0 if router.dropless else float("nan"), dtype=xp.float64)
     ep_batch = None
-    if cfg.placement.active:  # kept loads of each expert-parallel computation batch
+    if cfg.placement.ep_size is not None:  # kept loads of each expert-parallel batch
         kept_seq = xp.concat([p.kept_PRBE for p in parts], axis=2)
         ep_batch = batch_loads(xp, kept_seq,
                                batch.sequences_per_micro_batch * cfg.placement.ep_size)

@@ -34,6 +34,17 @@ SHUFFLE_STREAM = rng.Stream.EXTRA + 34
 def threshold_mask(xp: ModuleType, scores_PRTE: Any, threshold_PRE: Any) -> Any:
     """Assignments of ET: score above the expert's threshold, bool (P, R, T, E).
 
+    Parameters
+    ----------
+    scores_PRTE : array (P, R, T, E)
+        Gate scores.
+    threshold_PRE : array (P, R, E)
+        Each expert's threshold ``tau``.
+
+    Returns
+    -------
+    bool array (P, R, T, E)
+
     Examples
     --------
     >>> import numpy as np
@@ -46,6 +57,17 @@ def threshold_mask(xp: ModuleType, scores_PRTE: Any, threshold_PRE: Any) -> Any:
 
 def threshold_estimate(xp: ModuleType, scores_PRTE: Any, topk: int) -> Any:
     """Each expert's ``K * T / N``-th largest score over the tokens (the one-batch threshold).
+
+    Parameters
+    ----------
+    scores_PRTE : array (P, R, T, E)
+        Gate scores.
+    topk : int
+        ``K``.
+
+    Returns
+    -------
+    array (P, R, E)
 
     Examples
     --------
@@ -62,6 +84,19 @@ def threshold_estimate(xp: ModuleType, scores_PRTE: Any, topk: int) -> Any:
 def update_threshold(threshold_PRE: Any, estimate_PRE: Any, ema: float) -> Any:
     """``tau = ema * tau + (1 - ema) * estimate``.
 
+    Parameters
+    ----------
+    threshold_PRE : array (P, R, E)
+        ``tau``.
+    estimate_PRE : array (P, R, E)
+        This batch's estimate (:func:`threshold_estimate`).
+    ema : float in [0, 1)
+        Weight kept of the old threshold.
+
+    Returns
+    -------
+    array (P, R, E)
+
     Examples
     --------
     >>> float(update_threshold(0.5, 0.7, 0.75))
@@ -76,6 +111,21 @@ def token_permutation(xp: ModuleType, keys_PR: Any, step: int, token_start: int,
 
     Drawn from the counter RNG at the tokens' global indices, independent of
     their content.
+
+    Parameters
+    ----------
+    keys_PR : uint64 array (P, R)
+        Per-(point, replica) keys.
+    step : int
+        The step.
+    token_start : int
+        Global index of the first token.
+    n_tokens : int
+        ``T``.
+
+    Returns
+    -------
+    int array (P, R, T)
 
     Examples
     --------
@@ -95,6 +145,21 @@ def token_permutation(xp: ModuleType, keys_PR: Any, step: int, token_start: int,
 def shuffled_expert_choice_mask(xp: ModuleType, scores_PRTE: Any, topk: int, block: int,
                                 perm_PRT: Any) -> Any:
     """Expert Choice on the tokens in the order ``perm``, mapped back: bool (P, R, T, E).
+
+    Parameters
+    ----------
+    scores_PRTE : array (P, R, T, E)
+        Gate scores.
+    topk : int
+        ``K``.
+    block : int
+        Tokens per Expert Choice block.
+    perm_PRT : int array (P, R, T)
+        The order of the tokens (:func:`token_permutation`).
+
+    Returns
+    -------
+    bool array (P, R, T, E)
 
     Examples
     --------

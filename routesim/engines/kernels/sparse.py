@@ -596,6 +596,17 @@ def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
     Poisson-binomial count's lower tail); ``lambda_1 = max(0.5, K - 2.5 sqrt(K))``.
     Either choice affects speed only.
 
+    Parameters
+    ----------
+    num_experts : int
+        ``N``.
+    topk : int
+        ``K``.
+
+    Returns
+    -------
+    lambda_1, lambda_J : float
+
     Examples
     --------
     >>> lam_top, lam_bottom = level_targets(256, 8)
