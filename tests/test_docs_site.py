@@ -24,6 +24,15 @@ def test_every_guide_is_in_the_table_of_contents():
     assert {"api", "generated/gallery"} <= entries
 
 
+def test_every_public_module_is_in_the_api_reference():
+    listed = set(re.findall(r"^   (\w+)$", (DOCS / "api.rst").read_text(), re.M))
+    package = ROOT / "routesim"
+    modules = {p.stem for p in package.glob("*.py")} | {
+        p.parent.name for p in package.glob("*/__init__.py")}
+    public = {m for m in modules if not m.startswith("_")}
+    assert public <= listed, f"modules missing from docs/api.rst: {sorted(public - listed)}"
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_every_example_describes_itself_in_the_gallery(path, tmp_path):
     title, body = GALLERY["describe"](path)
