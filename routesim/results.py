@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from . import metrics
+from .assignment import oracle_variables
 from ._version import __version__
 from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
@@ -114,6 +115,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         coords["compute_batch"] = np.asarray(config.batch.computation_batch_sizes)
     if extra:
         data.update(extra)
+    data.update(oracle_variables(config, point_indices, bias_SPRE, load))
     attrs = {
         "title": "routesim simulation",
         "routesim_version": __version__,

@@ -23,7 +23,36 @@ from .router import RouterConfig
 from .sections import BatchConfig, RunConfig, TrafficConfig
 from .sweep import SweepConfig, is_sweepable
 
-__all__ = ["Config", "load_config", "config_from_dict"]
+__all__ = ["Config", "load_config", "config_from_dict", "oracle_unsupported"]
+
+
+def oracle_unsupported(cfg: Any) -> str | None:
+    """Why the assignment oracle cannot score a run of this point (None when it can).
+
+    The oracle compares each step's top K of ``s + b`` with the optimal
+    assignment of the same scores, so it needs token-choice routing with an
+    additive bias and no group limit, on logits that can be drawn again.
+
+    Examples
+    --------
+    >>> from routesim import Config
+    >>> oracle_unsupported(Config()) is None
+    True
+    >>> oracle_unsupported(Config().replace(**{"router.num_groups": 4, "router.group_topk": 2}))
+    'group-limited routing (router.num_groups) is not a top-K of s + b'
+    """
+    r = cfg.router
+    if cfg.penalty.learn:
+        return "the learning router's logits change with its weights"
+    if cfg.run.engine != "exact":
+        return f"run.engine = {cfg.run.engine!r} routes no tokens"
+    if r.router_type != "token_choice":
+        return f"router.router_type = {r.router_type!r} is not a top-K of s + b"
+    if r.num_groups is not None:
+        return "group-limited routing (router.num_groups) is not a top-K of s + b"
+    if r.bias_mode != "additive":
+        return f"router.bias_mode = {r.bias_mode!r} is not a top-K of s + b"
+    return None
 
 
 def _replace_section(section: Any, changes: dict[str, Any]) -> Any:
@@ -95,7 +124,7 @@ class Config:
         for point in points:
             point._check_cross()
         check_kernel(points)
-        if self.traffic.kind == "trace":
+        if self.traffic.replays_trace:
             check_trace(self.traffic.trace, self.router.num_experts, self.batch.tokens_per_step)
         check_ignored(self, points, set_fields_by_value(self))
 
@@ -130,6 +159,9 @@ class Config:
                      "a learnable router or a penalty needs traffic.kind = 'features'")
         self._check_learning()
         check_numerics(self)
+        if self.run.oracle == "on":
+            why = oracle_unsupported(self)
+            require(why is None, "run.oracle", "on", str(why))
 
     def _check_learning(self) -> None:
         """Rules of the learning router (routesim.engines.learner)."""
