@@ -26,7 +26,7 @@ from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
 from .rng import entropy_of
 
-__all__ = ["build_dataset", "engine_variables", "extra_variables"]
+__all__ = ["build_dataset", "engine_variables", "extra_variables", "controller_variables"]
 
 #: Dimension of each shape letter of a recorded field name.
 _DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert"}
@@ -116,6 +116,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     if extra:
         data.update(extra)
     data.update(oracle_variables(config, point_indices, bias_SPRE, load))
+    data.update(controller_variables(config, indices, load))
     attrs = {
         "title": "routesim simulation",
         "routesim_version": __version__,
@@ -128,6 +129,66 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "topk": int(config.router.topk),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def controller_variables(config: Config, indices: Sequence[int],
+                         load_SPRE: np.ndarray) -> dict[str, Any]:
+    """``bias_update_rate`` (step, point) and, with target shares, ``maxvio_target``.
+
+    The rate is the one of the update that closes the step's window (the
+    first window of the step for micro-batch windows), after the schedule
+    (:mod:`routesim.controllers.schedules`); NaN for laws without a rate.
+    ``maxvio_target`` is ``max_i c_i / (Q_i sum_j c_j) - 1``, MaxVio against
+    the target shares ``Q``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import Config
+    >>> cfg = Config().replace(**{"controller.rate_schedule": "inv", "run.steps": 3})
+    >>> v = controller_variables(cfg, [0], np.ones((3, 1, 1, 8), dtype=np.int64))
+    >>> v["bias_update_rate"][1][:, 0].tolist()
+    [0.001, 0.0005, 0.0003333333333333333]
+    """
+    from .controllers import get_law, make_controller_params  # noqa: PLC0415
+
+    all_points = config.points()
+    points = [all_points[i] for i in indices]
+    params = make_controller_params(points)
+    steps = load_SPRE.shape[0]
+    s = np.arange(steps)
+    window_SP = np.stack([
+        s * p.batch.num_micro_batches if p.controller.window == "micro_batch" else
+        s // p.controller.update_every if p.controller.window == "steps" else s
+        for p in points], axis=1)
+    has_rate = np.array(["bias_update_rate" in get_law(p.controller.type).fields
+                         for p in points])
+    u0 = params.fields_P["bias_update_rate"]
+    if params.schedule_P:
+        # windows per step are the same for all points unless the window differs
+        factor = np.stack([_factor_column(params.schedule_P, window_SP[:, j])[:, j]
+                           for j in range(len(points))], axis=1)
+    else:
+        factor = np.ones_like(window_SP, dtype=np.float64)
+    rate = np.where(has_rate, u0 * factor, np.nan)
+    data: dict[str, Any] = {"bias_update_rate": (("step", "point"), rate)}
+    if params.target_PE is not None:
+        q = params.target_PE[None, :, None, :]
+        total = load_SPRE.sum(-1, keepdims=True).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(q > 0, load_SPRE / np.where(q > 0, q * total, 1.0),
+                             np.where(load_SPRE > 0, np.inf, 1.0))
+        data["maxvio_target"] = (("step", "point", "replica"),
+                                 np.where(total[..., 0] > 0, ratio.max(-1) - 1.0, np.nan))
+    return data
+
+
+def _factor_column(schedule: dict, windows: np.ndarray) -> np.ndarray:
+    """Schedule factors of every point at the given windows: (S, P)."""
+    from .controllers.schedules import rate_factor
+
+    return rate_factor(schedule["decay"], windows, schedule["warmup"], schedule["horizon"],
+                       schedule["final"], schedule["freeze"])
 
 
 def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:

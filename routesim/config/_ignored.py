@@ -183,6 +183,14 @@ RULES: dict[str, _Why] = {
     "controller.warmup_steps": _controller("warmup_steps"),
     "controller.tanh_scale": _controller("tanh_scale"),
     "controller.quantile_ema": _controller("quantile_ema"),
+    **{f"controller.{n}": _controller("bias_update_rate")
+       for n in ("rate_schedule", "rate_warmup", "rate_freeze")},
+    **{f"controller.{n}": lambda p: (_controller("bias_update_rate")(p) or (
+        None if p.controller.rate_schedule == "cosine" else
+        f"controller.rate_schedule = {p.controller.rate_schedule!r} does not use it "
+        "(only 'cosine' does)")) for n in ("rate_horizon", "rate_final")},
+    "controller.target_shares": lambda p: (
+        "controller.type = 'none' does not balance" if p.controller.type == "none" else None),
     # penalty
     **{f"penalty.{n}": _learning()
        for n in ("optimizer", "learning_rate", "lr_schedule", "affinity_scale",

@@ -159,6 +159,13 @@ class Config:
                      "a learnable router or a penalty needs traffic.kind = 'features'")
         self._check_learning()
         check_numerics(self)
+        if c.target_shares is not None:
+            require(len(c.target_shares) == r.num_experts, "controller.target_shares",
+                     list(c.target_shares),
+                     f"must have one share per expert (router.num_experts = {r.num_experts})")
+            require("target_share" in law.inputs or law.law is None, "controller.target_shares",
+                     list(c.target_shares), f"controller.type = {c.type!r} does not read "
+                     "target shares (a law declares the input 'target_share')")
         if self.run.oracle == "on":
             why = oracle_unsupported(self)
             require(why is None, "run.oracle", "on", str(why))
