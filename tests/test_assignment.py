@@ -86,3 +86,14 @@ def test_oracle_on_stochastic_traffic_solves_each_step():
 def test_bad_frozen_and_oracle_settings_are_refused(over, message):
     with pytest.raises(ConfigError, match=message):
         _cfg(**over)
+
+
+def test_oracle_variables_do_not_depend_on_the_other_points():
+    cfg = _cfg(**{"run.steps": 30}).replace(
+        **{"sweep.parameters": {"controller.bias_update_rate": [0.005, 0.02, 0.05]}})
+    whole = simulate(cfg, progress=False)
+    alone = simulate(cfg, point_indices=[2], progress=False)
+    for name in ("oracle_gap", "capacity_overflow", "dual_correlation", "regret",
+                 "cycle_period", "bias_update_rate"):
+        assert np.array_equal(whole[name].sel(point=[2]).values, alone[name].values,
+                              equal_nan=True), name

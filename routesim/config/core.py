@@ -23,7 +23,11 @@ from .router import RouterConfig
 from .sections import BatchConfig, RunConfig, TrafficConfig
 from .sweep import SweepConfig, is_sweepable
 
-__all__ = ["Config", "load_config", "config_from_dict", "oracle_unsupported"]
+__all__ = ["Config", "load_config", "config_from_dict", "oracle_unsupported",
+           "ORACLE_MAX_VARIABLES"]
+
+#: Largest assignment LP (tokens per step x experts) the oracle is asked to solve.
+ORACLE_MAX_VARIABLES = 1 << 20
 
 
 def oracle_unsupported(cfg: Any) -> str | None:
@@ -166,9 +170,16 @@ class Config:
             require("target_share" in law.inputs or law.law is None, "controller.target_shares",
                      list(c.target_shares), f"controller.type = {c.type!r} does not read "
                      "target shares (a law declares the input 'target_share')")
+        why = oracle_unsupported(self)
         if self.run.oracle == "on":
-            why = oracle_unsupported(self)
             require(why is None, "run.oracle", "on", str(why))
+        if self.run.oracle == "on" or (self.run.oracle == "auto" and why is None
+                                       and self.traffic.kind == "frozen"):
+            size = b.tokens_per_step * r.num_experts
+            require(size <= ORACLE_MAX_VARIABLES, "run.oracle", self.run.oracle,
+                     f"the oracle's LP would have tokens per step x experts = {size} "
+                     f"variables (at most {ORACLE_MAX_VARIABLES}); use fewer tokens per step "
+                     "or set run.oracle = 'off'")
 
     def _check_learning(self) -> None:
         """Rules of the learning router (routesim.engines.learner)."""
