@@ -20,7 +20,7 @@ Shape legend: S steps, P points, R replicas, T tokens, E experts.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -97,21 +97,42 @@ def selection_scores_SPRTE(config: Config, point_indices: Sequence[int] | None,
     >>> s.shape, bool((s[0] == s[1]).all())
     ((2, 1, 1, 8, 4), True)
     """
+    return np.stack(list(_scores_by_step(config, point_indices, steps)))
+
+
+def _scores_by_step(config: Config, point_indices: Sequence[int] | None,
+                    steps: Sequence[int]) -> Iterator[np.ndarray]:
+    """The selection scores (P, R, T, E) of each of the increasing ``steps``, in turn."""
     pp = make_plan(config, point_indices, np)
     cfg = pp.first
     tparams = traffic.make_traffic_params(pp.points)
     state = traffic.init_traffic(np, tparams, pp.keys_PR)
     n_tok = cfg.batch.tokens_per_step
     on_logits = np.array([get_law(p.controller.type).bias_on_logits for p in pp.points])
-    out, done = [], 0
+    done = 0
     for t in steps:
         while done <= t:
             state = traffic.advance_traffic(np, tparams, state, pp.keys_PR, done)
             done += 1
         z = traffic.logits(np, tparams, state, pp.keys_PR, t, 0, n_tok)
         s = gate(np, cfg.router.score_function, z)
-        out.append(np.where(on_logits[:, None, None, None], z, s).astype(np.float32))
-    return np.stack(out)
+        yield np.where(on_logits[:, None, None, None], z, s).astype(np.float32)
+
+
+def _scored(s: np.ndarray, sol: Any, b: np.ndarray, load: np.ndarray, k: int,
+            cap: np.ndarray) -> dict[str, Any]:
+    """The per-step measures of steps with biases ``b`` (S', E) on scores ``s`` (T, E)."""
+    chosen = topk_assignment(s, b.astype(np.float32), k)      # (S', T, E)
+    routed = routed_objective(s, chosen)
+    gap, rel = objective_gap(routed, sol.objective, sol.unconstrained)
+    feas, slack = kkt_residuals(load, b, cap)
+    return {"routed_objective": routed, "oracle_objective": sol.objective,
+            "price_of_balance": sol.price_of_balance, "oracle_gap": gap,
+            "oracle_gap_relative": rel, "capacity_overflow": capacity_overflow(load, cap),
+            "oracle_agreement": agreement(chosen, sol.assignment_TE),
+            "dual_correlation": dual_correlation(b, sol.price_E),
+            "kkt_feasibility": feas, "kkt_slackness": slack,
+            "lagrangian_gap": lagrangian_gap(s, b, k, cap, sol.objective)}
 
 
 def oracle_variables(config: Config, point_indices: Sequence[int] | None,
@@ -154,31 +175,21 @@ def oracle_variables(config: Config, point_indices: Sequence[int] | None,
              "kkt_feasibility", "kkt_slackness", "lagrangian_gap")
     out = {name: np.full((steps, n_p, n_r), np.nan) for name in names}
     price = np.zeros((steps, n_p, n_r, n_e))
-    blocks = [[0]] if frozen else [[t] for t in range(steps)]
-    for block in blocks:
-        scores = selection_scores_SPRTE(config, point_indices, block)[0]   # (P, R, T, E)
-        rows = slice(None) if frozen else slice(block[0], block[0] + 1)
+    chunk = max(1, (1 << 24) // (n_tok * n_e))
+    solved = [0] if frozen else list(range(steps))  # frozen: one matrix for every step
+    for step, scores in zip(solved, _scores_by_step(config, point_indices, solved)):
+        first, last = (0, steps) if frozen else (step, step + 1)
+        rows = slice(first, last)
         for p in range(n_p):
             for r in range(n_r):
                 s = scores[p, r]
                 sol = optimal_assignment(s.astype(np.float64), k, cap_PE[p])
-                b = bias_SPRE[rows, p, r]
-                chosen = topk_assignment(s, b.astype(np.float32), k)      # (S', T, E)
-                routed = routed_objective(s, chosen)
-                gap, rel = objective_gap(routed, sol.objective, sol.unconstrained)
-                feas, slack = kkt_residuals(load_SPRE[rows, p, r], b, cap_PE[p])
-                values = {
-                    "routed_objective": routed, "oracle_objective": sol.objective,
-                    "price_of_balance": sol.price_of_balance, "oracle_gap": gap,
-                    "oracle_gap_relative": rel,
-                    "capacity_overflow": capacity_overflow(load_SPRE[rows, p, r], cap_PE[p]),
-                    "oracle_agreement": agreement(chosen, sol.assignment_TE),
-                    "dual_correlation": dual_correlation(b, sol.price_E),
-                    "kkt_feasibility": feas, "kkt_slackness": slack,
-                    "lagrangian_gap": lagrangian_gap(s, b, k, cap_PE[p], sol.objective)}
-                for name, value in values.items():
-                    out[name][rows, p, r] = value
                 price[rows, p, r] = sol.price_E
+                for lo in range(first, last, chunk):  # bounded memory: (chunk, T, E) at a time
+                    part = slice(lo, min(lo + chunk, last))
+                    for name, value in _scored(s, sol, bias_SPRE[part, p, r],
+                                               load_SPRE[part, p, r], k, cap_PE[p]).items():
+                        out[name][part, p, r] = value
     dims3 = ("step", "point", "replica")
     data: dict[str, Any] = {name: (dims3, value) for name, value in out.items()}
     data["regret"] = (dims3, np.cumsum(out["lagrangian_gap"], axis=0))

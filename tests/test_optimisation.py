@@ -117,9 +117,10 @@ def test_cycle_of_a_sign_map_on_a_frozen_matrix():
     assert np.allclose(tail[cyc.period:], tail[:-cyc.period], atol=1e-9)
     if cyc.period > 1:  # not a shorter one
         assert not np.allclose(tail[1:], tail[:-1])
-    assert cyc.entered == 0 or not np.allclose(
-        np.array(traj)[cyc.entered - 1 + cyc.period] - np.array(traj)[cyc.entered - 1 + cyc.period].mean(),
-        np.array(traj)[cyc.entered - 1] - np.array(traj)[cyc.entered - 1].mean(), atol=cyc.tolerance)
+    centred = np.array(traj) - np.array(traj).mean(1, keepdims=True)
+    before = cyc.entered - 1          # the step before entry does not repeat yet
+    assert cyc.entered == 0 or not np.allclose(centred[before + cyc.period], centred[before],
+                                               atol=cyc.tolerance)
 
 
 def test_cycle_refuses_bad_input():

@@ -301,6 +301,6 @@ class TrafficConfig:
 
     @property
     def popularity_noise(self) -> bool:
-        """True when the logits are popularity plus noise (``popularity``, or ``frozen`` from it)."""
+        """True when the logits are popularity plus noise (``popularity``, ``frozen`` from it)."""
         return self.kind == "popularity" or (self.kind == "frozen"
                                              and self.frozen_source == "popularity")
