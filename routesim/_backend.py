@@ -18,6 +18,7 @@ from .exceptions import BackendError
 
 __all__ = [
     "get_namespace",
+    "argsort_stable",
     "cupy_available",
     "is_numpy",
     "to_numpy",
@@ -187,6 +188,23 @@ def topk_indices(xp: ModuleType, x: Any, k: int) -> Any:
             idx[straddle] = xp.argsort(-x[straddle], axis=-1, kind="stable")[..., :k]
         return idx
     return xp.argsort(x, axis=-1, descending=True, stable=True)[..., :k]
+
+
+def argsort_stable(xp: ModuleType, x: Any, axis: int = -1) -> Any:
+    """Indices that sort ``x`` ascending along ``axis``, equal values in index order.
+
+    NumPy and CuPy take ``kind="stable"`` (CuPy's sort is stable and has no
+    ``stable`` keyword); array-API namespaces take ``stable=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> argsort_stable(np, np.array([2.0, 1.0, 2.0, 1.0])).tolist()
+    [1, 3, 0, 2]
+    """
+    if is_numpy(xp) or is_cupy(xp):
+        return xp.argsort(x, axis=axis, kind="stable")
+    return xp.argsort(x, axis=axis, stable=True)
 
 
 def bincount(xp: ModuleType, ids: Any, length: int) -> Any:
