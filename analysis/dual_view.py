@@ -20,6 +20,10 @@ and max), the gap to the oracle's optimum relative to the price of balance
 correlation of the centred bias with the centred dual prices (last step)
 and the Lagrangian gap over the price of balance (last step).
 
+The same on the other seeded recipe, ``traffic.frozen_source = "separation"``
+(scores ``sigmoid(separation * N(0, 1))``, separation 1, no popularity),
+for the sign law at constant rates and the decaying dual ascent.
+
 Then the same with non-uniform target shares (4 experts on devices twice
 as fast: Q = 2/20 for them, 1/20 for the others): MaxVio against Q.
 
@@ -96,6 +100,15 @@ def main() -> None:
           f"price of balance {pob:.3f} ({pob / (opt + pob):.2%} of the unconstrained top-K)")
     frozen_table(ds, f"frozen, uniform targets ({STEPS} steps; overflow, gap, agreement over "
                      f"the last {TAIL})")
+
+    separation = {"kind": "frozen", "frozen_source": "separation", "separation": 1.0}
+    sep_laws = [x for x in LAWS if x[1] in ("sign", "dual_ascent") and "(t+1)" not in x[0]
+                or x[0] == "dual_ascent 4e-3/(t+1)"]
+    dsep = simulate(config(sep_laws, separation, STEPS), progress=False)
+    pob_s = float(dsep["price_of_balance"].values[-1, 0, 0])
+    print(f"\nfrozen traffic, separation source: oracle optimum "
+          f"{float(dsep['oracle_objective'].values[-1, 0, 0]):.3f}, price of balance {pob_s:.3f}")
+    frozen_table(dsep, "frozen, sigmoid(N(0, 1)) scores")
 
     q = np.array([2.0] * 4 + [1.0] * (N - 4))
     q = (q / q.sum()).round(6)

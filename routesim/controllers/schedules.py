@@ -32,6 +32,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..exceptions import ConfigError
+
 __all__ = ["DECAYS", "RateSchedule", "rate_factor", "linear_warmup", "cosine_decay",
            "inv_sqrt_decay", "inv_decay", "freeze_at", "compose"]
 
@@ -39,6 +41,11 @@ __all__ = ["DECAYS", "RateSchedule", "rate_factor", "linear_warmup", "cosine_dec
 DECAYS = ("constant", "cosine", "inv_sqrt", "inv")
 
 Factor = Callable[[Any], Any]
+
+
+def _number(x: Any, inf: bool = False) -> bool:
+    return (isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+            and (math.isfinite(x) or (inf and x == math.inf)))
 
 
 def linear_warmup(t: Any, windows: float) -> np.ndarray:
@@ -140,6 +147,10 @@ class RateSchedule:
     [0.5, 0.5, 0.3333333333333333, 0.25, 0.0, 0.0]
     >>> (s * (lambda t: 2.0))(np.array([3])).tolist()  # composed with a constant factor
     [0.5]
+    >>> RateSchedule("cosine", final=-0.5)
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: final = -0.5: must be in [0, 1] (a negative floor would give negative rates)
     """
 
     decay: str = "constant"
@@ -147,6 +158,19 @@ class RateSchedule:
     horizon: float = 1.0
     final: float = 0.0
     freeze: float = math.inf
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("decay", self.decay in DECAYS, "must be one of " + ", ".join(DECAYS)),
+            ("warmup", _number(self.warmup) and self.warmup >= 0, "must be a number >= 0"),
+            ("horizon", _number(self.horizon) and self.horizon > 0, "must be a number > 0"),
+            ("final", _number(self.final) and 0.0 <= self.final <= 1.0,
+             "must be in [0, 1] (a negative floor would give negative rates)"),
+            ("freeze", _number(self.freeze, inf=True) and self.freeze >= 0,
+             "must be a number >= 0 (inf: never)")]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"{name} = {getattr(self, name)!r}: {allowed}")
 
     def __call__(self, t: Any) -> np.ndarray:
         return rate_factor([self.decay], t, [self.warmup], [self.horizon], [self.final],
