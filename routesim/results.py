@@ -21,6 +21,8 @@ import xarray as xr
 
 from . import metrics
 from .assignment import oracle_variables
+from .controllers import get_law, make_controller_params
+from .controllers.schedules import rate_factor
 from ._version import __version__
 from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
@@ -150,8 +152,6 @@ def controller_variables(config: Config, indices: Sequence[int],
     >>> v["bias_update_rate"][1][:, 0].tolist()
     [0.001, 0.0005, 0.0003333333333333333]
     """
-    from .controllers import get_law, make_controller_params  # noqa: PLC0415
-
     all_points = config.points()
     points = [all_points[i] for i in indices]
     params = make_controller_params(points)
@@ -185,8 +185,6 @@ def controller_variables(config: Config, indices: Sequence[int],
 
 def _factor_column(schedule: dict, windows: np.ndarray) -> np.ndarray:
     """Schedule factors of every point at the given windows: (S, P)."""
-    from .controllers.schedules import rate_factor
-
     return rate_factor(schedule["decay"], windows, schedule["warmup"], schedule["horizon"],
                        schedule["final"], schedule["freeze"])
 
