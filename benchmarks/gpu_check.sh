@@ -7,7 +7,7 @@
 #
 # Run from the repository root; routesim is imported from the checkout
 # (PYTHONPATH), so nothing needs installing beyond numpy, scipy, xarray,
-# matplotlib, tqdm, cupy, pytest and hypothesis.
+# matplotlib, tqdm, zarr, cupy, pytest and hypothesis.
 set -u
 out=${1:-gpu_check_out}
 mkdir -p "$out"

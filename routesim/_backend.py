@@ -40,7 +40,8 @@ def cupy_available() -> tuple[bool, str]:
     try:
         import cupy  # noqa: F401
     except Exception as err:  # ImportError, or a broken CUDA install
-        return False, f"CuPy is not importable ({type(err).__name__}: {err})"
+        return False, (f"CuPy is not importable ({type(err).__name__}: {err}); install it with "
+                       "pip install 'routesim[gpu]' (CUDA 12)")
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as err:
@@ -94,7 +95,7 @@ def get_namespace(name: str) -> ModuleType:
             import array_api_strict
         except ImportError:
             raise BackendError("backend = 'array_api_strict': install the 'test' extra "
-                               "(pip install routesim[test])") from None
+                               "(pip install 'routesim[test]')") from None
         return array_api_strict
     raise BackendError(f"backend = {name!r}: must be one of {', '.join(BACKENDS)}")
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .analysis import stack_points
+
 __all__ = ["maxvio_plot", "save_figure", "defaults"]
 
 #: Display settings (plot only; simulation parameters live in the config).
@@ -46,7 +48,9 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
     Parameters
     ----------
     ds : xarray.Dataset
-        As returned by :func:`routesim.simulate`.
+        As returned by :func:`routesim.simulate`, or with the sweep's
+        settings as dimensions (:func:`routesim.analysis.unstack_points`):
+        one line per combination of settings.
     variable : str
         ``maxvio_batch`` or ``maxvio_global``.
     ax : matplotlib Axes, optional
@@ -79,6 +83,7 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
     if ax is None:
         _, ax = plt.subplots(figsize=defaults["plot.figsize"])
     smooth = defaults["plot.smooth_steps"] if smooth is None else smooth
+    ds = stack_points(ds)
     values = ds[variable].transpose("step", "point", "replica").values
     steps = ds["step"].values
     labels = ds["label"].values if "label" in ds.coords else ds["point"].values
