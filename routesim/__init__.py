@@ -56,8 +56,8 @@ _LAZY = {
     "save": ("store", "save"),
     "make_meanfield_simulator": ("engines.meanfield", "make_meanfield_simulator"),
     "run_sweep": ("sweep", "run_sweep"),
-    "predict": ("predict", "predict"),
-    "TheoryWarning": ("predict", "TheoryWarning"),
+    "predict": ("prediction", "predict"),
+    "TheoryWarning": ("prediction", "TheoryWarning"),
     "theory": ("theory", None),
 }
 

@@ -27,6 +27,9 @@ import numpy as np
 import xarray as xr
 
 from . import metrics, placement
+from .assignment import oracle_variables
+from .controllers import get_law, make_controller_params
+from .controllers.schedules import rate_factor
 from ._version import __version__
 from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
@@ -34,7 +37,7 @@ from .rng import entropy_of
 
 __all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords", "apply_record",
            "VARIABLE_ATTRS", "describe", "placement_variables", "layer_percentiles",
-           "LAYER_STATS"]
+           "LAYER_STATS", "controller_variables"]
 
 #: Dimension of each shape letter of a recorded field name.
 _DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert", "L": "position"}
@@ -73,6 +76,28 @@ VARIABLE_ATTRS: dict[str, tuple[str, str]] = {
     "flip_fraction": ("share of experts whose bias update reversed direction", "1"),
     "bias_spread": ("max bias - min bias", "1"),
     "unrouted_share": ("share of tokens with no expert", "1"),
+    # controller schedules and targets
+    "bias_update_rate": ("bias update rate of the step's window, after the rate schedule",
+                         "1"),
+    "maxvio_target": ("MaxVio against the target shares, max c / (Q sum c) - 1", "1"),
+    # the optimal-assignment oracle (routesim.assignment)
+    "routed_objective": ("total selection score of the step's routed assignment", "1"),
+    "oracle_objective": ("optimal total selection score under capacity T K Q", "1"),
+    "price_of_balance": ("unconstrained top-K score minus the optimal score", "1"),
+    "oracle_gap": ("optimal score minus the routed assignment's score", "1"),
+    "oracle_gap_relative": ("oracle_gap over the price of balance", "1"),
+    "capacity_overflow": ("max load over capacity minus 1", "1"),
+    "oracle_agreement": ("share of routed assignments the oracle makes too", "1"),
+    "dual_correlation": ("correlation of the centred bias with the centred -price", "1"),
+    "kkt_feasibility": ("largest relative overload (KKT primal feasibility)", "1"),
+    "kkt_slackness": ("sum of price x |capacity - load| over total capacity (KKT "
+                      "complementary slackness)", "1"),
+    "lagrangian_gap": ("dual function at the bias's price minus the optimum", "1"),
+    "regret": ("cumulative Lagrangian gap over the steps so far", "1"),
+    "oracle_price": ("dual price of the expert's capacity constraint", "1"),
+    "cycle_period": ("period of the cycle the centred bias settles into (0: none)", "steps"),
+    "cycle_entered": ("step from which the bias repeats with that period (-1: none)", "steps"),
+    "cycle_band": ("largest range of a centred bias within the cycle", "1"),
     # Expert Choice, mean field
     "experts_per_token": ("tokens of the step with each number of experts", "tokens"),
     "meanfield_evaluations": ("exact evaluations of the expected-load map", "1"),
@@ -334,6 +359,9 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         ffn = load[..., :load.shape[-1] - zero]
         data["maxvio_ffn"] = (dims3, metrics.maxvio(ffn))
         data["ffn_per_token"] = (dims3, ffn.sum(-1) / config.batch.tokens_per_step)
+    if layers == 1:  # the oracle scores one layer (refused in the config otherwise)
+        data.update(oracle_variables(config, point_indices, bias_SPRE, load))
+    data.update(controller_variables(config, indices, load))
     if config.placement.ep_size is not None:  # placement active
         data.update(placement_variables(config, dims3, kept, ep_batch_SPRBE))
         coords["rank"] = np.arange(config.placement.ep_size)
@@ -492,6 +520,64 @@ def placement_variables(config: Config, dims3: tuple[str, ...], kept: np.ndarray
             np.einsum("...be,...ek->...bk", ep_batch.astype(np.float64), share[None]))
             .mean(axis=-1))
     return out
+
+
+def controller_variables(config: Config, indices: Sequence[int],
+                         load_SPRE: np.ndarray) -> dict[str, Any]:
+    """``bias_update_rate`` (step, point) and, with target shares, ``maxvio_target``.
+
+    The rate is the one of the update that closes the step's window (the
+    first window of the step for micro-batch windows), after the schedule
+    (:mod:`routesim.controllers.schedules`); NaN for laws without a rate.
+    ``maxvio_target`` is ``max_i c_i / (Q_i sum_j c_j) - 1``, MaxVio against
+    the target shares ``Q``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import Config
+    >>> cfg = Config().replace(**{"controller.rate_schedule": "inv", "run.steps": 3})
+    >>> v = controller_variables(cfg, [0], np.ones((3, 1, 1, 8), dtype=np.int64))
+    >>> v["bias_update_rate"][1][:, 0].tolist()
+    [0.001, 0.0005, 0.0003333333333333333]
+    """
+    all_points = config.points()
+    points = [all_points[i] for i in indices]
+    params = make_controller_params(points)
+    steps = load_SPRE.shape[0]
+    s = np.arange(steps)
+    window_SP = np.stack([
+        s * p.batch.num_micro_batches if p.controller.window == "micro_batch" else
+        s // p.controller.update_every if p.controller.window == "steps" else s
+        for p in points], axis=1)
+    has_rate = np.array(["bias_update_rate" in get_law(p.controller.type).fields
+                         for p in points])
+    u0 = params.fields_P["bias_update_rate"]
+    if params.schedule_P:
+        # windows per step are the same for all points unless the window differs
+        factor = np.stack([_factor_column(params.schedule_P, window_SP[:, j])[:, j]
+                           for j in range(len(points))], axis=1)
+    else:
+        factor = np.ones_like(window_SP, dtype=np.float64)
+    rate = np.where(has_rate, u0 * factor, np.nan)
+    data: dict[str, Any] = {"bias_update_rate": (("step", "point"), rate)}
+    if params.target_PE is not None:
+        # loads are (S, P, R, E), or (S, P, L, R, E) with layers
+        middle = load_SPRE.ndim - 3
+        q = params.target_PE.reshape((1, len(points)) + (1,) * middle + (-1,))
+        total = load_SPRE.sum(-1, keepdims=True).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(q > 0, load_SPRE / np.where(q > 0, q * total, 1.0),
+                             np.where(load_SPRE > 0, np.inf, 1.0))
+        dims = ("step", "point", "layer", "replica") if middle == 2 else ("step", "point", "replica")
+        data["maxvio_target"] = (dims, np.where(total[..., 0] > 0, ratio.max(-1) - 1.0, np.nan))
+    return data
+
+
+def _factor_column(schedule: dict, windows: np.ndarray) -> np.ndarray:
+    """Schedule factors of every point at the given windows: (S, P)."""
+    return rate_factor(schedule["decay"], windows, schedule["warmup"], schedule["horizon"],
+                       schedule["final"], schedule["freeze"])
 
 
 def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:

@@ -128,8 +128,13 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
         ``run.global_window`` steps), ``maxvio_compute``, ``cv``,
         ``min_load``, ``max_load``, ``dead_experts``, ``load_entropy``,
         ``drop_rate``, ``displacement``, ``flip_fraction``, ``bias_spread``,
-        ``unrouted_share`` (tokens with no expert) and, for Expert Choice,
+        ``unrouted_share`` (tokens with no expert), ``bias_update_rate``
+        (step, point: the scheduled rate) and, for Expert Choice,
         ``experts_per_token`` (tokens with 0..E experts, dim ``num_assigned``).
+        With ``controller.target_shares``, ``maxvio_target``; on frozen
+        traffic (or with ``run.oracle = "on"``) the scores against the
+        optimal-assignment oracle
+        (:func:`routesim.assignment.oracle_variables`).
         The mean-field and learning engines add their own variables
         (:func:`simulate_meanfield`, :func:`simulate_learner`). With
         ``model.num_layers > 1`` the per-layer variables gain a ``layer``

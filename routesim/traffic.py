@@ -17,6 +17,10 @@ Three kinds (``traffic.kind``):
     fresh permutation of the weights at given steps).
 ``trace``
     Replay of a recorded logit array, cycled over steps.
+``frozen``
+    One logit matrix per point and replica, replayed unchanged every step:
+    the first step of popularity traffic, ``separation * N(0, 1)``, or the
+    first step of a trace (``traffic.frozen_source``).
 
 Tokens of a step are indexed globally, sequence-major (``t = s * L + l``),
 so any chunk of tokens is generated identically.
@@ -181,6 +185,8 @@ class TrafficParams:
     router_init_scale: float
     topic_by_micro_batch: bool
     trace_SXE: np.ndarray | None
+    frozen_source: str = "popularity"
+    separation_P: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -291,7 +297,7 @@ def make_traffic_params(points: Sequence[Config]) -> TrafficParams:
     ])
     weights = t.topic_weights or tuple([1.0 / t.num_topics] * t.num_topics)
     trace = None
-    if t.kind == "trace":
+    if t.replays_trace:
         check_trace(t.trace, n, b.tokens_per_step)
         trace = load_trace(t.trace)
 
@@ -309,6 +315,7 @@ def make_traffic_params(points: Sequence[Config]) -> TrafficParams:
         topic_logweights_M=_log_weights(weights),
         topic_spread_P=col("topic_spread"), router_init_scale=t.router_init_scale,
         topic_by_micro_batch=t.topic_by_micro_batch, trace_SXE=trace,
+        frozen_source=t.frozen_source, separation_P=col("separation"),
     )
 
 
@@ -594,10 +601,15 @@ def logits(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: 
     True
     """
     n = params.num_experts
-    if params.kind == "trace":
-        trace_SXE = params.trace_SXE
-        assert trace_SXE is not None  # set for trace traffic
-        trace = trace_SXE[step % trace_SXE.shape[0]]
+    if params.kind == "frozen":  # the first step, every step
+        step = 0
+        if params.frozen_source == "separation":
+            rows = xp.arange(token_start, token_start + n_tokens, dtype=xp.uint64)
+            eps = rng.noise(xp, "normal", keys_PR, 0, rng.Stream.NOISE, rows, n,
+                            state.mu_PRE.dtype)
+            return _per_point(xp, params.separation_P, 4, state.mu_PRE.dtype) * eps
+    if params.trace_SXE is not None:
+        trace = params.trace_SXE[step % params.trace_SXE.shape[0]]
         z = xp.asarray(trace[token_start:token_start + n_tokens])
         return xp.broadcast_to(z, tuple(keys_PR.shape) + tuple(z.shape))
     if params.kind == "features":

@@ -25,7 +25,44 @@ from .router import RouterConfig
 from .sections import BatchConfig, RunConfig, TrafficConfig
 from .sweep import SweepConfig, is_sweepable
 
-__all__ = ["Config", "load_config", "config_from_dict"]
+__all__ = ["Config", "load_config", "config_from_dict", "oracle_unsupported",
+           "ORACLE_MAX_VARIABLES"]
+
+#: Largest assignment LP (tokens per step x experts) the oracle is asked to solve.
+ORACLE_MAX_VARIABLES = 1 << 20
+
+
+def oracle_unsupported(cfg: Any) -> str | None:
+    """Why the assignment oracle cannot score a run of this point (None when it can).
+
+    The oracle compares each step's top K of ``s + b`` with the optimal
+    assignment of the same scores, so it needs token-choice routing with an
+    additive bias and no group limit, on logits that can be drawn again.
+
+    Examples
+    --------
+    >>> from routesim import Config
+    >>> oracle_unsupported(Config()) is None
+    True
+    >>> oracle_unsupported(Config().replace(**{"router.num_groups": 4, "router.group_topk": 2}))
+    'group-limited routing (router.num_groups) is not a top-K of s + b'
+    """
+    r = cfg.router
+    if cfg.penalty.learn:
+        return "the learning router's logits change with its weights"
+    if cfg.run.engine != "exact":
+        return f"run.engine = {cfg.run.engine!r} routes no tokens"
+    if r.router_type != "token_choice":
+        return f"router.router_type = {r.router_type!r} is not a top-K of s + b"
+    if r.num_groups is not None:
+        return "group-limited routing (router.num_groups) is not a top-K of s + b"
+    if r.bias_mode != "additive":
+        return f"router.bias_mode = {r.bias_mode!r} is not a top-K of s + b"
+    if cfg.model.num_layers > 1:
+        return "model.num_layers > 1: the oracle scores one layer"
+    if getattr(r, "zero_experts", 0):
+        return "router.zero_experts: zero-computation experts have no capacity to price"
+    return None
 
 
 def _replace_section(section: Any, changes: dict[str, Any]) -> Any:
@@ -101,7 +138,7 @@ class Config:
         for point in points:
             point._check_cross()
         check_kernel(points)
-        if self.traffic.kind == "trace":
+        if self.traffic.replays_trace:
             check_trace(self.traffic.trace, self.router.num_experts, self.batch.tokens_per_step)
         check_ignored(self, points, set_fields_by_value(self))
 
@@ -166,6 +203,23 @@ class Config:
         check_model_cross(self)
         check_rate_expression(self)
         check_numerics(self)
+        if c.target_shares is not None:
+            require(len(c.target_shares) == r.num_experts, "controller.target_shares",
+                     list(c.target_shares),
+                     f"must have one share per expert (router.num_experts = {r.num_experts})")
+            require("target_share" in law.inputs or law.law is None, "controller.target_shares",
+                     list(c.target_shares), f"controller.type = {c.type!r} does not read "
+                     "target shares (a law declares the input 'target_share')")
+        why = oracle_unsupported(self)
+        if self.run.oracle == "on":
+            require(why is None, "run.oracle", "on", str(why))
+        if self.run.oracle == "on" or (self.run.oracle == "auto" and why is None
+                                       and self.traffic.kind == "frozen"):
+            size = b.tokens_per_step * r.num_experts
+            require(size <= ORACLE_MAX_VARIABLES, "run.oracle", self.run.oracle,
+                     f"the oracle's LP would have tokens per step x experts = {size} "
+                     f"variables (at most {ORACLE_MAX_VARIABLES}); use fewer tokens per step "
+                     "or set run.oracle = 'off'")
 
     def _check_learning(self) -> None:
         """Rules of the learning router (routesim.engines.learner)."""

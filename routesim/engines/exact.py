@@ -294,7 +294,8 @@ def route_chunk(plan: ExactPlan, tstate: traffic.TrafficState, bias_PRE: Any, st
                               capacity=cap,
                               logit_bias_P=quantile_P if cparams.any_quantile else None,
                               displaced=run.record_displacement,
-                              quantile_estimate=cparams.any_quantile)
+                              quantile_estimate=cparams.any_quantile,
+                              target_share_PE=cparams.target_PE)
     return out.routed_PRBE, out.kept_PRBE, out.displaced_PR, out.estimate_PRE, _logit_sum(xp, z)
 
 
