@@ -51,6 +51,14 @@ __all__ = ["oracle_enabled", "selection_scores_SPRTE", "oracle_variables",
 def oracle_enabled(config: Config) -> bool:
     """True when the Dataset gets the oracle's variables (``run.oracle``).
 
+    Parameters
+    ----------
+    config : Config
+
+    Returns
+    -------
+    bool
+
     Examples
     --------
     >>> from routesim import config_from_dict
@@ -67,6 +75,14 @@ def oracle_enabled(config: Config) -> bool:
 
 def target_shares_PE(points: Sequence[Config]) -> np.ndarray:
     """Each point's target load shares ``Q`` (uniform when unset), (P, E).
+
+    Parameters
+    ----------
+    points : sequence of Config
+
+    Returns
+    -------
+    ndarray (P, E)
 
     Examples
     --------
@@ -86,6 +102,19 @@ def selection_scores_SPRTE(config: Config, point_indices: Sequence[int] | None,
 
     Gate scores ``s``, or the logits ``z`` at points whose bias acts on the
     logits; float32 (the engine's dtype).
+
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    point_indices : sequence of int or None
+        Global indices of the points (None: every point).
+    steps : sequence of int
+        The steps to draw.
+
+    Returns
+    -------
+    float32 ndarray (S, P, R, T, E)
 
     Examples
     --------
@@ -148,6 +177,21 @@ def oracle_variables(config: Config, point_indices: Sequence[int] | None,
     ``regret`` (its running sum); ``oracle_price`` per expert. Frozen
     traffic adds ``cycle_period``, ``cycle_entered`` and ``cycle_band`` per
     point and replica (:func:`routesim.optimisation.detect_cycle`).
+
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    point_indices : sequence of int or None
+        Global indices of the points recorded (None: every point).
+    bias_SPRE : ndarray (S, P, R, E)
+        The bias that routed each step.
+    load_SPRE : ndarray (S, P, R, E)
+        The recorded loads.
+
+    Returns
+    -------
+    dict of str to (dims, array)
 
     Examples
     --------

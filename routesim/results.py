@@ -532,6 +532,19 @@ def controller_variables(config: Config, indices: Sequence[int],
     ``maxvio_target`` is ``max_i c_i / (Q_i sum_j c_j) - 1``, MaxVio against
     the target shares ``Q``.
 
+    Parameters
+    ----------
+    config : Config
+        The whole run.
+    indices : sequence of int
+        Global indices of the recorded points.
+    load_SPRE : ndarray (S, P, R, E)
+        The recorded loads.
+
+    Returns
+    -------
+    dict of str to (dims, array)
+
     Examples
     --------
     >>> import numpy as np
@@ -574,7 +587,7 @@ def controller_variables(config: Config, indices: Sequence[int],
     return data
 
 
-def _factor_column(schedule: dict, windows: np.ndarray) -> np.ndarray:
+def _factor_column(schedule: Any, windows: np.ndarray) -> np.ndarray:
     """Schedule factors of every point at the given windows: (S, P)."""
     return rate_factor(schedule["decay"], windows, schedule["warmup"], schedule["horizon"],
                        schedule["final"], schedule["freeze"])

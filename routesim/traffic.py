@@ -604,6 +604,7 @@ def logits(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: 
     if params.kind == "frozen":  # the first step, every step
         step = 0
         if params.frozen_source == "separation":
+            assert params.separation_P is not None  # set for frozen separation traffic
             rows = xp.arange(token_start, token_start + n_tokens, dtype=xp.uint64)
             eps = rng.noise(xp, "normal", keys_PR, 0, rng.Stream.NOISE, rows, n,
                             state.mu_PRE.dtype)

@@ -39,6 +39,15 @@ def oracle_unsupported(cfg: Any) -> str | None:
     assignment of the same scores, so it needs token-choice routing with an
     additive bias and no group limit, on logits that can be drawn again.
 
+    Parameters
+    ----------
+    cfg : Config
+        One point.
+
+    Returns
+    -------
+    str or None
+
     Examples
     --------
     >>> from routesim import Config
@@ -430,10 +439,10 @@ class Config:
         >>> cfg = config_from_dict({"router": {"num_experts": 8, "topk": 2}})
         >>> cfg.replace(**{"router.topk": 3}).router.topk, cfg.router.topk
         (3, 2)
-        >>> cfg.replace(topk=3)
+        >>> cfg.replace(topk=3)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        routesim.exceptions.ConfigError: topk = 3: unknown field; use 'section.field' with section one of run, batch, traffic, router, controller, penalty, sweep
+        routesim.exceptions.ConfigError: topk = 3: unknown field; use 'section.field' with section one of run, batch, ...
         """
         sections = {name: getattr(self, name) for name in _SECTIONS}
         by_section: dict[str, dict[str, Any]] = {}

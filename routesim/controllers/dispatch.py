@@ -64,6 +64,15 @@ class ControllerParams:
     def rate_factor_P(self, windows_done: int) -> np.ndarray:
         """Each point's rate-schedule factor for window ``windows_done``: (P,).
 
+        Parameters
+        ----------
+        windows_done : int
+            Windows completed before this one.
+
+        Returns
+        -------
+        ndarray (P,)
+
         Examples
         --------
         >>> from routesim import Config
@@ -92,6 +101,10 @@ class ControllerParams:
             The controller fields (``bias_update_rate``, ``momentum``, ...) per point.
         user_params : sequence of mappings, optional
             Each point's law parameters (``controller.params``).
+        schedule_P : mapping of str to array (P,), optional
+            Rate schedule columns (``decay``, ``warmup``, ``horizon``, ``final``, ``freeze``).
+        target_PE : array (P, E), optional
+            Target load shares of each point (None: uniform).
 
         Returns
         -------
@@ -184,11 +197,11 @@ def make_controller_params(points: Sequence[Any]) -> ControllerParams:
 
 def _windows(point: Any) -> int:
     """Controller windows in a run of ``point`` (the default cosine horizon)."""
-    c, steps = point.controller, point.run.steps
+    c, steps = point.controller, int(point.run.steps)
     if c.window == "micro_batch":
-        return steps * point.batch.num_micro_batches
+        return steps * int(point.batch.num_micro_batches)
     if c.window == "steps":
-        return max(steps // c.update_every, 1)
+        return max(steps // int(c.update_every), 1)
     return steps
 
 

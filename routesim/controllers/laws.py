@@ -81,6 +81,10 @@ def target_load(xp: ModuleType, load: Any, share: Any = None) -> Any:
     share : array (..., E) or None
         Target shares ``Q``; None (or a uniform row) is ``1 / N``.
 
+    Returns
+    -------
+    array (..., E)
+
     Examples
     --------
     >>> import numpy as np
@@ -112,6 +116,21 @@ def dual_ascent_update(xp: ModuleType, bias: Any, load: Any, step: Any, share: A
     window's capacities are its targets ``c_tgt`` (:func:`target_load`), so
     ``eta`` is in score units per assignment of load error.
 
+    Parameters
+    ----------
+    bias : array (..., E)
+        Expert biases (``-p``).
+    load : array (..., E)
+        Loads of the window.
+    step : float or array
+        ``eta``.
+    share : array (..., E), optional
+        Target load shares ``Q`` (None: ``1 / N`` each).
+
+    Returns
+    -------
+    array (..., E)
+
     Examples
     --------
     >>> import numpy as np
@@ -133,6 +152,8 @@ def sign_update(xp: ModuleType, bias: Any, load: Any, rate: Any, share: Any = No
         Loads of the window.
     rate : float or array
         ``u``.
+    share : array (..., E), optional
+        Target load shares ``Q`` (None: ``1 / N`` each).
 
     Returns
     -------
@@ -160,6 +181,8 @@ def sign_centred_update(xp: ModuleType, bias: Any, load: Any, rate: Any,
         Loads of the window.
     rate : float or array
         ``u``.
+    share : array (..., E), optional
+        Target load shares ``Q`` (None: ``1 / N`` each).
 
     Returns
     -------
@@ -194,6 +217,8 @@ def proportional_update(xp: ModuleType, bias: Any, load: Any, rate: Any,
         Loads of the window.
     rate : float or array
         ``u``.
+    share : array (..., E), optional
+        Target load shares ``Q`` (None: ``1 / N`` each).
 
     Returns
     -------
@@ -240,6 +265,8 @@ def ema_update(xp: ModuleType, bias: Any, load: Any, ema: Any, rate: Any, moment
         ``beta``.
     cap : float or array
         Clamp of ``|b|``; 0 for none.
+    share : array (..., E), optional
+        Target load shares ``Q`` (None: ``1 / N`` each).
 
     Returns
     -------
@@ -279,6 +306,8 @@ def rms_update(xp: ModuleType, bias: Any, load: Any, rate: Any, share: Any = Non
         Loads of the window.
     rate : float or array
         ``u``.
+    share : array (..., E), optional
+        Target load shares ``Q`` (None: ``1 / N`` each).
 
     Returns
     -------
@@ -329,6 +358,8 @@ def momentum_tanh_update(xp: ModuleType, bias: Any, load: Any, velocity: Any, ra
         ``beta``.
     tanh_scale : float or array
         ``s``.
+    share : array (..., E), optional
+        Target load shares ``Q`` (None: ``1 / N`` each).
 
     Returns
     -------

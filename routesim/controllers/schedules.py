@@ -48,8 +48,19 @@ def _number(x: Any, inf: bool = False) -> bool:
             and (math.isfinite(x) or (inf and x == math.inf)))
 
 
-def linear_warmup(t: Any, windows: float) -> np.ndarray:
+def linear_warmup(t: Any, windows: Any) -> np.ndarray:
     """``min(1, (t + 1) / W)`` (1 when ``W = 0``).
+
+    Parameters
+    ----------
+    t : int or array
+        Window index (0 for the first update).
+    windows : float or array
+        ``W``, the warm-up length.
+
+    Returns
+    -------
+    ndarray
 
     Examples
     --------
@@ -61,8 +72,21 @@ def linear_warmup(t: Any, windows: float) -> np.ndarray:
     return np.where(w > 0, np.minimum(1.0, (t + 1.0) / np.where(w > 0, w, 1.0)), 1.0)
 
 
-def cosine_decay(t: Any, horizon: float, final: float = 0.0) -> np.ndarray:
+def cosine_decay(t: Any, horizon: Any, final: Any = 0.0) -> np.ndarray:
     """Half-cosine from 1 to ``final`` over ``horizon`` windows, then ``final``.
+
+    Parameters
+    ----------
+    t : int or array
+        Window index (0 for the first update).
+    horizon : float or array
+        Windows of the decay.
+    final : float or array
+        The factor at the end.
+
+    Returns
+    -------
+    ndarray
 
     Examples
     --------
@@ -71,11 +95,20 @@ def cosine_decay(t: Any, horizon: float, final: float = 0.0) -> np.ndarray:
     """
     t = np.asarray(t, dtype=np.float64)
     h = np.maximum(np.asarray(horizon, dtype=np.float64), 1.0)
-    return final + (1.0 - final) * 0.5 * (1.0 + np.cos(math.pi * np.minimum(t, h) / h))
+    return np.asarray(final + (1.0 - final) * 0.5 * (1.0 + np.cos(math.pi * np.minimum(t, h) / h)))
 
 
 def inv_sqrt_decay(t: Any) -> np.ndarray:
     """``1 / sqrt(t + 1)``.
+
+    Parameters
+    ----------
+    t : int or array
+        Window index (0 for the first update).
+
+    Returns
+    -------
+    ndarray
 
     Examples
     --------
@@ -88,6 +121,15 @@ def inv_sqrt_decay(t: Any) -> np.ndarray:
 def inv_decay(t: Any) -> np.ndarray:
     """``1 / (t + 1)``.
 
+    Parameters
+    ----------
+    t : int or array
+        Window index (0 for the first update).
+
+    Returns
+    -------
+    ndarray
+
     Examples
     --------
     >>> inv_decay(np.array([0, 3])).tolist()
@@ -96,8 +138,19 @@ def inv_decay(t: Any) -> np.ndarray:
     return 1.0 / (np.asarray(t, dtype=np.float64) + 1.0)
 
 
-def freeze_at(t: Any, window: float) -> np.ndarray:
+def freeze_at(t: Any, window: Any) -> np.ndarray:
     """1 before window ``F``, 0 from it on (``inf``: never).
+
+    Parameters
+    ----------
+    t : int or array
+        Window index (0 for the first update).
+    window : float or array
+        ``F``, the first frozen window.
+
+    Returns
+    -------
+    ndarray
 
     Examples
     --------
@@ -109,6 +162,16 @@ def freeze_at(t: Any, window: float) -> np.ndarray:
 
 def compose(*factors: Factor) -> Factor:
     """The product of schedule factors, each a function of ``t``.
+
+    Parameters
+    ----------
+    *factors : callable
+        Schedule factors ``t -> array``.
+
+    Returns
+    -------
+    callable
+        ``t -> product of the factors at t``.
 
     Examples
     --------
@@ -181,7 +244,7 @@ class RateSchedule:
         return compose(self, other)
 
 
-def rate_factor(decay_P: Sequence[str], t: Any, warmup_P: Any, horizon_P: Any, final_P: Any,
+def rate_factor(decay_P: Sequence[str] | np.ndarray, t: Any, warmup_P: Any, horizon_P: Any, final_P: Any,
                 freeze_P: Any) -> np.ndarray:
     """Every point's schedule factor at window ``t``: (P,), or (T, P) for an array ``t``.
 
@@ -192,6 +255,10 @@ def rate_factor(decay_P: Sequence[str], t: Any, warmup_P: Any, horizon_P: Any, f
     t : int or int array (T,)
         Window index (0 for the first update).
     warmup_P, horizon_P, final_P, freeze_P : arrays (P,)
+
+    Returns
+    -------
+    ndarray (P,) or (T, P)
 
     Examples
     --------
@@ -205,10 +272,15 @@ def rate_factor(decay_P: Sequence[str], t: Any, warmup_P: Any, horizon_P: Any, f
     for kind in set(decay.tolist()):
         if kind == "constant":
             continue
-        value = {"cosine": lambda: cosine_decay(tt, np.asarray(horizon_P, dtype=np.float64),
-                                                np.asarray(final_P, dtype=np.float64)),
-                 "inv_sqrt": lambda: inv_sqrt_decay(tt) + 0 * out,
-                 "inv": lambda: inv_decay(tt) + 0 * out}[kind]()
+        if kind == "cosine":
+            value = cosine_decay(tt, np.asarray(horizon_P, dtype=np.float64),
+                                 np.asarray(final_P, dtype=np.float64))
+        elif kind == "inv_sqrt":
+            value = inv_sqrt_decay(tt) + 0 * out
+        elif kind == "inv":
+            value = inv_decay(tt) + 0 * out
+        else:
+            raise KeyError(kind)
         out = np.where(decay == kind, value, out)
-    return out * linear_warmup(tt, np.asarray(warmup_P, dtype=np.float64)) * freeze_at(
-        tt, np.asarray(freeze_P, dtype=np.float64))
+    return np.asarray(out * linear_warmup(tt, np.asarray(warmup_P, dtype=np.float64))
+                      * freeze_at(tt, np.asarray(freeze_P, dtype=np.float64)))

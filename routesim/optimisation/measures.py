@@ -22,6 +22,17 @@ __all__ = ["routed_objective", "objective_gap", "dual_correlation", "capacity_ov
 def routed_objective(scores_TE: Any, selected_STE: Any) -> np.ndarray:
     """Total selected score of an assignment: ``sum_{t,i} s[t, i] x[t, i]``.
 
+    Parameters
+    ----------
+    scores_TE : array (T, E)
+        Selection scores.
+    selected_STE : array (..., T, E)
+        0/1 (or fractional) assignments.
+
+    Returns
+    -------
+    ndarray (...)
+
     Examples
     --------
     >>> import numpy as np
@@ -38,6 +49,19 @@ def objective_gap(routed: Any, optimum: Any, unconstrained: Any) -> tuple[np.nda
     The relative gap divides by ``unconstrained - optimum`` (the score the
     balance constraint costs); it is NaN when that price is 0. An assignment
     that overflows its capacities can beat the optimum (a negative gap).
+
+    Parameters
+    ----------
+    routed : float or array
+        Objective of the routed assignment.
+    optimum : float or array
+        The oracle's objective.
+    unconstrained : float or array
+        Objective of the plain top-K.
+
+    Returns
+    -------
+    gap, relative : ndarrays
 
     Examples
     --------
@@ -63,6 +87,17 @@ def dual_correlation(bias_SE: Any, price_E: Any) -> np.ndarray:
     ``-p`` (a bias routes on ``s + b``, a price on ``s - p``); NaN when
     either is constant.
 
+    Parameters
+    ----------
+    bias_SE : array (..., E)
+        Biases.
+    price_E : array (E,)
+        The oracle's dual prices.
+
+    Returns
+    -------
+    ndarray (...)
+
     Examples
     --------
     >>> import numpy as np
@@ -79,6 +114,17 @@ def dual_correlation(bias_SE: Any, price_E: Any) -> np.ndarray:
 
 def capacity_overflow(load_SE: Any, capacity_E: Any) -> np.ndarray:
     """``max_i load_i / C_i - 1``: MaxVio against the target shares when ``C = T K Q``.
+
+    Parameters
+    ----------
+    load_SE : array (..., E)
+        Loads.
+    capacity_E : array (E,)
+        Capacities ``C``.
+
+    Returns
+    -------
+    ndarray (...)
 
     Examples
     --------
@@ -100,6 +146,17 @@ def agreement(selected_STE: Any, assignment_TE: Any) -> np.ndarray:
     ``sum min(x_routed, x_oracle) / sum x_routed`` (a fractional oracle
     assignment counts by its weight).
 
+    Parameters
+    ----------
+    selected_STE : array (..., T, E)
+        The routed assignments (0/1).
+    assignment_TE : array (T, E)
+        The oracle's assignment.
+
+    Returns
+    -------
+    ndarray (...)
+
     Examples
     --------
     >>> import numpy as np
@@ -113,6 +170,14 @@ def agreement(selected_STE: Any, assignment_TE: Any) -> np.ndarray:
 
 def bias_price(bias_SE: Any) -> np.ndarray:
     """The price a bias stands for, ``p = max(b) - b`` (>= 0, the favoured expert at 0).
+
+    Parameters
+    ----------
+    bias_SE : array (..., E)
+
+    Returns
+    -------
+    ndarray (..., E)
 
     Examples
     --------
@@ -134,6 +199,19 @@ def kkt_residuals(load_SE: Any, bias_SE: Any, capacity_E: Any) -> tuple[np.ndarr
     - feasibility: ``max_i max(0, c_i - C_i) / C_i`` (the largest overload);
     - complementary slackness: ``sum_i p_i |C_i - c_i| / sum_i C_i`` (a
       priced expert must be full; in score units per assignment).
+
+    Parameters
+    ----------
+    load_SE : array (..., E)
+        Loads of the routed assignment.
+    bias_SE : array (..., E)
+        The bias that routed it.
+    capacity_E : array (E,)
+        Capacities ``C``.
+
+    Returns
+    -------
+    feasibility, slackness : ndarrays (...)
 
     Examples
     --------
@@ -158,6 +236,23 @@ def lagrangian_gap(scores_TE: Any, bias_SE: Any, topk: int, capacity_E: Any,
 
     Summed over steps, each against its own batch's optimum, it is the
     cumulative (dynamic) regret of the controller's dual sequence.
+
+    Parameters
+    ----------
+    scores_TE : array (T, E)
+        Selection scores.
+    bias_SE : array (..., E)
+        Biases.
+    topk : int
+        ``K``.
+    capacity_E : array (E,)
+        Capacities ``C``.
+    optimum : float
+        The oracle's objective.
+
+    Returns
+    -------
+    ndarray (...)
 
     Examples
     --------

@@ -83,6 +83,21 @@ def target_capacity(num_tokens: int, topk: int, shares: Any = None,
                     num_experts: int | None = None) -> np.ndarray:
     """Capacities ``C_i = T K Q_i`` (they add up to ``T K``: balance as an equality).
 
+    Parameters
+    ----------
+    num_tokens : int
+        ``T``.
+    topk : int
+        ``K``.
+    shares : sequence of float, optional
+        Target shares ``Q`` (None: uniform over ``num_experts``).
+    num_experts : int, optional
+        ``N``, needed without ``shares``.
+
+    Returns
+    -------
+    float ndarray (E,)
+
     Examples
     --------
     >>> target_capacity(8, 2, [0.5, 0.25, 0.25]).tolist()
@@ -91,6 +106,8 @@ def target_capacity(num_tokens: int, topk: int, shares: Any = None,
     [4.0, 4.0, 4.0, 4.0]
     """
     n = num_experts if shares is None else len(shares)
+    if n is None:
+        raise ConfigError("target_capacity: give shares or num_experts")
     return num_tokens * topk * check_target_shares(shares, n)
 
 
@@ -159,6 +176,17 @@ def _topk_sum(x: np.ndarray, topk: int) -> np.ndarray:
 
 def unconstrained_objective(scores_TE: Any, topk: int) -> float:
     """Total score of the plain top-K (no capacity): ``g(0)`` when capacities sum to ``T K``.
+
+    Parameters
+    ----------
+    scores_TE : array (T, E)
+        Selection scores.
+    topk : int
+        ``K``.
+
+    Returns
+    -------
+    float
 
     Examples
     --------

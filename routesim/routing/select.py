@@ -247,6 +247,8 @@ def quantile_dual_estimate(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, topk: int
         The current bias (``-beta``).
     topk : int
         ``K``.
+    target_share_PE : array (P, E), optional
+        Target load shares (None: uniform, ``T*K/N`` tokens per expert).
 
     Returns
     -------
