@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench figures paper clean
+.PHONY: demo test bench figures paper readme clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ paper: figures
 	    echo "  sudo apt-get install -y $(TEXLIVE)"; exit 1; \
 	  fi; }
 	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error main.tex
+
+# The README's results table and figures (full runs only).
+readme: figures
+	$(BIN)/python figures/update_readme.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py

@@ -10,7 +10,7 @@ and its tables (``generated/tab_*.tex``).
 Results are cached under ``results/figure-cache/`` keyed by a hash of the
 config (or the computation's parameters), of the routesim version and of
 every source file of ``routesim/`` (and, for computations done in the
-scripts, of ``figures/`` and ``analysis/``): a changed config or changed code
+scripts, of the script itself and ``analysis/``): a changed config or changed code
 is a different key, so a cached result is never stale.
 """
 
@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -58,9 +59,15 @@ def _tree_hash(paths: list[Path]) -> str:
 
 
 def routesim_hash() -> str:
-    """Hash of the routesim version and every source file of the package."""
-    files = [p for p in (ROOT / "routesim").rglob("*") if p.suffix in (".py", ".npz")
-             and "__pycache__" not in p.parts]
+    """Hash of the routesim version and every source file that results depend on.
+
+    The drawing code (``routesim/plot/``, ``routesim/cli.py``) is left out: it
+    changes figures, not results (the code stamp of the numbers covers it).
+    """
+    pkg = ROOT / "routesim"
+    files = [p for p in pkg.rglob("*") if p.suffix in (".py", ".npz")
+             and "__pycache__" not in p.parts
+             and not p.is_relative_to(pkg / "plot") and p != pkg / "cli.py"]
     return hashlib.sha256((__version__ + _tree_hash(files)).encode()).hexdigest()
 
 
@@ -72,7 +79,8 @@ def scripts_hash() -> str:
 
 def code_stamp() -> str:
     """Version stamp of the code that made a result: ``VERSION+HASH`` (12 hex digits)."""
-    h = hashlib.sha256((routesim_hash() + scripts_hash()).encode()).hexdigest()
+    files = [p for p in (ROOT / "routesim").rglob("*.py") if "__pycache__" not in p.parts]
+    h = hashlib.sha256((routesim_hash() + _tree_hash(files) + scripts_hash()).encode()).hexdigest()
     return f"{__version__}+{h[:12]}"
 
 
@@ -82,6 +90,10 @@ def _write_atomic(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
+
+
+#: A value written by :func:`fmt` or :func:`fmt_rate` (set in math mode).
+_NUMBER = re.compile(r"-?(\d+(\.\d+)?(\\times10\^\{-?\d+\})?|10\^\{-?\d+\}|\\infty)")
 
 
 def fmt(x: float, digits: int = 2) -> str:
@@ -118,7 +130,11 @@ class Context:
 
     def _key(self, payload: Any, scripts: bool) -> str:
         text = json.dumps(payload, sort_keys=True, default=str)
-        extra = scripts_hash() if scripts else ""
+        extra = ""
+        if scripts:  # the script that computes, and the analysis scripts it may import
+            own = ROOT / "figures" / f"fig_{self.name}.py"
+            files = [own] if own.exists() else []
+            extra = _tree_hash(files + sorted((ROOT / "analysis").glob("*.py")))
         return hashlib.sha256((text + routesim_hash() + extra).encode()).hexdigest()[:24]
 
     def simulate(self, cfg: Any) -> xr.Dataset:
@@ -131,7 +147,10 @@ class Context:
         return ds
 
     def cached(self, label: str, params: dict, compute: Callable[[], dict]) -> dict:
-        """A JSON-able computation, cached by its parameters and all the code it may use."""
+        """A JSON-able computation, cached by its parameters and the code it may use.
+
+    The key covers routesim's source, this figure's script and ``analysis/``.
+    """
         path = self.cache / f"{label}-{self._key({'label': label, **params}, scripts=True)}.json"
         if path.exists():
             return json.loads(path.read_text())
@@ -158,6 +177,8 @@ class Context:
         for key, text in values.items():
             if not key.isalpha():
                 raise ValueError(f"macro name {key!r}: letters only")
+            if _NUMBER.fullmatch(text):  # a minus sign, not a hyphen, in running text
+                text = f"\\ensuremath{{{text}}}"
             lines.append(f"\\newcommand{{\\rs{key}}}{{{text}}}")
         path = self.generated / "numbers" / f"{self.name}.tex"
         _write_atomic(path, "\n".join(lines) + "\n")

@@ -21,7 +21,7 @@ import numpy as np
 
 from _common import ROOT, Timer, fmt, settling_step, setup
 from routesim import load_config
-from routesim.plot import figure_size, timeseries_plot
+from routesim.plot import figure_size, tidy_log_axes, timeseries_plot
 
 NAMES = {"none": "none", "sign": "sign", "sign_centred": "sign (centred)",
          "proportional": "proportional", "ema": "EMA", "rms": "RMS-normalised",
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         right.plot([], [], "o", mfc="none", color="0.3", label="after the switch")
         right.set_xscale("symlog", linthresh=1)
         right.set_yscale("log")
+        tidy_log_axes(right)
         right.set_xlabel("settling time (steps)")
         right.set_ylabel(r"steady MaxVio$_\mathrm{batch}$")
         right.legend(fontsize=6, ncol=2, loc="upper left")

@@ -196,6 +196,8 @@ def stability_map(outcome: xr.DataArray, *, boundary: tuple[Any, Any] | None = N
                              shading="flat")
         cb = fig.colorbar(mesh, ax=ax)
         cb.set_label(colorbar_label or str(outcome.name or "outcome"))
+        if norm is not None:
+            tidy_log_axes(cb.ax)
         lines = {"outcome": [mesh, cb]}
         leg = None
         if boundary is not None:
