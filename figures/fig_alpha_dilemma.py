@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                     marker="o", capsize=2, label="balance loss (alpha)")
         for j, a in enumerate(ALPHAS):
             ax.annotate(rf"$\alpha$={a:g}", (mv_m[j], tp_m[j] * 1e3), fontsize=6,
-                        textcoords="offset points", xytext=(4, -8))
+                        textcoords="offset points", xytext=(4, -8) if j % 2 == 0 else (4, 3))
         for i, u in enumerate(SIGN_RATES):
             j = n_aux + i
             ax.errorbar(mv_m[j], tp_m[j] * 1e3, xerr=[[mv_m[j] - mv_lo[j]], [mv_hi[j] - mv_m[j]]],
@@ -88,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         best_aux = int(np.argmax(tp_m[:n_aux]))
         above = [mv_m[j] for j in range(n_aux) if tp_m[j] > tp_m[n_aux]]
         clause = (f"a balance loss reaches a higher task proxy only at "
-                  f"$\\mathrm{{MaxVio}}_\\mathrm{{global}} \\ge {fmt(min(above))}$" if above
-                  else "no balance loss reaches a higher task proxy")
+                  f"$\\mathrm{{MaxVio}}_\\mathrm{{global}} \\ge {fmt(min(above))}$, so in "
+                  "this proxy, unlike the Loss-Free paper's perplexities, the controller does "
+                  "not sit above the loss's whole trade-off curve" if above
+                  else "no balance loss reaches a higher task proxy: the controller sits above "
+                  "the loss's trade-off curve, as in the Loss-Free paper")
         ctx.numbers({
             "AlphaSteps": str(steps), "AlphaReplicas": str(cfg.run.replicas),
             "AlphaExperts": str(cfg.router.num_experts), "AlphaTopk": str(cfg.router.topk),

@@ -27,11 +27,11 @@ ROWS = [
      "{ZooSignGlobal} / {ZooQuantileGlobal}", "controller_zoo"),
     ("Sign law on drifting traffic: best rate, its steady MaxVio_global", "u = {RateBest}, "
      "{RateBestGlobal}", "rate_tradeoff"),
-    ("Alpha dilemma: MaxVio_global / task proxy (1e-3), strongest balance loss",
+    ("Alpha dilemma: MaxVio_global / task proxy (units of 1e-3), balance loss at alpha = 0.1",
      "{AlphaStrongMaxVio} / {AlphaStrongTask}", "alpha_dilemma"),
     ("Alpha dilemma: the same, sign controller without loss",
      "{AlphaSignMaxVio} / {AlphaSignTask}", "alpha_dilemma"),
-    ("MaxVio_compute at {CbLargeTokens} tokens, balance loss / sign controller",
+    ("MaxVio_compute at {CbLargeTokens} tokens, balance loss (alpha = 1e-2) / sign controller",
      "{CbAuxLarge} / {CbSignLarge}", "compute_batch"),
     ("EMA law: grid cells on the side of u_c(beta) the theory predicts", "{StabAgree} %",
      "stability_map"),
@@ -39,7 +39,7 @@ ROWS = [
      "{CycleRatioMax}", "sign_cycles"),
     ("Theory against simulation within 10 % (inside the theory's domain)",
      "{TvsHits} of {TvsCounted}", "theory_vs_sim"),
-    ("Leakage at N = {LeakN}, K = 2, bits/token: bound / exact capacity / measured EC",
+    ("Leakage at N = {LeakN}, K = {LeakK}, bits/token: bound / exact capacity / measured EC",
      "{LeakBoundTwo} / {LeakExactTwo} / {LeakMeasuredTwo}", "leakage"),
     ("Mean field against exact engine (MaxVio mean, std, settling): largest difference",
      "{MfWorst} %", "meanfield_vs_exact"),
@@ -50,6 +50,7 @@ def read_numbers(text: str) -> dict[str, str]:
     """Macro name (without ``rs``) -> value, LaTeX turned into plain text."""
     out = {}
     for name, value in re.findall(r"\\newcommand\{\\rs([A-Za-z]+)\}\{(.*)\}\s*$", text, re.M):
+        value = re.sub(r"^\\ensuremath\{(.*)\}$", r"\1", value)
         value = re.sub(r"\\times10\^\{(-?\d+)\}", r"e\1", value)
         value = re.sub(r"^10\^\{(-?\d+)\}$", r"1e\1", value)
         out[name] = value
