@@ -22,6 +22,7 @@ noisy_gate   noisy top-K gating with importance and load losses
 task_proxy   the task-loss proxy (topic affinity, rich-get-richer quality)
 optim        SGD, Adam, learning-rate and loss-weight schedules
 simulate     run all steps, return an xarray Dataset
+predict      the theory's predictions for every point of a config, as a Dataset
 surrogate    the mean-field engine (loads from the expected-load map)
 sweep        chunked, parallel, resumable sweeps
 leakage      measured information leakage (Expert Choice and others)
@@ -50,6 +51,7 @@ from .exceptions import (BackendError, ConfigError, NumericalFault, ResourceErro
 from .leakage.measure import measure_leakage
 from .engines.learner import make_learner_simulator
 from .run import simulate, simulate_learner, simulate_meanfield
+from .predict import TheoryWarning, predict
 from .store import load, save
 from .engines.meanfield import make_meanfield_simulator
 from .sweep import run_sweep
@@ -73,6 +75,8 @@ __all__ = [
     "load",
     "load_config",
     "NumericalFault",
+    "predict",
+    "TheoryWarning",
     "ResourceError",
     "ResultsFileError",
     "SolverError",

@@ -18,6 +18,7 @@ from .exceptions import BackendError
 
 __all__ = [
     "get_namespace",
+    "argsort_stable",
     "cupy_available",
     "is_numpy",
     "to_numpy",
@@ -39,7 +40,8 @@ def cupy_available() -> tuple[bool, str]:
     try:
         import cupy  # noqa: F401
     except Exception as err:  # ImportError, or a broken CUDA install
-        return False, f"CuPy is not importable ({type(err).__name__}: {err})"
+        return False, (f"CuPy is not importable ({type(err).__name__}: {err}); install it with "
+                       "pip install 'routesim[gpu]' (CUDA 12)")
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as err:
@@ -93,7 +95,7 @@ def get_namespace(name: str) -> ModuleType:
             import array_api_strict
         except ImportError:
             raise BackendError("backend = 'array_api_strict': install the 'test' extra "
-                               "(pip install routesim[test])") from None
+                               "(pip install 'routesim[test]')") from None
         return array_api_strict
     raise BackendError(f"backend = {name!r}: must be one of {', '.join(BACKENDS)}")
 
@@ -187,6 +189,23 @@ def topk_indices(xp: ModuleType, x: Any, k: int) -> Any:
             idx[straddle] = xp.argsort(-x[straddle], axis=-1, kind="stable")[..., :k]
         return idx
     return xp.argsort(x, axis=-1, descending=True, stable=True)[..., :k]
+
+
+def argsort_stable(xp: ModuleType, x: Any, axis: int = -1) -> Any:
+    """Indices that sort ``x`` ascending along ``axis``, equal values in index order.
+
+    NumPy and CuPy take ``kind="stable"`` (CuPy's sort is stable and has no
+    ``stable`` keyword); array-API namespaces take ``stable=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> argsort_stable(np, np.array([2.0, 1.0, 2.0, 1.0])).tolist()
+    [1, 3, 0, 2]
+    """
+    if is_numpy(xp) or is_cupy(xp):
+        return xp.argsort(x, axis=axis, kind="stable")
+    return xp.argsort(x, axis=axis, stable=True)
 
 
 def bincount(xp: ModuleType, ids: Any, length: int) -> Any:

@@ -1,7 +1,9 @@
 """Command line: ``routesim run CONFIG.toml`` (also ``python -m routesim``).
 
 Progress goes to stderr (off when stderr is not a terminal), the summary to
-stdout, results and figures to ``--out``. Bad input is reported as one line
+stdout, results (``results.zarr``) and figures to ``--out``; ``routesim run``
+without ``--out`` writes to ``results/<config file stem>/`` and says so
+(``--no-save``: nothing written). Bad input is reported as one line
 and exit status 2, before any work starts. A NaN or Inf met during the run
 (:class:`~routesim.exceptions.NumericalFault`) is reported as one line and
 exit status 3.
@@ -23,28 +25,53 @@ from .exceptions import BackendError, ConfigError, NumericalFault
 
 __all__ = ["main", "format_summary"]
 
-#: Columns of the summary table: (variable, header, reduction over steps).
-#: Learning runs add the end-of-run global MaxVio, the cancelled share of the task
-#: gradient and, with the noisy gate, the evaluation-window (noise off) balance.
+#: Columns of the summary table after the steady MaxVio_batch: (variable, header, reduction).
+#: ``final``: over replicas; ``tail``: over the last tenth of the steps and replicas;
+#: ``mean``: over every step. Learning runs add the cancelled share of the task gradient,
+#: the signed projection of the total gradient on the task gradient and the share of steps
+#: where it is negative and, with the noisy gate, the evaluation-window (noise off) balance.
 SUMMARY_COLUMNS = [
-    ("maxvio_batch", "MaxVio_batch", "tail"),
-    ("maxvio_global_run", "MaxVio_global", "scalar"),
-    ("maxvio_global_final", "MaxVio_gl_end", "scalar"),
+    ("maxvio_global_final", "MaxVio_global", "final"),
     ("dead_experts", "dead", "tail"),
     ("drop_rate", "drop", "tail"),
     ("task_proxy", "task proxy", "tail"),
     ("interference", "interference", "mean"),
     ("cancelled_share", "cancelled", "mean"),
-    ("load_ratio", "max/min load", "scalar"),
-    ("maxvio_global_eval_run", "MaxVio_eval", "scalar"),
-    ("load_ratio_eval", "max/min eval", "scalar"),
+    ("task_projection", "projection", "mean"),
+    ("reversal_share", "reversed", "final"),
+    ("load_ratio", "max/min load", "final"),
+    ("maxvio_global_eval_run", "MaxVio_eval", "final"),
+    ("load_ratio_eval", "max/min eval", "final"),
 ]
+
+_CELL = 13
+#: Widths of the steady columns: MaxVio_batch (fits "did not settle"), ±95%, from step.
+_STEADY = (14, 8, 9)
+
+
+def _global_window(ds) -> str:
+    """``run.global_window`` of the stored config (at most the run), as text ('?' without one)."""
+    import json
+
+    try:
+        run = json.loads(ds.attrs["config"])["run"]
+        return str(min(int(run["global_window"]), int(run["steps"])))
+    except (KeyError, ValueError, TypeError):
+        return "?"
 
 
 def format_summary(ds) -> str:
-    """One-screen table: per point, final MaxVio_batch and MaxVio_global.
+    """One-screen table: per point, the steady MaxVio_batch and the end-of-run MaxVio_global.
 
-    "Final" is the mean over the last 10 % of steps and over replicas.
+    ``MaxVio_batch`` is the steady value of :func:`routesim.analysis.steady`
+    (blocks of a tenth of the steps): the mean over replicas of each
+    replica's mean from the step it settled at (``from step``) to the last
+    step, with the half-width of its 95 % Student-t interval across replicas
+    (``±``); a point that did not settle says so. ``MaxVio_global`` is the
+    MaxVio of the loads of the last ``run.global_window`` steps (not the
+    whole run, which would include the transient). ``dead`` and ``drop`` are
+    means over the last tenth of the steps. Notes under the table name these
+    windows.
 
     Parameters
     ----------
@@ -57,42 +84,77 @@ def format_summary(ds) -> str:
 
     Examples
     --------
-    Ten steps: the last 10 % is the last step, where ``maxvio_batch`` is 18 and 19:
+    Twenty steps in blocks of two: point ``a`` drops from 5 to 1 at step 6
+    and stays there; point ``b`` jumps in the final block, so no earlier
+    block agrees with it:
 
     >>> import numpy as np, xarray as xr
+    >>> a = np.where(np.arange(20) < 6, 5.0, 1.0)
+    >>> b = np.where(np.arange(20) < 18, 1.0, 2.0)
+    >>> mv = np.stack([a, b], axis=1)[:, :, None] * np.ones(2)  # two equal replicas
     >>> ds = xr.Dataset({
-    ...     "maxvio_batch": (("step", "point", "replica"), np.arange(20.0).reshape(10, 2, 1)),
-    ...     "maxvio_global_run": (("point", "replica"), [[0.5], [0.25]]),
-    ...     "label": ("point", ["a", "b"])})
+    ...     "maxvio_batch": (("step", "point", "replica"), mv),
+    ...     "maxvio_global_final": (("point", "replica"), [[0.5, 0.5], [0.25, 0.25]]),
+    ...     "label": ("point", ["a", "b"])}, coords={"step": np.arange(20)})
     >>> print(format_summary(ds))
-    point   MaxVio_batch  MaxVio_global
-    -----------------------------------
-    a                 18            0.5
-    b                 19           0.25
+    point    MaxVio_batch      ±95%  from step  MaxVio_global
+    ---------------------------------------------------------
+    a                   1         0          6            0.5
+    b      did not settle         -          -           0.25
+    <BLANKLINE>
+    MaxVio_batch: steady mean from 'from step' to step 19 (blocks of 2 steps, see routesim.analysis.steady); ±95%: Student-t over 2 replicas
+    MaxVio_global: the loads of the last ? steps (run.global_window)
     """
+    from .analysis import steady
+
     steps = ds.sizes["step"]
     tail = slice(steps - max(1, steps // 10), steps)
     cols = [(v, h, how) for v, h, how in SUMMARY_COLUMNS if v in ds]
     labels = [str(x) for x in ds["label"].values]
+    st = steady(ds, "maxvio_batch") if "maxvio_batch" in ds else None
     width = max([len("point")] + [len(x) for x in labels])
-    head = f"{'point':<{width}}  " + "  ".join(f"{h:>13}" for _, h, _ in cols)
+    w1, w2, w3 = _STEADY
+    heads = ([f"{'MaxVio_batch':>{w1}}", f"{'±95%':>{w2}}", f"{'from step':>{w3}}"]
+             if st is not None else []) + [f"{h:>{_CELL}}" for _, h, _ in cols]
+    head = f"{'point':<{width}}  " + "  ".join(heads)
     lines = [head, "-" * len(head)]
     for j, label in enumerate(labels):
         cells = []
+        if st is not None:
+            one = st.isel(point=j)
+            if bool(one["settled"]):
+                half = float(one["ci_high"] - one["mean"])
+                cells += [f"{float(one['mean']):>{w1}.4g}",
+                          f"{half:>{w2}.2g}" if np.isfinite(half) else f"{'-':>{w2}}",
+                          f"{int(one['settled_step']):>{w3}d}"]
+            else:
+                cells += [f"{'did not settle':>{w1}}", f"{'-':>{w2}}", f"{'-':>{w3}}"]
         for var, _, how in cols:
             da = ds[var].isel(point=j)
-            if how == "tail":
-                val = float(da.isel(step=tail).mean())
-            elif how == "mean":
-                val = float(da.mean())
-            else:
-                val = float(da.mean())
-            cells.append(f"{val:>13.4g}")
+            val = float(da.isel(step=tail).mean()) if how == "tail" else float(da.mean())
+            cells.append(f"{val:>{_CELL}.4g}")
         lines.append(f"{label:<{width}}  " + "  ".join(cells))
+    lines.append("")
+    if st is not None:
+        replicas = st.attrs["replicas"]
+        lines.append(f"MaxVio_batch: steady mean from 'from step' to step {st.attrs['last_step']} "
+                     f"(blocks of {st.attrs['window']} steps, see routesim.analysis.steady); "
+                     + (f"±95%: Student-t over {replicas} replicas" if replicas > 1
+                        else "±95% needs run.replicas >= 2"))
+    if "maxvio_global_final" in ds:
+        lines.append(f"MaxVio_global: the loads of the last {_global_window(ds)} steps "
+                     "(run.global_window)")
+    tails = [h for _, h, how in cols if how == "tail"]
+    if tails:
+        lines.append(f"{', '.join(tails)}: mean over the last {tail.stop - tail.start} "
+                     "recorded steps")
     return "\n".join(lines)
 
 
-#: Figures written beside results.nc; removed whenever results.nc is replaced.
+#: The results file in an output directory (as ``routesim.sweep.RESULTS``).
+_RESULTS = "results.zarr"
+
+#: Figures written beside the results; removed whenever the results are replaced.
 _FIGURES = ("maxvio_batch.png", "maxvio_batch.pdf")
 
 
@@ -131,7 +193,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a TOML config and summarise it")
     run.add_argument("config", type=Path, help="TOML configuration file")
     run.add_argument("--out", type=Path, default=None,
-                     help="directory for results.nc and the figure (default: none written)")
+                     help="directory for results.zarr and the figure "
+                          "(default: results/<config file stem>/)")
+    run.add_argument("--no-save", action="store_true",
+                     help="print the summary only; write no results or figure")
     run.add_argument("--seed", type=int, default=None, help="override run.seed")
     run.add_argument("--backend", choices=("numpy", "cupy", "array_api_strict"), default=None,
                      help="override run.backend")
@@ -140,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a config's points in chunks (parallel, resumable)")
     sweep.add_argument("config", type=Path, help="TOML configuration file")
     sweep.add_argument("--out", type=Path, required=True,
-                       help="directory for chunks/ and results.nc; re-run to resume")
+                       help="directory for chunks/ and results.zarr; re-run to resume")
     sweep.add_argument("--chunk", type=int, default=1, help="points per chunk (default 1)")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -164,21 +229,28 @@ def _run(args: argparse.Namespace) -> int:
         changes["run.backend"] = args.backend
     if changes:
         cfg = cfg.replace(**changes)
+    if args.no_save and args.out is not None:
+        raise ConfigError(f"--no-save: cannot be combined with --out = {str(args.out)!r}")
+    if args.no_save and args.no_plot:
+        raise ConfigError("--no-plot: has no effect with --no-save (no figure is written)")
     if cfg.run.backend != "numpy":
         from ._backend import get_namespace
 
         get_namespace(cfg.run.backend)  # refuse an unusable backend before work
-    if args.out is not None:
+    out = None if args.no_save else (
+        args.out if args.out is not None else Path("results") / args.config.stem)
+    if out is not None:
         from .store import check_output_dir
 
-        check_output_dir(args.out, "--out")
+        check_output_dir(out, "--out")
     ds = simulate(cfg, progress=False if args.no_progress else None)
     print(format_summary(ds))
-    if args.out is not None:
+    if out is not None:
         from .store import save
 
-        path = save(ds, args.out / "results.nc", derived=[args.out / f for f in _FIGURES])
-        print(f"\nresults: {path}")
+        path = save(ds, out / _RESULTS, derived=[out / f for f in _FIGURES])
+        print(f"\nresults: {path}" + ("" if args.out is not None
+                                      else " (no --out given: results/<config file stem>/)"))
         if not args.no_plot:
             import matplotlib
 
@@ -189,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
 
             ax = maxvio_plot(ds)
             try:
-                paths = save_figure(ax.figure, args.out / "maxvio_batch")
+                paths = save_figure(ax.figure, out / "maxvio_batch")
             except KeyboardInterrupt as err:
                 print(f"routesim: interrupted: results kept in {path}; no figure written",
                       file=sys.stderr)
@@ -220,7 +292,7 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"routesim: {err}", file=sys.stderr)
         return _interrupt_status(err)
     print(format_summary(ds))
-    print(f"\nresults: {args.out / 'results.nc'}")
+    print(f"\nresults: {args.out / _RESULTS}")
     return 0
 
 
@@ -254,11 +326,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     path = pathlib.Path(tmp) / "tiny.toml"
     ...     _ = path.write_text(tiny)
-    ...     main(["run", str(path), "--no-progress"])
-    point                  MaxVio_batch  MaxVio_global           dead           drop
-    --------------------------------------------------------------------------------
-    bias_update_rate=0.0          0.625         0.2188              0              0
-    bias_update_rate=0.1           0.25        0.03125              0              0
+    ...     main(["run", str(path), "--no-progress", "--no-save"])
+    point                   MaxVio_batch      ±95%  from step  MaxVio_global           dead           drop
+    ------------------------------------------------------------------------------------------------------
+    bias_update_rate=0.0  did not settle         -          -         0.2188              0              0
+    bias_update_rate=0.1            0.25         -          2        0.03125              0              0
+    <BLANKLINE>
+    MaxVio_batch: steady mean from 'from step' to step 3 (blocks of 1 steps, see routesim.analysis.steady); ±95% needs run.replicas >= 2
+    MaxVio_global: the loads of the last 4 steps (run.global_window)
+    dead, drop: mean over the last 1 recorded steps
     0
     >>> main(["run", "no-such-file.toml"])  # refused with one line on stderr
     2

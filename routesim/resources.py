@@ -8,7 +8,7 @@ stderr (their progress bar is then shown).
 
 Shape legend: S steps, P points run together, R replicas, E experts,
 T tokens per step, t tokens routed at once (a chunk of a micro-batch),
-B sequences per step, D feature dimension.
+B sequences per step, D feature dimension, L tokens per sequence.
 
 The terms (bytes; the constants are bytes per element of each term, measured
 with ``tracemalloc`` on the NumPy backend, see ``tests/test_resources.py``):
@@ -22,6 +22,7 @@ per-sequence counts       P * R * B * E                exact, learning
 token features            P * R * t * D                exact and learning, features
 router weights            P * R * E * D                learning (weights, Adam, grads)
 logits of a step          P * R * T * E                learning (all tokens at once)
+drop by position          S * P * R * L                learning with capacity (recorded)
 Jacobians                 P * R * E * E                mean-field
 load-map tables           a constant (48 MB)           mean-field
 ========================  ===========================  ===========================
@@ -67,6 +68,7 @@ COUNT_BYTES = 24
 FEATURE_BYTES = 24
 WEIGHT_BYTES = 64
 STEP_LOGIT_BYTES = 96
+STEP_DROP_BYTES = 8  # learning with capacity: the kept mask of a step (measured)
 JACOBIAN_BYTES = 80
 #: The mean-field load map's fixed working tables (bytes, measured).
 MEANFIELD_BASE_BYTES = 48 * 10**6
@@ -159,7 +161,7 @@ def estimate(config: Any, point_indices: Sequence[int] | None = None) -> Estimat
     f = {"S": f"run.steps ({S})", "P": f"points ({P})", "R": f"run.replicas ({R})",
          "E": f"router.num_experts ({E})", "D": f"traffic.feature_dim ({D})",
          "T": f"tokens per step (batch.num_sequences x batch.seq_length = {T})",
-         "B": f"batch.num_sequences ({B})"}
+         "B": f"batch.num_sequences ({B})", "L": f"batch.seq_length ({b.seq_length})"}
 
     def names(axes: str) -> str:
         return " x ".join(f[a] for a in axes)
@@ -167,7 +169,10 @@ def estimate(config: Any, point_indices: Sequence[int] | None = None) -> Estimat
     engine = "learning" if config.penalty.learn else run.engine
     terms = {"recorded outputs": (S * rows * E * RECORDED_BYTES[engine], names("SPRE"))}
     if config.penalty.learn:
-        terms["logits of a step"] = (rows * T * E * STEP_LOGIT_BYTES, names("PRTE"))
+        per = STEP_LOGIT_BYTES + (0 if r.dropless else STEP_DROP_BYTES)
+        terms["logits of a step"] = (rows * T * E * per, names("PRTE"))
+        if not r.dropless:
+            terms["drop by position"] = (S * rows * b.seq_length * 8, names("SPRL"))
         terms["token features"] = (rows * T * D * FEATURE_BYTES, names("PRTD"))
         terms["router weights"] = (rows * E * D * WEIGHT_BYTES, names("PRED"))
         operations, op_axes = 3 * S * rows * T * E * max(D, 1), "STPRED"

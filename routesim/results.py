@@ -7,6 +7,12 @@ extension (Expert Choice's histogram, the mean-field evaluations, the
 learning router's losses). Assembly is O(P) in the number of points: every
 per-point coordinate is built in one pass.
 
+Every variable and coordinate carries CF-style ``long_name`` and ``units``
+attributes from one table, :data:`VARIABLE_ATTRS` (``"1"`` for a
+dimensionless quantity). ``run.record`` and ``run.record_every`` are applied
+last, after every metric has been computed from every step
+(:func:`apply_record`).
+
 Shape legend: S steps, P points, R replicas, E experts, C computation-batch
 sizes, J assignment counts 0..E.
 """
@@ -25,20 +31,177 @@ from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
 from .rng import entropy_of
 
-__all__ = ["build_dataset", "engine_variables", "extra_variables"]
+__all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords", "apply_record",
+           "VARIABLE_ATTRS", "describe"]
 
 #: Dimension of each shape letter of a recorded field name.
-_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert"}
+_DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert", "L": "position"}
 
 
-def _sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
-    """Label and swept values of the chosen points (one pass over the sweep)."""
+#: ``name -> (long_name, units)`` of every variable and coordinate a Dataset can hold.
+VARIABLE_ATTRS: dict[str, tuple[str, str]] = {
+    # coordinates
+    "step": ("training step", "steps"),
+    "point": ("index of the sweep point", "1"),
+    "replica": ("index of the independent replica", "1"),
+    "expert": ("expert index", "1"),
+    "label": ("name of the sweep point", "1"),
+    "compute_batch": ("computation batch size", "sequences"),
+    "num_assigned": ("number of experts assigned to a token", "1"),
+    "position": ("token position in the sequence", "1"),
+    # every engine
+    "expert_load": ("tokens routed to the expert in the step (before capacity dropping)",
+                    "tokens"),
+    "kept_load": ("tokens kept by the expert in the step (after capacity dropping)", "tokens"),
+    "bias": ("expert bias that routed the step's first micro-batch", "1"),
+    "maxvio_batch": ("MaxVio of the step's loads, (max - mean) / mean", "1"),
+    "maxvio_global": ("MaxVio of the loads summed over the trailing run.global_window steps",
+                      "1"),
+    "maxvio_global_run": ("MaxVio of the loads summed over the whole run", "1"),
+    "maxvio_global_final": ("MaxVio of the loads summed over the last run.global_window steps",
+                            "1"),
+    "maxvio_compute": ("mean MaxVio over the computation batches of each size", "1"),
+    "cv": ("coefficient of variation of the step's loads over experts", "1"),
+    "min_load": ("smallest expert load of the step", "tokens"),
+    "max_load": ("largest expert load of the step", "tokens"),
+    "dead_experts": ("experts with no token in the step", "1"),
+    "load_entropy": ("entropy of the step's load fractions", "bit"),
+    "drop_rate": ("share of assignments dropped by capacity", "1"),
+    "displacement": ("share of selections outside the unbiased top-K", "1"),
+    "flip_fraction": ("share of experts whose bias update reversed direction", "1"),
+    "bias_spread": ("max bias - min bias", "1"),
+    "unrouted_share": ("share of tokens with no expert", "1"),
+    # Expert Choice, mean field
+    "experts_per_token": ("tokens of the step with each number of experts", "tokens"),
+    "meanfield_evaluations": ("exact evaluations of the expected-load map", "1"),
+    # learning router
+    "task_proxy": ("task proxy: routing-weighted expert quality", "1"),
+    "task_affinity": ("task proxy without the expert-quality term", "1"),
+    "penalty": ("weighted total of the penalties", "1"),
+    "balance_loss": ("balance loss (unweighted)", "1"),
+    "z_loss_value": ("router z-loss (unweighted)", "1"),
+    "interference": ("cosine between the task gradient and the penalty gradient", "1"),
+    "cancelled_share": ("share of the task gradient removed by the penalty", "1"),
+    "task_projection": ("projection of the total router gradient on the task gradient", "1"),
+    "reversal_share": ("share of steps whose total gradient points against the task gradient",
+                       "1"),
+    "drop_by_position": ("share of assignments dropped by capacity, per sequence position", "1"),
+    "max_logit": ("largest router logit of the step", "1"),
+    "logit_spread": ("mean over tokens of the standard deviation of a token's logits", "1"),
+    "alpha_t": ("balance loss weight at the step", "1"),
+    "z_loss_t": ("z-loss weight at the step", "1"),
+    "lr_t": ("learning rate at the step", "1"),
+    "expert_quality": ("expert quality of the task proxy", "1"),
+    "importance_cv2": ("squared coefficient of variation of the importance", "1"),
+    "load_cv2": ("squared coefficient of variation of the smooth load", "1"),
+    "gate_noise": ("mean standard deviation of the gate noise", "1"),
+    "eval_load": ("tokens routed to the expert with the gate noise off", "tokens"),
+    "maxvio_global_eval": ("MaxVio of eval_load over the trailing run.global_window steps", "1"),
+    "maxvio_global_eval_run": ("MaxVio of eval_load over the whole run", "1"),
+    "load_ratio": ("max over min of the run's total expert loads", "1"),
+    "load_ratio_eval": ("max over min of the run's total eval_load", "1"),
+}
+
+#: Units of swept settings that are not dimensionless.
+_SETTING_UNITS = {"traffic.drift_period": "steps", "controller.warmup_steps": "steps"}
+
+
+def describe(ds: xr.Dataset) -> xr.Dataset:
+    """Set ``long_name`` and ``units`` on every variable and coordinate of ``ds`` (in place).
+
+    Names come from :data:`VARIABLE_ATTRS`; a swept setting (a coordinate
+    named by its dotted field) is described as such.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` itself.
+
+    Raises
+    ------
+    KeyError
+        For a variable the table does not describe.
+
+    Examples
+    --------
+    >>> ds = describe(xr.Dataset({"expert_load": ("expert", [3, 1])},
+    ...                          coords={"controller.bias_update_rate": 0.01}))
+    >>> ds["expert_load"].attrs["units"], ds["controller.bias_update_rate"].attrs["long_name"]
+    ('tokens', 'swept setting controller.bias_update_rate')
+    """
+    for name, var in ds.variables.items():
+        if name in VARIABLE_ATTRS:
+            long_name, units = VARIABLE_ATTRS[name]
+        elif str(name).endswith(".resolved"):
+            base = str(name)[: -len(".resolved")]
+            long_name, units = (f"swept setting {base}, as resolved before the run",
+                                _SETTING_UNITS.get(base, "1"))
+        elif "." in str(name):
+            long_name, units = f"swept setting {name}", _SETTING_UNITS.get(str(name), "1")
+        else:
+            raise KeyError(f"results variable {name!r} has no entry in VARIABLE_ATTRS")
+        var.attrs.update(long_name=long_name, units=units)
+    return ds
+
+
+def apply_record(ds: xr.Dataset, record: str, every: int) -> xr.Dataset:
+    """Keep what ``run.record`` and ``run.record_every`` ask for.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Every step, every variable.
+    record : {"full", "metrics"}
+        ``metrics`` drops every variable with an ``expert`` dimension (and
+        the ``expert`` coordinate).
+    every : int >= 1
+        Keep steps ``0, every, 2 * every, ...``.
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"bias": (("step", "expert"), [[0.0, 1.0]] * 5), "cv": ("step", range(5))},
+    ...                 coords={"step": range(5), "expert": [0, 1]})
+    >>> kept = apply_record(ds, "metrics", 2)
+    >>> list(kept.data_vars), kept["step"].values.tolist(), list(kept.coords)
+    (['cv'], [0, 2, 4], ['step'])
+    """
+    if record == "metrics":
+        ds = ds.drop_vars([n for n, v in ds.variables.items() if "expert" in v.dims])
+    if every > 1:
+        ds = ds.isel(step=slice(None, None, every))
+    return ds
+
+
+def sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
+    """Label, swept values and resolved values of the chosen points (one pass).
+
+    A value resolved before the run (``sweep.resolved``, e.g. a rate written
+    as ``"0.5 u_c"``) is the coordinate ``KEY.resolved``.
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"sweep": {"traffic.noise_scale": [0.5, 1.0]}})
+    >>> coords = sweep_coords(cfg, [1])
+    >>> coords["label"][1].tolist(), coords["traffic.noise_scale"][1].tolist()
+    (['noise_scale=1.0'], [1.0])
+    """
     labels_all = config.point_labels()
     assignments = config.sweep.assignments()
     coords: dict[str, Any] = {
         "label": ("point", np.asarray([labels_all[i] for i in indices], dtype=str))}
     for key in config.sweep.parameters:
         coords[key] = ("point", np.asarray([assignments[i][key] for i in indices]))
+    for key, values in config.sweep.resolved.items():
+        coords[f"{key}.resolved"] = ("point", np.asarray([values[i] for i in indices]))
     return coords
 
 
@@ -92,6 +255,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "maxvio_batch": (dims3, metrics.maxvio(load)),
         "maxvio_global": (dims3, metrics.maxvio(metrics.trailing_sum(load, window))),
         "maxvio_global_run": (("point", "replica"), metrics.maxvio(load.sum(axis=0))),
+        "maxvio_global_final": (("point", "replica"), metrics.maxvio(load[-window:].sum(axis=0))),
         "cv": (dims3, metrics.cv(load)),
         "min_load": (dims3, load.min(-1).astype(np.int32)),
         "max_load": (dims3, load.max(-1).astype(np.int32)),
@@ -108,7 +272,7 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "replica": np.arange(config.run.replicas),
         "expert": np.arange(load.shape[-1]),
     }
-    coords.update(_sweep_coords(config, indices))
+    coords.update(sweep_coords(config, indices))
     if config.batch.computation_batch_sizes:
         data["maxvio_compute"] = (dims3 + ("compute_batch",), maxvio_compute_SPRC)
         coords["compute_batch"] = np.asarray(config.batch.computation_batch_sizes)
@@ -125,7 +289,8 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "num_experts": int(config.router.num_experts),
         "topk": int(config.router.topk),
     }
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    ds = describe(xr.Dataset(data, coords=coords, attrs=attrs))
+    return apply_record(ds, config.run.record, config.run.record_every)
 
 
 def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +366,11 @@ def _learner_variables(config: Config, extra: LearnerExtra,
     window = config.run.global_window
     pr = ("point", "replica")
     data["load_ratio"] = (pr, _load_ratio(load_SPRE))
-    data["maxvio_global_final"] = (pr, metrics.maxvio(load_SPRE[-window:].sum(axis=0)))
+    proj = extra.task_projection_PR
+    with np.errstate(invalid="ignore"):
+        # steps whose total gradient points against the task gradient (NaN steps left out)
+        data["reversal_share"] = (pr, np.sum(proj < 0, axis=0)
+                                  / np.maximum(np.sum(np.isfinite(proj), axis=0), 1))
     if extra.eval_load_PRE is not None:
         ev = extra.eval_load_PRE.astype(np.int64)
         data["eval_load"] = (("step", "point", "replica", "expert"), ev.astype(np.int32))

@@ -24,6 +24,7 @@ from .config import Config
 from .engines import exact, learner, meanfield
 from .engines._common import StepOutput
 from .results import build_dataset, engine_variables
+from .theory.from_config import resolve_rates
 
 __all__ = ["simulate", "simulate_meanfield", "simulate_learner", "build_dataset", "run_steps",
            "run_engine", "Engine", "ENGINES", "engine_of"]
@@ -111,17 +112,20 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
     xarray.Dataset
         Dimensions ``step``, ``point``, ``replica``, ``expert`` (and
         ``compute_batch`` when computation-batch sizes are given). Variables:
-        ``load``, ``kept_load``, ``bias``, ``maxvio_batch``,
+        ``expert_load``, ``kept_load``, ``bias``, ``maxvio_batch``,
         ``maxvio_global`` (trailing ``run.global_window`` steps),
-        ``maxvio_global_run`` (all steps), ``maxvio_compute``, ``cv``,
+        ``maxvio_global_run`` (all steps), ``maxvio_global_final`` (the last
+        ``run.global_window`` steps), ``maxvio_compute``, ``cv``,
         ``min_load``, ``max_load``, ``dead_experts``, ``load_entropy``,
         ``drop_rate``, ``displacement``, ``flip_fraction``, ``bias_spread``,
         ``unrouted_share`` (tokens with no expert) and, for Expert Choice,
         ``experts_per_token`` (tokens with 0..E experts, dim ``num_assigned``).
         The mean-field and learning engines add their own variables
         (:func:`simulate_meanfield`, :func:`simulate_learner`).
-        Attributes hold the config (JSON), the package version, the seed and
-        its SeedSequence entropy.
+        Every variable and coordinate has ``long_name`` and ``units``
+        attributes; ``run.record`` and ``run.record_every`` choose which
+        variables and steps are kept. Attributes hold the config (JSON), the
+        package version, the seed and its SeedSequence entropy.
 
     Examples
     --------
@@ -154,6 +158,7 @@ def run_engine(config: Config, name: str, *, point_indices: Sequence[int] | None
     (3, 0.05)
     """
     engine = ENGINES[name]
+    config = resolve_rates(config)  # rates in units of u_c: numbers, stored with the config
     progress = resources.check(config, point_indices, progress)
     init, step = engine.make_simulator(config, point_indices, **options)
     check = faults.make_step_check(config, point_indices, get_namespace(config.run.backend))

@@ -6,8 +6,11 @@ the previous file intact. Files made from the old results (figures) can be
 named in ``derived``: they are removed just before the new results move in,
 so none is ever left beside results it does not show.
 :func:`check_output_dir` refuses a directory that cannot be written before
-any work starts. netCDF (``.nc``, through SciPy, no extra
-dependency) and zarr (``.zarr``, needs the ``io`` extra) are supported.
+any work starts. Two formats: zarr (``.zarr``, the default for results of
+``routesim run`` and ``routesim sweep``; compressed with Blosc-Zstandard and
+chunked along ``point`` and ``step`` so that no chunk exceeds
+:data:`CHUNK_BYTES`) and netCDF 3 (``.nc``, through SciPy, one file; the
+format of sweep chunk files).
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ import xarray as xr
 
 from .exceptions import ConfigError, ResultsFileError
 
-__all__ = ["save", "load", "check_output_dir"]
+__all__ = ["save", "load", "check_output_dir", "CHUNK_BYTES", "zarr_encoding"]
 
 _FORMATS = (".nc", ".zarr")
+
+#: Largest uncompressed zarr chunk, in bytes.
+CHUNK_BYTES = 16 * 2**20
 
 
 def _check_suffix(path: Path) -> str:
@@ -33,16 +39,66 @@ def _check_suffix(path: Path) -> str:
     return path.suffix
 
 
-def _without_string_widths(ds: xr.Dataset) -> xr.Dataset:
-    """A shallow copy without the string widths read from an earlier file.
+def _without_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy without the encodings read from an earlier file.
 
     Datasets joined from chunk files carry each chunk's string width in their
-    encoding; a longer label in another chunk would not fit it.
+    encoding (a longer label in another chunk would not fit it); a Dataset
+    read from zarr carries its chunks and compressors. The file written is
+    described by :func:`save` alone.
     """
     ds = ds.copy(deep=False)
     for var in ds.variables.values():
-        var.encoding.pop("char_dim_name", None)
+        var.encoding = {}
     return ds
+
+
+def _chunks(var: xr.Variable, limit: int) -> tuple[int, ...]:
+    """Chunk shape of ``var``: halve ``point`` (then ``step``) until a chunk fits ``limit``."""
+    chunks = dict(var.sizes)
+    for dim in ("point", "step", *var.dims):
+        while (dim in chunks and chunks[dim] > 1
+               and var.dtype.itemsize * max(1, _prod(chunks.values())) > limit):
+            chunks[dim] = -(-chunks[dim] // 2)
+    return tuple(chunks[d] for d in var.dims)
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def zarr_encoding(ds: xr.Dataset, limit: int = CHUNK_BYTES) -> dict:
+    """The zarr encoding :func:`save` writes: Blosc-Zstandard, chunks of at most ``limit`` bytes.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+    limit : int
+        Largest uncompressed chunk in bytes.
+
+    Returns
+    -------
+    dict
+        Variable name to its encoding (``chunks`` and the compressor).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = xr.Dataset({"expert_load": (("step", "point", "expert"), np.zeros((4, 10, 8), "int32"))})
+    >>> zarr_encoding(ds, limit=4 * 4 * 3 * 8)["expert_load"]["chunks"]  # 10 points -> 5 -> 3
+    (4, 3, 8)
+    """
+    import numcodecs
+    import zarr
+
+    compressor = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+    key, value = (("compressors", (compressor,)) if int(zarr.__version__.split(".")[0]) >= 3
+                  else ("compressor", compressor))
+    return {name: {"chunks": _chunks(var, limit), key: value}
+            for name, var in ds.variables.items() if var.ndim > 0}
 
 
 def save(ds: xr.Dataset, path: str | Path, *, derived: Sequence[str | Path] = ()) -> Path:
@@ -71,10 +127,14 @@ def save(ds: xr.Dataset, path: str | Path, *, derived: Sequence[str | Path] = ()
     ...     back = load(path)
     >>> path.name, back["load"].values.tolist(), int(back.attrs["seed"])
     ('results.nc', [3.0, 1.0], 7)
+    >>> with tempfile.TemporaryDirectory() as d:  # zarr: compressed, a directory
+    ...     back = load(save(ds, Path(d) / "results.zarr"))
+    >>> back.identical(ds)
+    True
     """
     path = Path(path)
     suffix = _check_suffix(path)
-    ds = _without_string_widths(ds)
+    ds = _without_encoding(ds)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp = tmp_dir / path.name
@@ -84,7 +144,8 @@ def save(ds: xr.Dataset, path: str | Path, *, derived: Sequence[str | Path] = ()
             _remove(derived)
             os.replace(tmp, path)
         else:
-            ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=2)
+            ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=2,
+                       encoding=zarr_encoding(ds))
             _remove(derived)
             if path.exists():
                 old = tmp_dir / (path.name + ".old")

@@ -2,10 +2,12 @@
 
 ``run_sweep(config, out_dir)`` splits the points of a config into chunks,
 simulates each chunk (in worker processes, or on a dask cluster), and writes
-each chunk's Dataset atomically to ``out_dir/chunks/``. A chunk file that
-exists is a finished chunk: re-running the same command after an interrupt
-only computes what is missing. The chunks are then joined along ``point``
-into ``out_dir/results.nc``.
+each chunk's Dataset atomically to ``out_dir/chunks/`` (netCDF). A chunk file
+that exists is a finished chunk: re-running the same command after an
+interrupt only computes what is missing. The chunks are then joined along
+``point`` into ``out_dir/results.zarr`` (compressed zarr, see
+:mod:`routesim.store`), and the chunk files are removed. Re-running a
+finished sweep reads ``results.zarr`` back instead of computing it again.
 
 Nothing is lost and nothing is left behind on an interrupt:
 
@@ -19,6 +21,14 @@ Nothing is lost and nothing is left behind on an interrupt:
   (``PR_SET_PDEATHSIG``); a stopped worker removes its unfinished write;
 - on Ctrl-C the workers are stopped at once and :class:`SweepInterrupted`
   says how many chunks were kept.
+
+Worker processes are started with ``spawn``, which imports the calling
+script again in every worker: a script that calls ``run_sweep(workers > 1)``
+must do so under ``if __name__ == "__main__":`` (a worker that meets the call
+while importing the script refuses it with that advice). With a dask
+``distributed.Client`` the workers send each chunk's Dataset back and this
+process writes it, so the workers need no access to ``out_dir`` (no shared
+file system across hosts).
 
 Because every point draws from the stream of its own global index
 (:mod:`routesim.rng`), the joined result is identical to one
@@ -37,6 +47,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,6 +58,7 @@ from .config import Config, config_from_dict
 from . import resources
 from .exceptions import ConfigError
 from .store import check_output_dir, load, save
+from .theory.from_config import resolve_rates
 
 #: Seconds between a worker's checks that its parent is alive.
 _WATCH_INTERVAL = 0.2
@@ -81,7 +93,10 @@ class SweepInterrupted(KeyboardInterrupt):
         return (f"interrupted: {self.kept} of {self.total} chunks kept in {self.chunk_dir}; "
                 "re-run the same command to resume")
 
-__all__ = ["plan_chunks", "run_sweep", "SweepInterrupted"]
+__all__ = ["plan_chunks", "run_sweep", "SweepInterrupted", "RESULTS"]
+
+#: The joined results in ``out_dir``.
+RESULTS = "results.zarr"
 
 
 def plan_chunks(num_points: int, points_per_chunk: int) -> list[list[int]]:
@@ -102,12 +117,15 @@ def plan_chunks(num_points: int, points_per_chunk: int) -> list[list[int]]:
 _writing: Path | None = None
 
 
-def _simulate_chunk(config_json: str, point_indices: list[int], path: str) -> str:
-    """Worker: simulate one chunk and write it atomically (runs in a subprocess)."""
+def _simulate_chunk(config_json: str, point_indices: list[int], path: str,
+                    write: bool = True) -> Any:
+    """Worker: simulate one chunk and write it atomically (or return it: ``write=False``)."""
     global _writing
     from .run import simulate
 
     cfg = config_from_dict(json.loads(config_json))
+    if not write:
+        return simulate(cfg, point_indices=point_indices, progress=False)
     _writing = Path(path)
     try:
         save(simulate(cfg, point_indices=point_indices, progress=False), path)
@@ -175,8 +193,13 @@ def _stop_workers(executor: ProcessPoolExecutor) -> None:
             proc.join()
 
 
-def _submit_all(executor: Any, config_json: str, todo: list) -> tuple[list, Any]:
-    """Submit every chunk; returns the futures and the matching ``as_completed``."""
+def _submit_all(executor: Any, config_json: str, todo: list) -> tuple[dict, Any]:
+    """Submit every chunk; returns ``{future: path to write or None}`` and ``as_completed``.
+
+    A dask ``Client``'s workers may run on other hosts: they send the chunk
+    back and this process writes it (the path); local workers write their
+    own chunk (None).
+    """
     try:
         from distributed import Client
         from distributed import as_completed as dask_as_completed
@@ -184,11 +207,10 @@ def _submit_all(executor: Any, config_json: str, todo: list) -> tuple[list, Any]
         Client = None
     if Client is not None and isinstance(executor, Client):
         # pure=False: identical arguments must still run (dask would merge them)
-        futures = [executor.submit(_simulate_chunk, config_json, c, str(p), pure=False)
-                   for c, p in todo]
-        return futures, dask_as_completed
-    futures = [executor.submit(_simulate_chunk, config_json, c, str(p)) for c, p in todo]
-    return futures, as_completed
+        return ({executor.submit(_simulate_chunk, config_json, c, str(p), False,
+                                 pure=False): p for c, p in todo}, dask_as_completed)
+    return ({executor.submit(_simulate_chunk, config_json, c, str(p)): None for c, p in todo},
+            as_completed)
 
 
 def _fingerprint(config: Config) -> str:
@@ -210,9 +232,9 @@ def _stored_config(out_dir: Path) -> str | None:
     stored = out_dir / "config.json"
     if stored.exists():
         return stored.read_text()
-    if (out_dir / "results.nc").exists():
+    if (out_dir / RESULTS).exists():
         try:
-            return load(out_dir / "results.nc").attrs.get("config")
+            return load(out_dir / RESULTS).attrs.get("config")
         except Exception:  # unreadable results: nothing to compare, rewritten below
             return None
     return None
@@ -244,8 +266,24 @@ def _check_same_config(out_dir: Path, config_json: str, fingerprint: str) -> Non
 def _clear(out_dir: Path, derived: Sequence[str | Path]) -> None:
     """Remove a previous sweep's files (``overwrite``)."""
     shutil.rmtree(out_dir / "chunks", ignore_errors=True)
-    for p in (out_dir / "results.nc", out_dir / "config.json", *derived):
+    shutil.rmtree(out_dir / RESULTS, ignore_errors=True)
+    for p in (out_dir / "config.json", *derived):
         Path(p).unlink(missing_ok=True)
+
+
+def _complete(out_dir: Path, config_json: str, num_points: int) -> xr.Dataset | None:
+    """The joined results already in ``out_dir``, if they hold every point of this config."""
+    path = out_dir / RESULTS
+    if not path.exists() or (out_dir / "chunks").exists():
+        return None
+    try:
+        ds = load(path)
+    except Exception:  # unreadable: computed and written again
+        return None
+    if ds.attrs.get("config") != config_json or ds["point"].values.tolist() != list(
+            range(num_points)):
+        return None
+    return ds
 
 
 def _finished(path: Path, points: list[int], config_json: str) -> bool:
@@ -282,11 +320,19 @@ def _compute(todo: list, config_json: str, workers: int, executor: Any, bar: Any
         executor = ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker, initargs=(os.getpid(),))
-    futures: list = []
+    futures: dict = {}
     try:
         futures, waiter = _submit_all(executor, config_json, todo)
-        for fut in waiter(futures):
-            fut.result()
+        for fut in waiter(list(futures)):
+            try:
+                result = fut.result()
+            except BrokenProcessPool as err:
+                raise RuntimeError(
+                    "a sweep worker process stopped before finishing its chunk (killed, out of "
+                    "memory, or a script that calls run_sweep(workers > 1) outside "
+                    "'if __name__ == \"__main__\":', which every worker imports again)") from err
+            if futures[fut] is not None:
+                save(result, futures[fut])
             bar.update(1)
     except BaseException:
         # Ctrl-C or a failed chunk: stop the rest now rather than after it finishes
@@ -313,12 +359,16 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
         The sweep.
     out_dir : str or Path
         Directory for ``config.json``, ``chunks/`` and the joined
-        ``results.nc``. Chunks already there (from an interrupted run of the
-        same config) are kept; unreadable ones are computed again.
+        ``results.zarr``. Chunks already there (from an interrupted run of
+        the same config) are kept; unreadable ones are computed again. With
+        local workers it must be writable by them; a dask ``Client``'s
+        workers need no access to it.
     points_per_chunk : int >= 1
         Points simulated together in one task (one array program).
     workers : int >= 1
         Worker processes when no ``executor`` is given (1 = in this process).
+        Workers import the calling script again: call ``run_sweep`` under
+        ``if __name__ == "__main__":``.
     executor : concurrent.futures.Executor, optional
         Where to run the chunks, e.g. a ``distributed.Client`` (dask) or a
         ``ProcessPoolExecutor`` of your own. It must accept ``submit``.
@@ -328,13 +378,15 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
         Replace the sweep of another config found in ``out_dir`` (otherwise
         refused).
     derived : sequence of str or Path
-        Files made from ``results.nc`` (figures): removed just before it is
+        Files made from ``results.zarr`` (figures): removed just before it is
         replaced, and on ``overwrite``.
 
     Returns
     -------
     xarray.Dataset
-        Identical to ``simulate(config)``.
+        Identical to ``simulate(config)``. The chunk files are removed once
+        it is written; a finished sweep of the same config in ``out_dir``
+        is read back, not computed again.
 
     Raises
     ------
@@ -346,8 +398,8 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
 
     Examples
     --------
-    Three points in chunks of two: two chunk files, joined into the Dataset
-    that one ``simulate`` call gives:
+    Three points in chunks of two, joined into the Dataset that one
+    ``simulate`` call gives; the chunk files go once the join is written:
 
     >>> import os, tempfile
     >>> from routesim import Config, simulate
@@ -357,14 +409,18 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
     ...     "sweep.parameters": {"controller.bias_update_rate": [0.0, 0.01, 0.1]}})
     >>> with tempfile.TemporaryDirectory() as out:
     ...     ds = run_sweep(cfg, out, points_per_chunk=2)
-    ...     chunks = [len(files) for _, _, files in os.walk(os.path.join(out, "chunks"))]
-    ...     sorted(os.listdir(out)), sum(chunks)
-    (['chunks', 'config.json', 'results.nc'], 2)
+    ...     sorted(os.listdir(out))
+    ['config.json', 'results.zarr']
     >>> dict(ds.sizes), ds.identical(simulate(cfg, progress=False))
     ({'step': 3, 'point': 3, 'replica': 1, 'expert': 4}, True)
     """
     if workers < 1:
         raise ConfigError(f"workers = {workers}: must be an integer >= 1")
+    if workers > 1 and executor is None and _importing_main_in_worker():
+        raise ConfigError(f"workers = {workers}: run_sweep was called while a worker process "
+                          "imported the calling script; call it under "
+                          "'if __name__ == \"__main__\":'")
+    config = resolve_rates(config)  # once, before chunking: every chunk runs these numbers
     # one chunk per worker in memory at once; refused before anything is written
     resources.check(config, range(min(points_per_chunk, config.num_points)), False,
                     copies=1 if executor is not None else min(workers, config.num_points))
@@ -375,6 +431,9 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
         _clear(out_dir, derived)
     else:
         _check_same_config(out_dir, config_json, fingerprint)
+        done = _complete(out_dir, config_json, config.num_points)
+        if done is not None:
+            return done
     chunk_dir = out_dir / "chunks" / fingerprint
     try:
         chunk_dir.mkdir(parents=True, exist_ok=True)
@@ -398,8 +457,19 @@ def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,
             raise SweepInterrupted(kept, len(chunks), chunk_dir) from err
     joined = xr.concat([load(p) for p in paths], dim="point", data_vars="minimal",
                        coords="minimal", compat="override", join="outer")
-    save(joined, out_dir / "results.nc", derived=derived)
+    joined = joined.assign_coords(label=joined["label"].astype(str))  # one width for all
+    save(joined, out_dir / RESULTS, derived=derived)
+    shutil.rmtree(out_dir / "chunks", ignore_errors=True)
     return joined
+
+
+def _importing_main_in_worker() -> bool:
+    """Whether this is a spawned process still importing the parent's script.
+
+    ``_inheriting`` is what :mod:`multiprocessing` itself checks to refuse
+    starting processes at that moment.
+    """
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 def _write_text(path: Path, text: str) -> None:

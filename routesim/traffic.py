@@ -11,7 +11,10 @@ Three kinds (``traffic.kind``):
     permutation of the experts at given steps).
 ``features``
     Token features ``x`` from a mixture of topics (centre plus spread)
-    through router weights ``W``: ``z = x @ W.T``.
+    through router weights ``W``: ``z = x @ W.T``. The topic weights may
+    drift the same three ways, on their logarithms: a random walk, a
+    sinusoid (topic ``m`` in phase ``2 pi m / M``), or regime switches (a
+    fresh permutation of the weights at given steps).
 ``trace``
     Replay of a recorded logit array, cycled over steps.
 
@@ -39,6 +42,7 @@ from .exceptions import ConfigError
 
 __all__ = [
     "popularity",
+    "topic_weights",
     "TrafficParams",
     "TrafficState",
     "make_traffic_params",
@@ -48,6 +52,10 @@ __all__ = [
     "logits",
     "load_trace",
 ]
+
+
+#: Stream id of the regime permutations of the topic weights.
+TOPIC_REGIME_STREAM = rng.Stream.EXTRA + 22
 
 
 def popularity(skew: str, num_experts: int, *, linear_spread: float = 1.0,
@@ -114,6 +122,7 @@ class TrafficParams:
     feature_dim: int
     num_topics: int
     topic_cumweights_M: np.ndarray
+    topic_logweights_M: np.ndarray
     topic_spread_P: np.ndarray
     router_init_scale: float
     topic_by_micro_batch: bool
@@ -136,6 +145,12 @@ class TrafficState:
         Topic centres (``features``).
     weight_PRED : array (P, R, E, D) or None
         Router weights (``features``).
+    topic_logw_PRM : float64 array (P, R, M) or None
+        Log topic weights in force (``features`` with drift; None without).
+    topic_walk_PRM : float64 array (P, R, M) or None
+        Random-walk displacement of the log topic weights.
+    topic_perm_GPRM : int array (G, P, R, M) or None
+        Topic permutation of each regime (``features`` with regime drift).
 
     Examples
     --------
@@ -152,6 +167,9 @@ class TrafficState:
     regime_perm_GPRE: Any
     centres_PRMD: Any = None
     weight_PRED: Any = None
+    topic_logw_PRM: Any = None
+    topic_walk_PRM: Any = None
+    topic_perm_GPRM: Any = None
 
 
 def load_trace(trace: str) -> np.ndarray:
@@ -225,9 +243,16 @@ def make_traffic_params(points: Sequence[Config]) -> TrafficParams:
         drift_period_P=col("drift_period"), regime_steps=t.regime_steps,
         feature_dim=t.feature_dim, num_topics=t.num_topics,
         topic_cumweights_M=np.cumsum(np.asarray(weights, dtype=np.float64)),
+        topic_logweights_M=_log_weights(weights),
         topic_spread_P=col("topic_spread"), router_init_scale=t.router_init_scale,
         topic_by_micro_batch=t.topic_by_micro_batch, trace_SXE=trace,
     )
+
+
+def _log_weights(weights: Sequence[float]) -> np.ndarray:
+    """Logarithms of the topic weights (-inf for a zero weight)."""
+    with np.errstate(divide="ignore"):
+        return np.log(np.asarray(weights, dtype=np.float64))
 
 
 def _per_point(xp: ModuleType, values_P: np.ndarray, ndim: int, dtype: Any) -> Any:
@@ -274,16 +299,27 @@ def init_traffic(xp: ModuleType, params: TrafficParams, keys_PR: Any,
                         xp.arange(g * n, (g + 1) * n, dtype=xp.uint64))
         perms.append(xp.argsort(u, axis=-1))
     regime_perm = xp.stack(perms)
-    centres = weight = None
+    centres = weight = logw = walk = topic_perm = None
     if params.kind == "features":
         d, m = params.feature_dim, params.num_topics
         centres = rng.standard_normal(xp, keys_PR, -1, rng.Stream.FEATURE,
                                       xp.arange(m, dtype=xp.uint64), d, dtype) / math.sqrt(d)
         weight = params.router_init_scale * rng.standard_normal(
             xp, keys_PR, -1, rng.Stream.TOPIC, xp.arange(n, dtype=xp.uint64), d, dtype)
+        if params.drift != "none":
+            logw = xp.broadcast_to(xp.asarray(params.topic_logweights_M, dtype=xp.float64),
+                                   shape + (m,))
+            walk = xp.zeros(shape + (m,), dtype=xp.float64)
+            tperms = [xp.broadcast_to(xp.arange(m), shape + (m,))]
+            for g in range(1, groups):
+                u = rng.uniform(xp, keys_PR, -1, TOPIC_REGIME_STREAM,
+                                xp.arange(g * m, (g + 1) * m, dtype=xp.uint64))
+                tperms.append(xp.argsort(u, axis=-1))
+            topic_perm = xp.stack(tperms)
     return TrafficState(mu_PRE=xp.asarray(mu0, copy=True), walk_PRE=xp.zeros_like(mu0),
                         regime_perm_GPRE=regime_perm, centres_PRMD=centres,
-                        weight_PRED=weight)
+                        weight_PRED=weight, topic_logw_PRM=logw, topic_walk_PRM=walk,
+                        topic_perm_GPRM=topic_perm)
 
 
 def advance_traffic(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: Any,
@@ -317,8 +353,10 @@ def advance_traffic(xp: ModuleType, params: TrafficParams, state: TrafficState, 
     >>> (state.mu_PRE[0, 0].astype(float).round(3) + 0.0).tolist()  # + 0.0: no -0.0
     [1.0, 0.0, -1.0, 0.0]
     """
-    if params.kind != "popularity" or params.drift == "none":
+    if params.drift == "none" or params.kind == "trace":
         return state
+    if params.kind == "features":
+        return _advance_topics(xp, params, state, keys_PR, step)
     n = params.num_experts
     dtype = state.mu_PRE.dtype
     mu0 = xp.asarray(params.mu0_PE, dtype=dtype)[:, None, :]
@@ -338,6 +376,70 @@ def advance_traffic(xp: ModuleType, params: TrafficParams, state: TrafficState, 
         perm = state.regime_perm_GPRE[g]
         mu = xp.take_along_axis(xp.broadcast_to(mu0, perm.shape), perm, axis=-1)
     return dataclasses.replace(state, mu_PRE=mu, walk_PRE=walk)
+
+
+def _advance_topics(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: Any,
+                    step: int) -> TrafficState:
+    """The log topic weights in force at ``step`` (``features`` traffic with drift)."""
+    m, f64 = params.num_topics, xp.float64
+    logw0 = xp.asarray(params.topic_logweights_M, dtype=f64)
+    walk = state.topic_walk_PRM
+    if params.drift == "random_walk" and step > 0:
+        z = rng.standard_normal(xp, keys_PR, step, rng.Stream.DRIFT,
+                                xp.arange(1, dtype=xp.uint64), m, f64)[:, :, 0, :]
+        walk = walk + _per_point(xp, params.drift_std_P, 3, f64) * z
+    logw = logw0 + walk
+    if params.drift == "sinusoid":
+        phase = 2 * math.pi * xp.arange(m, dtype=f64) / m
+        period = _per_point(xp, params.drift_period_P, 3, f64)
+        amp = _per_point(xp, params.drift_amplitude_P, 3, f64)
+        logw = logw + amp * xp.sin(2 * math.pi * step / period + phase)
+    if params.drift == "regime":
+        g = sum(1 for s in params.regime_steps if step >= s)
+        perm = state.topic_perm_GPRM[g]
+        logw = xp.take_along_axis(xp.broadcast_to(logw0, perm.shape), perm, axis=-1)
+    return dataclasses.replace(state, topic_logw_PRM=logw, topic_walk_PRM=walk)
+
+
+def topic_weights(xp: ModuleType, params: TrafficParams, state: TrafficState) -> Any:
+    """Topic mixture weights in force: array (P, R, M), or (M,) without drift.
+
+    Parameters
+    ----------
+    xp : namespace
+    params : TrafficParams
+        Of ``features`` traffic.
+    state : TrafficState
+        As returned by :func:`advance_traffic` for the step.
+
+    Returns
+    -------
+    float64 array (P, R, M) with drift, (M,) without
+
+    Examples
+    --------
+    Regime switches permute the weights ``[0.7, 0.2, 0.1]`` at step 2:
+
+    >>> import numpy as np
+    >>> from routesim import Config, rng
+    >>> cfg = Config().replace(**{"router.num_experts": 4, "router.topk": 2,
+    ...     "traffic.kind": "features", "traffic.num_topics": 3,
+    ...     "traffic.topic_weights": [0.7, 0.2, 0.1], "traffic.drift": "regime",
+    ...     "traffic.regime_steps": [2]})
+    >>> params, keys = make_traffic_params(cfg.points()), rng.point_keys(0, [0], 1)
+    >>> state = init_traffic(np, params, keys)
+    >>> before = topic_weights(np, params, advance_traffic(np, params, state, keys, 1))
+    >>> after = topic_weights(np, params, advance_traffic(np, params, state, keys, 2))
+    >>> before.round(6).tolist(), sorted(after[0, 0].round(6).tolist())
+    ([[[0.7, 0.2, 0.1]]], [0.1, 0.2, 0.7])
+    """
+    if state.topic_logw_PRM is None:
+        return xp.diff(xp.asarray(params.topic_cumweights_M, dtype=xp.float64),
+                       prepend=xp.zeros((1,), dtype=xp.float64))
+    logw = state.topic_logw_PRM
+    top = xp.max(logw, axis=-1, keepdims=True)
+    e = xp.exp(logw - top)
+    return e / xp.sum(e, axis=-1, keepdims=True)
 
 
 def token_features(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: Any,
@@ -379,7 +481,10 @@ def token_features(xp: ModuleType, params: TrafficParams, state: TrafficState, k
     else:
         unit = rows
     u = rng.uniform(xp, keys_PR, step, rng.Stream.TOPIC, unit, dtype=xp.float64)
-    cum = xp.asarray(params.topic_cumweights_M[:-1], dtype=xp.float64)
+    if state.topic_logw_PRM is None:
+        cum = xp.asarray(params.topic_cumweights_M[:-1], dtype=xp.float64)
+    else:  # drifting weights: one cumulative table per (point, replica)
+        cum = xp.cumulative_sum(topic_weights(xp, params, state), axis=-1)[:, :, None, :-1]
     topic = xp.sum(xp.astype(u[..., None] >= cum, xp.int64), axis=-1)
     m = params.num_topics
     onehot = xp.astype(topic[..., None] == xp.arange(m), dtype)

@@ -1,5 +1,6 @@
 """Command line: summary, outputs, and one-line errors with exit status 2."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,35 @@ def test_run_prints_summary_and_writes_outputs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MaxVio_batch" in out and "MaxVio_global" in out
     assert "type=sign" in out and "type=none" in out
-    for name in ("results.nc", "maxvio_batch.png", "maxvio_batch.pdf"):
+    assert (tmp_path / "out" / "results.zarr").is_dir()
+    for name in ("maxvio_batch.png", "maxvio_batch.pdf"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_run_without_out_writes_under_results_and_says_so(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "tiny_cfg.toml"
+    cfg.write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(cfg), "--no-progress", "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "results: results/tiny_cfg/results.zarr" in out and "no --out given" in out
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["tiny_cfg"]
+    assert main(["run", str(cfg), "--no-progress", "--no-save"]) == 0
+    assert "results:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--no-save", "--out", "o"], "--no-save: cannot be combined with --out = 'o'"),
+    (["--no-save", "--no-plot"], "--no-plot: has no effect with --no-save"),
+])
+def test_conflicting_output_flags_refused(tmp_path, monkeypatch, capsys, args, needle):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(cfg), *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == [cfg]
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -65,7 +93,10 @@ def test_unusable_backend_refused_before_work(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(TINY)
     assert main(["run", str(cfg), "--backend", "cupy", "--out", str(tmp_path / "o")]) == 2
-    assert "cupy" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cupy" in err
+    if importlib.util.find_spec("cupy") is None:  # the error says how to install it
+        assert "pip install 'routesim[gpu]'" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -255,7 +255,7 @@ def test_user_law_sweep_through_the_cli(pi, tmp_path, capsys):
                    'skew = "linear"\n[controller]\ntype = "pi"\n[controller.params]\n'
                    'kp = 0.05\n[sweep]\n"controller.params.ki" = [0.0, 0.01, 0.03]\n')
     assert cli_main(["sweep", str(cfg), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    ds = load(tmp_path / "out" / "results.nc")
+    ds = load(tmp_path / "out" / "results.zarr")
     _check_against_python(ds, [0.0, 0.01, 0.03])
     stored = json.loads(ds.attrs["config"])
     assert stored["controller"]["params"] == {"kp": 0.05}
@@ -274,7 +274,7 @@ def test_spawned_sweep_workers_register_the_law_from_controller_module(tmp_path)
     try:
         assert cli_main(["sweep", str(cfg), "--out", str(tmp_path / "out"), "--workers", "2",
                          "--no-progress"]) == 0
-        ds = load(tmp_path / "out" / "results.nc")
+        ds = load(tmp_path / "out" / "results.zarr")
         _check_against_python(ds, [0.0, 0.01])
     finally:
         C.unregister("pi")

@@ -156,7 +156,7 @@ def test_cli_run_reports_a_fault_in_one_line_with_status_3_and_writes_nothing(tm
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("routesim: numerical fault: step ")
     assert "bias is inf" in err and "Traceback" not in err
-    assert not (out / "results.nc").exists()
+    assert not (out / "results.zarr").exists()
 
 
 def test_cli_sweep_keeps_finished_chunks_on_a_fault(tmp_path, capsys):
@@ -168,7 +168,7 @@ def test_cli_sweep_keeps_finished_chunks_on_a_fault(tmp_path, capsys):
     assert err.count("\n") == 1 and "index 1" in err and "finished chunks are kept" in err
     chunks = sorted(p.name for p in (out / "chunks").rglob("*.nc"))
     assert chunks == ["points_00000-00000.nc"]
-    assert not (out / "results.nc").exists()
+    assert not (out / "results.zarr").exists()
 
 
 def test_cli_refuses_a_load_time_fault_with_status_2(tmp_path, capsys):

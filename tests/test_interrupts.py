@@ -135,10 +135,10 @@ def test_signal_stops_every_worker_and_resume_is_identical(slow, tmp_path, sig, 
         assert waited < 10, f"stopped {waited:.1f} s after the signal"
         assert f"interrupted: {len(kept)} of 4 chunks kept in" in err, err
         assert "re-run the same command to resume" in err and "Traceback" not in err
-    resumed = run_sweep(cfg, out, points_per_chunk=2, progress=False)
     assert all(p.stat().st_size > 0 for p in kept)
+    resumed = run_sweep(cfg, out, points_per_chunk=2, progress=False)
     xr.testing.assert_identical(resumed, whole)
-    xr.testing.assert_identical(load(out / "results.nc"), whole)
+    xr.testing.assert_identical(load(out / "results.zarr"), whole)
 
 
 @pytest.fixture()
@@ -148,35 +148,49 @@ def tiny(tmp_path):
     return path, load_config(path)
 
 
-def test_truncated_and_empty_chunks_are_computed_again(tiny, tmp_path):
+def test_truncated_and_empty_chunks_are_computed_again(tiny, tmp_path, monkeypatch):
+    import routesim.sweep as sweep
+
     _, cfg = tiny
     whole = run_sweep(cfg, tmp_path / "a", progress=False)
     out = tmp_path / "b"
-    run_sweep(cfg, out, progress=False)
-    first, second, third = _chunks(out)
-    stamp = third.stat().st_mtime_ns
-    first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
-    second.write_bytes(b"")
+    real, ran = sweep._simulate_chunk, []
+
+    def stop_at_last(config_json, points, path, write=True):
+        if points == [2]:
+            raise KeyboardInterrupt
+        return real(config_json, points, path, write)
+
+    monkeypatch.setattr(sweep, "_simulate_chunk", stop_at_last)
+    with pytest.raises(sweep.SweepInterrupted):
+        run_sweep(cfg, out, progress=False)
+    first, second = _chunks(out)
+    first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])  # truncated
+    (second.parent / "points_00002-00002.nc").write_bytes(b"")             # empty
+    monkeypatch.setattr(sweep, "_simulate_chunk", lambda *a: ran.append(a[1]) or real(*a))
     xr.testing.assert_identical(run_sweep(cfg, out, progress=False), whole)
-    assert [load(p).sizes["point"] for p in (first, second)] == [1, 1]
-    assert third.stat().st_mtime_ns == stamp  # a good chunk is not recomputed
+    assert ran == [[0], [2]]  # the good chunk (point 1) is not computed again
+
+
+def _tree(path: Path) -> dict:
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_changed_config_refused_unless_overwrite(tiny, tmp_path, capsys):
     path, cfg = tiny
     out = tmp_path / "out"
     assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 0
-    before = (out / "results.nc").read_bytes()
+    before = _tree(out / "results.zarr")
     path.write_text(TINY.replace("steps = 4", "steps = 5"))
     capsys.readouterr()
     assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "run.steps (4 -> 5)" in err and "--overwrite" in err and err.count("\n") == 1
-    assert (out / "results.nc").read_bytes() == before
+    assert _tree(out / "results.zarr") == before
     assert main(["sweep", str(path), "--out", str(out), "--no-progress", "--overwrite"]) == 0
     new = run_sweep(load_config(path), tmp_path / "fresh", progress=False)
-    xr.testing.assert_identical(load(out / "results.nc"), new)
-    assert len(list((out / "chunks").iterdir())) == 1  # the old config's chunks are gone
+    xr.testing.assert_identical(load(out / "results.zarr"), new)
+    assert not (out / "chunks").exists()  # removed with the join
     with pytest.raises(ConfigError, match="another config"):
         run_sweep(cfg, out, progress=False)
 
@@ -217,9 +231,9 @@ def test_no_stale_figure_beside_new_results(tiny, tmp_path):
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--no-plot",
                  "--seed", "7"]) == 0
     assert not any((out / f).exists() for f in FIGURES)
-    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
-    # results.nc of a sweep replaces those of the run: the run's figure goes with them
-    assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 0
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--seed", "7"]) == 0
+    # the results of a sweep replace those of the run: the run's figure goes with them
+    assert main(["sweep", str(path), "--out", str(out), "--no-progress", "--overwrite"]) == 0
     assert not any((out / f).exists() for f in FIGURES)
 
 

@@ -319,7 +319,17 @@ BAD = [
      "penalty.noisy_gate"),
     ({"penalty": {"load_loss": 0.1}}, "penalty.load_loss"),
     ({"penalty": {"learn": False, "type": "switch"}}, "penalty.type"),
-    ({"router": {"capacity_factor": 1.0}}, "router.capacity_factor"),
+    ({"penalty": {"type": "switch", "loss": "kl"}}, "penalty.loss"),
+    ({"penalty": {"type": "switch", "target": [0.5, 0.5, 0.5, -0.5]}}, "penalty.target"),
+    ({"penalty": {"type": "switch", "target": [0.3, 0.3, 0.3, 0.3]}}, "penalty.target"),
+    ({"penalty": {"type": "switch", "target": [0.5, 0.5]}}, "penalty.target"),
+    ({"penalty": {"type": "switch", "loss": "logsumexp", "temperature": 0.0}},
+     "penalty.temperature"),
+    ({"penalty": {"type": "switch", "loss": "entropy", "normalization": "mixtral"}},
+     "penalty.normalization"),
+    ({"penalty": {"type": "switch", "normalise": False}}, "penalty.normalise"),
+    ({"penalty": {"type": "switch", "temperature": 0.5}}, "penalty.temperature"),
+    ({"sweep": {"penalty.loss": ["switch", "minimax"]}}, "penalty.loss"),
     ({"controller": {"type": "quantile"}}, "controller.type"),
     ({"sweep": {"penalty.alpha": [0.1, -1.0]}}, "penalty.alpha"),
 ]
@@ -354,7 +364,7 @@ type = "switch"
 [sweep]
 "penalty.alpha" = [0.0, 0.01]
 """)
-    assert cli_main(["run", str(toml), "--no-progress"]) == 0
+    assert cli_main(["run", str(toml), "--no-progress", "--no-save"]) == 0
     out = capsys.readouterr().out
     for header in ("MaxVio_global", "MaxVio_batch", "dead", "task proxy", "interference"):
         assert header in out

@@ -121,6 +121,14 @@ MEASURED = {
                         "batch": {"num_sequences": 16, "seq_length": 128},
                         "router": {"num_experts": 64, "topk": 4},
                         "penalty": {"learn": True, "optimizer": "adam"}},
+    "learning logits (capacity)": {"run": {"steps": 3}, "traffic": {"kind": "features",
+                                                                    "feature_dim": 64},
+                                   "batch": {"num_sequences": 16, "seq_length": 128,
+                                             "micro_batch_size": 4},
+                                   "router": {"num_experts": 64, "topk": 4,
+                                              "capacity_factor": 1.0},
+                                   "penalty": {"learn": True, "optimizer": "adam",
+                                               "type": "switch", "alpha": 0.01}},
 }
 
 

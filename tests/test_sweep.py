@@ -1,6 +1,7 @@
 """Chunked, parallel and resumed sweeps give the numbers of one call."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -33,23 +34,45 @@ def _same(a, b):
 
 
 def test_chunks_in_this_process(whole, tmp_path):
-    _same(run_sweep(CFG, tmp_path, points_per_chunk=4, progress=False), whole)
-    assert (tmp_path / "results.nc").exists()
+    with warnings.catch_warnings(record=True) as caught:  # labels of several widths
+        warnings.simplefilter("always")
+        _same(run_sweep(CFG, tmp_path, points_per_chunk=4, progress=False), whole)
+    assert [str(w.message) for w in caught] == []
+    # joined into compressed zarr; the chunk files are gone once it is written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "results.zarr"]
+    meta = json.loads((tmp_path / "results.zarr" / "expert_load" / ".zarray").read_text())
+    assert meta["compressor"]["cname"] == "zstd"
 
 
 def test_two_worker_processes(whole, tmp_path):
     _same(run_sweep(CFG, tmp_path, points_per_chunk=2, workers=2, progress=False), whole)
 
 
-def test_resume_recomputes_only_missing_chunks(whole, tmp_path):
-    run_sweep(CFG, tmp_path, points_per_chunk=2, progress=False)
+def test_resume_recomputes_only_missing_chunks(whole, tmp_path, monkeypatch):
+    import routesim.sweep as sweep
+
+    real, ran = sweep._simulate_chunk, []
+
+    def failing(config_json, points, path, write=True):
+        ran.append(points[0])
+        if points[0] == 2:
+            raise RuntimeError("chunk failed")
+        return real(config_json, points, path, write)
+
+    monkeypatch.setattr(sweep, "_simulate_chunk", failing)
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        run_sweep(CFG, tmp_path, points_per_chunk=2, progress=False)
     files = sorted((tmp_path / "chunks").rglob("*.nc"))
-    assert len(files) == 3
-    stamps = {f: f.stat().st_mtime_ns for f in files}
-    files[1].unlink()
+    assert [f.name for f in files] == ["points_00000-00001.nc"]  # kept for the resume
+    monkeypatch.setattr(sweep, "_simulate_chunk", lambda *a: ran.append(a[1][0]) or real(*a))
+    ran.clear()
     _same(run_sweep(CFG, tmp_path, points_per_chunk=2, progress=False), whole)
-    assert files[0].stat().st_mtime_ns == stamps[files[0]]
-    assert files[1].exists()
+    assert ran == [2, 4]  # the kept chunk is not computed again
+    assert not (tmp_path / "chunks").exists()
+    # a finished sweep is read back, not computed again
+    ran.clear()
+    _same(run_sweep(CFG, tmp_path, points_per_chunk=2, progress=False), whole)
+    assert ran == []
 
 
 def test_bad_arguments():
@@ -99,7 +122,7 @@ def grid(tmp_path_factory):
 def test_grid_order_run_cli(grid, tmp_path):
     path, _, whole = grid
     assert main(["run", str(path), "--out", str(tmp_path), "--no-progress", "--no-plot"]) == 0
-    xr.testing.assert_identical(load(tmp_path / "results.nc"), whole)
+    xr.testing.assert_identical(load(tmp_path / "results.zarr"), whole)
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
@@ -107,7 +130,7 @@ def test_grid_order_sweep_cli(grid, tmp_path, chunk):
     path, _, whole = grid
     assert main(["sweep", str(path), "--out", str(tmp_path), "--chunk", str(chunk),
                  "--workers", "2", "--no-progress"]) == 0
-    xr.testing.assert_identical(load(tmp_path / "results.nc"), whole)
+    xr.testing.assert_identical(load(tmp_path / "results.zarr"), whole)
 
 
 def test_grid_order_dask_cluster(grid, tmp_path):
@@ -118,7 +141,7 @@ def test_grid_order_dask_cluster(grid, tmp_path):
             distributed.Client(cluster) as client:
         ds = run_sweep(cfg, tmp_path, points_per_chunk=2, executor=client, progress=False)
     xr.testing.assert_identical(ds, whole)
-    xr.testing.assert_identical(load(tmp_path / "results.nc"), whole)
+    xr.testing.assert_identical(load(tmp_path / "results.zarr"), whole)
 
 
 def test_grid_order_rerun_from_stored_config(grid):

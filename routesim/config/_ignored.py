@@ -67,6 +67,16 @@ def _traffic(kind: str, extra: Callable[[Any], bool] = lambda p: True,
     return why
 
 
+def _drifting(extra: Callable[[Any], bool] = lambda p: True, extra_why: str = "") -> _Why:
+    """A drift field: popularity traffic drifts mu, features traffic its topic weights."""
+    def why(p: Any) -> str | None:
+        if p.traffic.kind not in ("popularity", "features"):
+            return (f"traffic.kind = {p.traffic.kind!r} does not use it (only 'popularity' "
+                    "and 'features' do)")
+        return None if extra(p) else extra_why.format(p=p)
+    return why
+
+
 def _learning(extra: Callable[[Any], bool] = lambda p: True, extra_why: str = "") -> _Why:
     def why(p: Any) -> str | None:
         if not p.penalty.learn:
@@ -106,17 +116,17 @@ RULES: dict[str, _Why] = {
     "traffic.noise": _traffic("popularity"),
     "traffic.noise_scale": _traffic("popularity"),
     "traffic.seq_correlation": _traffic("popularity"),
-    "traffic.drift": _traffic("popularity"),
-    "traffic.drift_std": _traffic("popularity", lambda p: p.traffic.drift == "random_walk",
+    "traffic.drift": _drifting(),
+    "traffic.drift_std": _drifting(lambda p: p.traffic.drift == "random_walk",
                                   "traffic.drift = {p.traffic.drift!r} does not use it "
                                   "(only 'random_walk' does)"),
-    "traffic.drift_amplitude": _traffic("popularity", lambda p: p.traffic.drift == "sinusoid",
+    "traffic.drift_amplitude": _drifting(lambda p: p.traffic.drift == "sinusoid",
                                         "traffic.drift = {p.traffic.drift!r} does not use it "
                                         "(only 'sinusoid' does)"),
-    "traffic.drift_period": _traffic("popularity", lambda p: p.traffic.drift == "sinusoid",
+    "traffic.drift_period": _drifting(lambda p: p.traffic.drift == "sinusoid",
                                      "traffic.drift = {p.traffic.drift!r} does not use it "
                                      "(only 'sinusoid' does)"),
-    "traffic.regime_steps": _traffic("popularity", lambda p: p.traffic.drift == "regime",
+    "traffic.regime_steps": _drifting(lambda p: p.traffic.drift == "regime",
                                      "traffic.drift = {p.traffic.drift!r} does not use it "
                                      "(only 'regime' does)"),
     **{f"traffic.{n}": _traffic("features")
@@ -158,7 +168,16 @@ RULES: dict[str, _Why] = {
     **{f"penalty.{n}": _learning(lambda p: p.penalty.type != "none",
                                  "penalty.type = 'none' does not use it (set a balance loss "
                                  "type)")
-       for n in ("alpha", "normalization", "f_map")},
+       for n in ("alpha", "normalization", "f_map", "loss", "target", "module")},
+    "penalty.normalise": lambda p: (
+        _learning(lambda q: q.penalty.type != "none",
+                  "penalty.type = 'none' does not use it (set a balance loss type)")(p)
+        or (None if p.router.score_function == "sigmoid" and not p.penalty.noisy_gate else
+            "a softmax gate's scores already sum to 1 (only a sigmoid gate's E[rho] "
+            "differs from P)")),
+    "penalty.temperature": _learning(
+        lambda p: p.penalty.type != "none" and p.penalty.loss == "logsumexp",
+        "penalty.loss = {p.penalty.loss!r} does not use it (only 'logsumexp' does)"),
     "penalty.alpha_schedule": _learning(
         lambda p: p.penalty.type != "none" or p.penalty.importance_loss > 0
         or p.penalty.load_loss > 0,

@@ -80,7 +80,8 @@ def format_bytes(size: float) -> str:
 
 def _check_bias_step(cfg: Any) -> None:
     c, r = cfg.controller, cfg.router
-    if "bias_update_rate" not in get_law(c.type).uses or c.bias_update_rate == 0:
+    if ("bias_update_rate" not in get_law(c.type).uses or c.bias_update_rate == 0
+            or isinstance(c.bias_update_rate, str)):  # an expression: checked once resolved
         return
     dtype = np.dtype(cfg.run.bias_dtype)
     b0 = 1.0 if r.bias_mode == "multiplicative" else 0.0

@@ -8,6 +8,7 @@ from typing import Any, Iterator, Literal, Mapping
 from ..controllers.registry import get_law, import_law_module, registered
 from ..exceptions import ConfigError
 from ._checks import DATACLASS, check_types, positive, require
+from ._rates import CRITICAL_RATE_LAWS, parse_rate
 
 __all__ = ["ControllerConfig", "LawParameters"]
 
@@ -23,8 +24,12 @@ class ControllerConfig:
         built-in ``none``, ``sign``, ``sign_centred``, ``proportional``,
         ``ema``, ``rms``, ``momentum_tanh``, ``quantile``, or one added with
         :func:`routesim.controllers.register`. See docs/controllers.md.
-    bias_update_rate : float >= 0
-        ``u``, the rate (Megatron ``moe_router_bias_update_rate``).
+    bias_update_rate : float >= 0 or str
+        ``u``, the rate (Megatron ``moe_router_bias_update_rate``), or a
+        multiple of the critical rate predicted for the point's own scenario,
+        ``"0.5 u_c"`` (laws ``proportional``, ``ema``, ``momentum_tanh``;
+        sweepable), resolved to a number before the run and stored in
+        ``sweep.resolved``. See "Loop gains of the laws" below.
     window : {"micro_batch", "global_batch", "steps"}
         Loads are counted over this window and the bias is updated at its
         end; ``steps`` updates every ``update_every`` steps.
@@ -56,6 +61,12 @@ class ControllerConfig:
     --------
     >>> ControllerConfig(type="ema", momentum=0.5).momentum
     0.5
+    >>> ControllerConfig(type="proportional", bias_update_rate="0.5 u_c").bias_update_rate
+    '0.5 u_c'
+    >>> ControllerConfig(type="sign", bias_update_rate="0.5 u_c")
+    Traceback (most recent call last):
+    ...
+    routesim.exceptions.ConfigError: controller.bias_update_rate = '0.5 u_c': a rate in units of the critical rate needs controller.type in 'proportional', 'ema', 'momentum_tanh' (laws with a predicted critical rate), not 'sign' (a relay: it oscillates at every rate, with an amplitude that grows with the rate); give a number
     >>> ControllerConfig(momentum=1.0)
     Traceback (most recent call last):
     ...
@@ -63,7 +74,7 @@ class ControllerConfig:
     """
 
     type: str = "sign"
-    bias_update_rate: float = 1e-3
+    bias_update_rate: float | str = 1e-3
     window: Literal["micro_batch", "global_batch", "steps"] = "global_batch"
     update_every: int = 1
     momentum: float = 0.9
@@ -77,7 +88,8 @@ class ControllerConfig:
     def __post_init__(self) -> None:
         check_types(self, "controller")
         self._check_law()
-        positive(self, "controller", "bias_update_rate", "bias_cap", allow_zero=True)
+        self._check_rate()
+        positive(self, "controller", "bias_cap", allow_zero=True)
         positive(self, "controller", "tanh_scale")
         require(self.update_every >= 1, "controller.update_every", self.update_every,
                  "must be an integer >= 1")
@@ -89,6 +101,23 @@ class ControllerConfig:
                  "must be in [0, 1)")
         require(self.warmup_steps >= 0, "controller.warmup_steps", self.warmup_steps,
                  "must be an integer >= 0")
+
+    def _check_rate(self) -> None:
+        """A number >= 0, or ``"<m> u_c"`` for a law with a predicted critical rate."""
+        rate = self.bias_update_rate
+        if not isinstance(rate, str):
+            positive(self, "controller", "bias_update_rate", allow_zero=True)
+            return
+        parse_rate(rate)
+        if self.type not in CRITICAL_RATE_LAWS:
+            relay = (" (a relay: it oscillates at every rate, with an amplitude that grows "
+                     "with the rate)" if self.type in ("sign", "sign_centred") else "")
+            raise ConfigError(
+                f"controller.bias_update_rate = {rate!r}: a rate in units of the critical "
+                "rate needs controller.type in "
+                + ", ".join(repr(x) for x in CRITICAL_RATE_LAWS)
+                + f" (laws with a predicted critical rate), not {self.type!r}{relay}; "
+                "give a number")
 
     def _check_law(self) -> None:
         """``type`` against the registry, ``params`` against the law's checks."""

@@ -15,6 +15,7 @@ from ..controllers.registry import get_law
 from ..exceptions import ConfigError
 from ._checks import DATACLASS, check_types, require
 from ._numerics import check_numerics
+from ._rates import check_rate_expression
 from ._ignored import check_ignored, check_kernel, set_fields_by_value
 from ._trace import check_trace
 from .penalty import PenaltyConfig
@@ -129,6 +130,7 @@ class Config:
             require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
                      "a learnable router or a penalty needs traffic.kind = 'features'")
         self._check_learning()
+        check_rate_expression(self)
         check_numerics(self)
 
     def _check_learning(self) -> None:
@@ -154,6 +156,12 @@ class Config:
             require(r.score_function == "softmax", "penalty.noisy_gate", pen.noisy_gate,
                      "the noisy top-K gate is a softmax gate: needs router.score_function = "
                      f"'softmax', not {r.score_function!r}")
+        if pen.target is not None:
+            require(len(pen.target) == r.num_experts, "penalty.target", list(pen.target),
+                     f"must have router.num_experts ({r.num_experts}) entries")
+        require(pen.normalization == "megatron" or pen.loss == "switch", "penalty.normalization",
+                 pen.normalization, f"'mixtral' scales the dot-product loss only (penalty.loss = "
+                 f"'switch', not {pen.loss!r}): the objectives read F as a distribution")
         for name in ("importance_loss", "load_loss"):
             value = getattr(pen, name)
             require(value == 0 or pen.noisy_gate, f"penalty.{name}", value,
@@ -161,8 +169,6 @@ class Config:
                      "penalty.noisy_gate = true (or the weight to 0)")
         require(self.run.engine == "exact", "run.engine", self.run.engine,
                  "a learning router needs run.engine = 'exact'")
-        require(r.dropless, "router.capacity_factor", r.capacity_factor,
-                 "the learning router routes dropless: omit it (or use inf)")
         require(r.router_type == "token_choice", "router.router_type", r.router_type,
                  "the learning router is token choice")
         law = get_law(self.controller.type)
@@ -187,6 +193,14 @@ class Config:
             for key, value in assignment.items():
                 section, name = key.split(".", 1)
                 by_section.setdefault(section, {})[name] = value
+            for key, values in self.sweep.resolved.items():
+                section, name = key.split(".", 1)
+                written = by_section.get(section, {}).get(name, getattr(sections[section], name))
+                if not isinstance(written, str) and written != values[i]:
+                    raise ConfigError(f"sweep.resolved.{key}[{i}] = {values[i]!r}: point {i} "
+                                      f"sets the number {written!r}; a resolved value stands "
+                                      "only for an expression such as '0.5 u_c'")
+                by_section.setdefault(section, {})[name] = values[i]
             for section, changes in by_section.items():
                 try:
                     sections[section] = _replace_section(sections[section], changes)
@@ -226,6 +240,8 @@ class Config:
                 v = getattr(section, f.name)
                 if v is None or (isinstance(v, LawParameters) and not v):
                     continue
+                if f.name == "resolved" and not v:
+                    continue
                 if isinstance(v, tuple):
                     v = list(v)
                 if isinstance(v, LawParameters):
@@ -257,6 +273,9 @@ class Config:
                                   f"section one of {', '.join(_SECTIONS)}")
             section, name = key.split(".", 1)
             by_section.setdefault(section, {})[name] = value
+        if "sweep.resolved" not in changes and self.sweep.resolved:
+            # a change may move the critical rate: the next run resolves again
+            sections["sweep"] = dataclasses.replace(self.sweep, resolved={})
         for section, ch in by_section.items():
             known = {f.name for f in fields(_SECTIONS[section])}
             for name in ch:
@@ -286,15 +305,15 @@ def _section_from_dict(name: str, cls: type, data: Any) -> Any:
         kwargs = {}
         params = {}
         for key, value in data.items():
-            if key in ("mode", "labels"):
+            if key in ("mode", "labels", "resolved"):
                 kwargs[key] = value
             elif key == "parameters" and isinstance(value, dict):
                 params.update(value)
             elif "." in key:
                 params[key] = value
             else:
-                raise ConfigError(f"sweep.{key}: unknown key; use 'mode', 'labels' or a dotted "
-                                  "field name such as 'controller.bias_update_rate'")
+                raise ConfigError(f"sweep.{key}: unknown key; use 'mode', 'labels', 'resolved' "
+                                  "or a dotted field name such as 'controller.bias_update_rate'")
         return SweepConfig(parameters=params, **kwargs)
     for key in data:
         if key not in known:

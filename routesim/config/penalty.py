@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Literal
 
+from ..exceptions import ConfigError
+from ..penalty_registry import import_objective_module, registered
 from ._checks import DATACLASS, check_types, positive, require
 
 __all__ = ["PenaltyConfig"]
@@ -29,6 +32,27 @@ class PenaltyConfig:
         per sequence, or with ``f`` accumulated over the global batch.
     alpha : float >= 0
         Balance-loss coefficient.
+    loss : str
+        The balance objective ``phi(F)`` taken through the straight-through
+        estimator ``F -> P + sg[F - P]`` (:mod:`routesim.penalty_registry`):
+        ``"switch"`` (the dot product ``N sum_i f_i P_i``), ``"quadratic"``
+        (``1/2 ||F - Q||^2``), ``"entropy"`` (``KL(F || Q)``), ``"l1"``,
+        ``"logsumexp"`` (a smooth ``max_i F_i / Q_i - 1``), or a registered
+        user objective.
+    target : list of float or None
+        Target load distribution ``Q`` over the experts (each > 0, summing
+        to 1); None = uniform ``1/N``.
+    normalise : bool
+        ``P`` from probabilities that sum to 1 per token (softmax, or sigmoid
+        scores over their sum: Megatron) or, when false, the mean raw
+        sigmoid score ``E[rho]``.
+    temperature : float > 0
+        ``tau`` of the ``logsumexp`` objective.
+    module : str or None
+        A module (dotted name or ``.py`` path) imported when the config is
+        read, which registers the objective named in ``loss``
+        (:func:`routesim.penalty_registry.register`); sweep workers import it
+        too.
     normalization : {"megatron", "mixtral"}
         ``f_i = c_i / (K T)`` (the loss equals ``alpha`` at balance) or
         ``c_i / T`` (transformers' Mixtral loss: equals ``K * alpha``).
@@ -97,6 +121,11 @@ class PenaltyConfig:
     learn: bool = False
     type: Literal["none", "switch", "sequence", "global_batch"] = "none"
     alpha: float = 0.0
+    loss: str = "switch"
+    target: tuple[float, ...] | None = None
+    normalise: bool = True
+    temperature: float = 0.1
+    module: str | None = None
     normalization: Literal["megatron", "mixtral"] = "megatron"
     f_map: Literal["unbiased", "realized"] = "unbiased"
     z_loss: float = 0.0
@@ -126,7 +155,24 @@ class PenaltyConfig:
         check_types(self, "penalty")
         positive(self, "penalty", "alpha", "z_loss", "noise_init_scale", "importance_loss",
                   "load_loss", "affinity_scale", "quality_strength", allow_zero=True)
-        positive(self, "penalty", "learning_rate", "schedule_width", "adam_eps")
+        positive(self, "penalty", "learning_rate", "schedule_width", "adam_eps", "temperature")
+        if self.module is not None:
+            try:
+                import_objective_module(self.module)
+            except Exception as err:  # any failure of the user's module is a config error
+                raise ConfigError(f"penalty.module = {self.module!r}: cannot be imported "
+                                  f"({type(err).__name__}: {err})") from None
+        names = registered()
+        require(self.loss in names, "penalty.loss", self.loss,
+                 "must be one of " + ", ".join(repr(n) for n in names)
+                 + " (add one with routesim.penalty_registry.register, or name the module "
+                 "that registers it in penalty.module)")
+        if self.target is not None:
+            q = self.target
+            require(all(math.isfinite(x) and x > 0 for x in q), "penalty.target", list(q),
+                     "must be finite and > 0 (each entry)")
+            require(abs(sum(q) - 1.0) < 1e-6, "penalty.target", list(q),
+                     f"must sum to 1 (it sums to {sum(q):.6g})")
         for name in ("schedule_final_fraction", "lr_final_fraction"):
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, f"penalty.{name}", value, "must be in [0, 1]")

@@ -58,6 +58,17 @@ class RunConfig:
         1024). None: the memory available when the run starts
         (``MemAvailable``). A run whose estimated peak memory
         (:mod:`routesim.resources`) exceeds it is refused before it starts.
+    record : {"full", "metrics"}
+        What the results keep: ``full`` keeps the per-expert variables
+        (``expert_load``, ``kept_load``, ``bias`` and every other variable
+        with an ``expert`` dimension); ``metrics`` drops them and keeps the
+        per-step metrics, so large sweeps stay small. Every metric is
+        computed from the per-expert arrays before they are dropped.
+    record_every : int > 0
+        Keep steps ``0, n, 2n, ...`` of the per-step variables. Metrics that
+        need every step (``maxvio_global`` over its trailing window,
+        ``flip_fraction``, the whole-run and end-of-run MaxVio) are computed
+        from every step before the others are thinned.
 
     Examples
     --------
@@ -80,6 +91,8 @@ class RunConfig:
     common_random_numbers: bool = False
     kernel: Literal["auto", "generic", "numba", "cuda"] = "auto"
     max_memory: int | str | None = None
+    record: Literal["full", "metrics"] = "full"
+    record_every: int = 1
 
     def __post_init__(self) -> None:
         check_types(self, "run")
@@ -90,6 +103,8 @@ class RunConfig:
         require(0 <= self.seed < 2**63, "run.seed", self.seed, "must be an integer in [0, 2**63)")
         require(self.global_window >= 1, "run.global_window", self.global_window,
                  "must be an integer >= 1")
+        require(1 <= self.record_every <= self.steps, "run.record_every", self.record_every,
+                 f"must be an integer in [1, run.steps = {self.steps}]")
 
     @property
     def max_memory_bytes(self) -> int | None:
@@ -189,14 +204,17 @@ class TrafficConfig:
         sequence (per expert); tokens of one sequence then correlate with
         coefficient ``rho``.
     drift : {"none", "random_walk", "sinusoid", "regime"}
-        How ``mu`` moves over steps.
+        How ``mu`` (``popularity``) or the log topic weights (``features``)
+        move over steps.
     drift_std : float >= 0
-        Random-walk step standard deviation per expert per step.
+        Random-walk step standard deviation per expert (per topic) per step.
     drift_amplitude, drift_period : float
-        Sinusoid ``mu_i(t) = mu_i + A sin(2 pi t / period + 2 pi i / N)``.
+        Sinusoid ``mu_i(t) = mu_i + A sin(2 pi t / period + 2 pi i / N)``;
+        for ``features`` ``log w_m(t) = log w_m + A sin(2 pi t / period +
+        2 pi m / M)``, renormalised.
     regime_steps : list of int
-        Steps at which ``mu`` is replaced by a fresh random permutation of
-        itself (regime switches).
+        Steps at which ``mu`` (the topic weights) is replaced by a fresh
+        random permutation of itself (regime switches).
     feature_dim : int > 0
         ``d`` of the token features (``features``).
     num_topics : int > 0

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from ._checks import DATACLASS, check_types, require
 from ._numerics import MAX_POINTS
+from ._rates import RESOLVABLE
 
 __all__ = ["SweepConfig", "SWEEPABLE", "LAW_PARAMS", "is_sweepable"]
 
@@ -26,6 +27,14 @@ class SweepConfig:
         Dotted field name (one of :data:`SWEEPABLE`) to its values.
     labels : list of str or None
         One label per point (default: built from the swept values).
+    resolved : dict of str to list of float
+        Per-point numbers that replace an expression at each point:
+        ``{"controller.bias_update_rate": [...]}`` holds the rate of each
+        point where the config gives it in units of the critical rate
+        (``"0.5 u_c"``). Written by :func:`routesim.theory.resolve_rates`
+        before a run, so that a run of the stored config repeats the same
+        numbers; :meth:`Config.replace` drops it (the next run resolves
+        again).
 
     Examples
     --------
@@ -45,6 +54,7 @@ class SweepConfig:
     mode: Literal["grid", "zip"] = "grid"
     parameters: dict = field(default_factory=dict)
     labels: tuple[str, ...] | None = None
+    resolved: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_types(self, "sweep")
@@ -67,13 +77,29 @@ class SweepConfig:
         if self.labels is not None:
             require(len(self.labels) == self.num_points, "sweep.labels", list(self.labels),
                      f"must have one label per point ({self.num_points})")
+        self._check_resolved()
+
+    def _check_resolved(self) -> None:
+        require(isinstance(self.resolved, dict), "sweep.resolved", self.resolved,
+                 "must be a table of field names to lists of numbers")
+        out = {}
+        for key, values in self.resolved.items():
+            require(key in RESOLVABLE, f"sweep.resolved.{key}", values,
+                     "only " + ", ".join(RESOLVABLE) + " is resolved before a run")
+            ok = (isinstance(values, (list, tuple)) and len(values) == self.num_points
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and math.isfinite(v) and v >= 0 for v in values))
+            require(ok, f"sweep.resolved.{key}", values,
+                     f"must be a list of one finite number >= 0 per point ({self.num_points})")
+            out[key] = tuple(float(v) for v in values)
+        object.__setattr__(self, "resolved", out)
 
     def __eq__(self, other: object) -> bool:
         # The order of the axes is the order of the points: {a, b} != {b, a}.
         if not isinstance(other, SweepConfig):
             return NotImplemented
-        return ((self.mode, list(self.parameters.items()), self.labels)
-                == (other.mode, list(other.parameters.items()), other.labels))
+        return ((self.mode, list(self.parameters.items()), self.labels, self.resolved)
+                == (other.mode, list(other.parameters.items()), other.labels, other.resolved))
 
     @property
     def num_points(self) -> int:
@@ -102,8 +128,9 @@ SWEEPABLE = frozenset(
                               "drift_period", "topic_spread")]
     + [f"controller.{n}" for n in ("type", "bias_update_rate", "momentum", "bias_cap",
                                    "warmup_steps", "tanh_scale", "quantile_ema")]
-    + [f"penalty.{n}" for n in ("type", "alpha", "z_loss", "learning_rate", "importance_loss",
-                                "load_loss", "affinity_scale", "quality_strength")]
+    + [f"penalty.{n}" for n in ("type", "loss", "alpha", "z_loss", "learning_rate",
+                                "importance_loss", "load_loss", "affinity_scale",
+                                "quality_strength")]
 )
 
 #: Dotted prefix of a law's parameters, sweepable by name (``controller.params.ki``).

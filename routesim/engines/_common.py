@@ -92,6 +92,11 @@ def select_points(config: Config, point_indices: Sequence[int] | None
     ...
     routesim.exceptions.ConfigError: point_indices: 3 is not a point index in [0, 3)"""
     all_points = config.points()
+    for p in all_points:
+        if isinstance(p.controller.bias_update_rate, str):
+            raise ConfigError(f"controller.bias_update_rate = {p.controller.bias_update_rate!r}: "
+                              "not resolved; resolve it with routesim.theory.resolve_rates "
+                              "(routesim.simulate does)")
     indices = tuple(range(len(all_points)) if point_indices is None else point_indices)
     for i in indices:
         if not 0 <= i < len(all_points):
@@ -252,8 +257,9 @@ class LearnerExtra:
     """The learning router's losses, schedules and diagnostics of one step.
 
     Field names end in their shape (P, R, E); the result variable is the
-    name without it (``task_proxy_PR`` -> ``task_proxy``). The last four are
-    None without the noisy gate.
+    name without it (``task_proxy_PR`` -> ``task_proxy``). ``importance_cv2``,
+    ``load_cv2``, ``gate_noise`` and ``eval_load`` are None without the noisy
+    gate; ``drop_by_position`` (L: sequence positions) is None when dropless.
 
     Examples
     --------
@@ -275,6 +281,7 @@ class LearnerExtra:
     z_loss_value_PR: Any
     interference_PR: Any
     cancelled_share_PR: Any
+    task_projection_PR: Any
     max_logit_PR: Any
     logit_spread_PR: Any
     alpha_t_P: Any
@@ -285,6 +292,7 @@ class LearnerExtra:
     load_cv2_PR: Any = None
     gate_noise_PR: Any = None
     eval_load_PRE: Any = None
+    drop_by_position_PRL: Any = None
 
 
 EngineExtra = ExpertChoiceExtra | MeanFieldExtra | LearnerExtra

@@ -13,8 +13,10 @@ step:
 3. the task-loss proxy (:mod:`routesim.learning.task_proxy`) and the penalties
    (:mod:`routesim.learning.penalties`, :mod:`routesim.learning.noisy_gate`), each with its
    analytic gradient on the logits, turned into gradients on ``W``;
-4. interference: cosine between the task and penalty gradients on ``W`` and
-   the share of the task gradient the penalty cancels;
+4. interference: cosine between the task and penalty gradients on ``W``, the
+   share of the task gradient the penalty cancels (clipped to [0, 1]) and the
+   signed projection of the total gradient on the task gradient (negative
+   when the step goes against the task);
 5. one SGD or Adam step on ``W`` (and ``W_noise``) with the summed gradient;
    the expert usage behind the rich-get-richer quality is updated from the
    step's loads.
@@ -59,7 +61,7 @@ from ._common import (LearnerExtra, PointPlan, StepOutput, closes_after_micro_ba
                       update_controller)
 
 __all__ = ["LearnerState", "LearnerOutput", "LearnerPlan", "make_learner_simulator",
-           "make_plan_learner", "init_state", "step_state", "NOISE_STREAM"]
+           "make_plan_learner", "init_state", "step_state", "drop_by_position", "NOISE_STREAM"]
 
 #: Stream id of the noisy gate's draws (``rng.Stream.EXTRA`` upwards is free).
 NOISE_STREAM = rng.Stream.EXTRA + 20
@@ -130,8 +132,9 @@ class LearnerPlan:
     ----------
     points : PointPlan
     tparams, cparams : traffic and controller parameters of the points.
-    types_P : str array (P,)
-        Balance-loss type of each point.
+    types_P, losses_P : str arrays (P,)
+        Balance-loss groups (``penalty.type``) and objective (``penalty.loss``)
+        of each point.
     alpha_P, zcoef_P, lr_P, imp_P, loadw_P, gamma_P, affinity_P : float arrays (P,)
         Per-point penalty weights, learning rate, rich-get-richer strength and
         affinity scale.
@@ -151,6 +154,7 @@ class LearnerPlan:
     tparams: Any
     cparams: Any
     types_P: np.ndarray
+    losses_P: np.ndarray
     alpha_P: np.ndarray
     zcoef_P: np.ndarray
     lr_P: np.ndarray
@@ -194,6 +198,7 @@ def make_plan_learner(config: Config, point_indices: Sequence[int] | None = None
     return LearnerPlan(points=pp, tparams=traffic.make_traffic_params(pp.points),
                        cparams=controllers.make_controller_params(pp.points),
                        types_P=np.array([p.penalty.type for p in pp.points]),
+                       losses_P=np.array([p.penalty.loss for p in pp.points]),
                        alpha_P=col("alpha"), zcoef_P=col("z_loss"), lr_P=col("learning_rate"),
                        imp_P=col("importance_loss"), loadw_P=col("load_loss"),
                        gamma_P=col("quality_strength"), affinity_P=col("affinity_scale"))
@@ -250,35 +255,101 @@ def close_window(plan: LearnerPlan, state: LearnerState) -> LearnerState:
                                windows_done=state.windows_done + 1)
 
 
-def route(plan: LearnerPlan, state: LearnerState, s: Any, plain_idx: Any, t: int
-          ) -> tuple[LearnerState, Any, Any, Any]:
-    """Biased top-K per micro-batch with the controller in the loop."""
+@dataclass(frozen=True)
+class _Routed:
+    """A step's routing: chosen and kept assignments, loads per sequence."""
+
+    mask: Any         # (P, R, T, E) chosen (biased top-K)
+    kept: Any         # (P, R, T, E) kept after capacity (the mask when dropless)
+    routed_seq: Any   # (P, R, B, E) chosen per sequence
+    kept_seq: Any     # (P, R, B, E) kept per sequence
+    displaced: Any    # (P, R)
+
+
+def route(plan: LearnerPlan, state: LearnerState, fw: _Forward, plain_idx: Any, t: int
+          ) -> tuple[LearnerState, _Routed]:
+    """Biased top-K and capacity per micro-batch, with the controller in the loop.
+
+    The controller window counts the kept loads, as in the exact engine; with
+    ``router.capacity_factor`` each micro-batch's assignments beyond
+    ``routing.capacity`` are dropped by :func:`routesim.routing.drop_to_capacity`
+    (``probs``: the smallest mixing weights go first).
+    """
     xp, cfg, shape_PR = plan.points.xp, plan.cfg, plan.points.shape_PRE[:2]
     batch, router, record = cfg.batch, cfg.router, cfg.run.record_displacement
     n_mb, k, n = batch.num_micro_batches, router.topk, router.num_experts
-    t_mb = batch.sequences_per_micro_batch * batch.seq_length
-    masks, counts, displaced = [], [], xp.zeros(shape_PR, dtype=xp.float64)
+    seqs_mb = batch.sequences_per_micro_batch
+    t_mb = seqs_mb * batch.seq_length
+    cap = routing.capacity(t_mb, k, n, router.capacity_factor)
+    gate_kind = "noisy" if cfg.penalty.noisy_gate else router.score_function
+    masks, kept_masks, counts, kept_counts = [], [], [], []
+    displaced = xp.zeros(shape_PR, dtype=xp.float64)
     for mb in range(n_mb):
-        s_mb = s[:, :, mb * t_mb:(mb + 1) * t_mb, :]
-        sel = routing.selection_scores(xp, s_mb, xp.astype(state.bias_PRE, xp.float64),
-                                       router.bias_mode)
+        rows = slice(mb * t_mb, (mb + 1) * t_mb)
+        sel = routing.selection_scores(xp, fw.s[:, :, rows, :],
+                                       xp.astype(state.bias_PRE, xp.float64), router.bias_mode)
         idx = routing.select_topk(xp, sel, k, router.num_groups, router.group_topk)
-        routed = routing.counts_per_sequence(xp, idx, batch.sequences_per_micro_batch,
-                                             batch.seq_length, n)
-        masks.append(one_hot(xp, idx, n))
+        mask = one_hot(xp, idx, n)
+        routed = routing.counts_per_sequence(xp, idx, seqs_mb, batch.seq_length, n)
+        kept, kept_routed = mask, routed
+        if cap < t_mb:
+            w = task_proxy.mixing_weights(xp, gate_kind, fw.h[:, :, rows, :], mask, k,
+                                          router.topk_scaling_factor, router.pre_softmax)
+            kept = routing.drop_to_capacity(xp, mask, w, cap, router.token_drop_policy,
+                                            seqs_mb, batch.seq_length)
+            kept_routed = routing.mask_counts_per_sequence(xp, kept, seqs_mb, batch.seq_length)
+        masks.append(mask)
+        kept_masks.append(kept)
         counts.append(routed)
+        kept_counts.append(kept_routed)
         if record:
-            plain = plain_idx[:, :, mb * t_mb:(mb + 1) * t_mb, :]
+            plain = plain_idx[:, :, rows, :]
             displaced = displaced + routing.displaced_share(xp, idx, plain) / n_mb
         state = dataclasses.replace(
-            state, window_load_PRE=state.window_load_PRE + xp.sum(routed, axis=2))
+            state, window_load_PRE=state.window_load_PRE + xp.sum(kept_routed, axis=2))
         if closes_after_micro_batch(cfg.controller):
             state = close_window(plan, state)
     if closes_after_step(cfg.controller, t):
         state = close_window(plan, state)
     if not record:
         displaced = xp.full(shape_PR, float("nan"), dtype=xp.float64)
-    return state, xp.concat(masks, axis=2), xp.concat(counts, axis=2), displaced
+    return state, _Routed(mask=xp.concat(masks, axis=2), kept=xp.concat(kept_masks, axis=2),
+                          routed_seq=xp.concat(counts, axis=2),
+                          kept_seq=xp.concat(kept_counts, axis=2), displaced=displaced)
+
+
+def drop_by_position(xp: ModuleType, mask_PRTE: Any, kept_PRTE: Any, num_sequences: int,
+                     seq_length: int) -> Any:
+    """Share of the assignments at each sequence position dropped by capacity: (P, R, L).
+
+    Parameters
+    ----------
+    xp : namespace
+    mask_PRTE, kept_PRTE : bool arrays (P, R, T, E)
+        Chosen and kept assignments, tokens sequence-major (``T = B * L``).
+    num_sequences, seq_length : int
+        ``B`` and ``L``.
+
+    Returns
+    -------
+    float64 array (P, R, L)
+
+    Examples
+    --------
+    Two sequences of two tokens, top-1; the second token of sequence 1 dropped:
+
+    >>> import numpy as np
+    >>> mask = np.ones((1, 1, 4, 1), dtype=bool)
+    >>> kept = np.array([True, True, True, False])[None, None, :, None]
+    >>> drop_by_position(np, mask, kept, 2, 2).tolist()
+    [[[0.0, 0.5]]]
+    """
+    p, r, _, e = mask_PRTE.shape
+    shape = (p, r, num_sequences, seq_length, e)
+    chosen = xp.sum(xp.astype(xp.reshape(mask_PRTE, shape), xp.float64), axis=(2, 4))
+    lost = xp.sum(xp.astype(xp.reshape(mask_PRTE & ~kept_PRTE, shape), xp.float64),
+                  axis=(2, 4))
+    return lost / xp.where(chosen > 0, chosen, 1.0)
 
 
 def optimize(plan: LearnerPlan, state: LearnerState, t: int, grads: tuple) -> LearnerState:
@@ -340,8 +411,8 @@ def forward(plan: LearnerPlan, state: LearnerState, t: int) -> _Forward:
 
 
 def _gradients(plan: LearnerPlan, fw: _Forward, d_task: Any, d_pen: Any,
-               d_clean_load: Any, d_raw_load: Any) -> tuple[tuple, Any, Any]:
-    """Gradients on ``W`` (and ``W_noise``); cosine and cancelled share of task vs penalty."""
+               d_clean_load: Any, d_raw_load: Any) -> tuple[tuple, Any, tuple]:
+    """Gradients on ``W`` (and ``W_noise``); cosine, cancelled share and signed projection."""
     xp = plan.points.xp
     g_task = penalties.weight_grad(xp, d_task, fw.x)
     g_pen = penalties.weight_grad(
@@ -351,7 +422,7 @@ def _gradients(plan: LearnerPlan, fw: _Forward, d_task: Any, d_pen: Any,
         d_raw = (d_task + d_pen) * fw.eps * sigmoid(xp, fw.raw) + d_raw_load
         grads = (g_task + g_pen, penalties.weight_grad(xp, d_raw, fw.x))
     cos, cancelled = penalties.interference(xp, g_task, g_pen)
-    return grads, cos, cancelled
+    return grads, cos, (cancelled, penalties.task_projection(xp, g_task, g_pen))
 
 
 def _eval_pass(plan: LearnerPlan, fw: _Forward, first_bias: Any) -> tuple[Any, Any]:
@@ -392,35 +463,42 @@ def step_state(plan: LearnerPlan, state: LearnerState) -> tuple[LearnerState, St
     plain_idx = routing.select_topk(xp, fw.s, k, router.num_groups, router.group_topk)
     unbiased = (one_hot(xp, plain_idx, n) if router.num_groups is None
                 else penalties.topk_map(xp, fw.h, k))
-    state, mask, routed_seq, displaced = route(plan, state, fw.s, plain_idx, t)
-    load = xp.sum(routed_seq, axis=2)
+    state, rt = route(plan, state, fw, plain_idx, t)
+    mask = rt.mask
+    load, kept_load = xp.sum(rt.routed_seq, axis=2), xp.sum(rt.kept_seq, axis=2)
     quality = per_point(plan, plan.gamma_P, 3) * (state.usage_PRE - 1.0)
-    values = task_proxy.token_values(xp, fw.topic, state.affinity_PRME, quality)
+    # a dropped assignment earns nothing and passes no task gradient (the residual carries it)
+    kept_f = xp.astype(rt.kept, xp.float64)
+    values = task_proxy.token_values(xp, fw.topic, state.affinity_PRME, quality) * kept_f
     proxy, d_task, weights = task_proxy.task_loss(
         xp, "noisy" if cfg.penalty.noisy_gate else router.score_function, fw.h, mask, values,
         k, router.topk_scaling_factor, router.pre_softmax)
-    affinity_part = xp.mean(xp.sum(weights * (values - quality[:, :, None, :]), axis=-1),
-                            axis=-1)
+    affinity_part = xp.mean(
+        xp.sum(weights * (values - quality[:, :, None, :] * kept_f), axis=-1), axis=-1)
     pen_value, d_pen, (d_clean_load, d_raw_load), logs = penalty_terms(
         plan, t, fw.h, mask, unbiased, fw.clean, fw.raw, fw.eps)
-    grads, cos, cancelled = _gradients(plan, fw, d_task, d_pen, d_clean_load, d_raw_load)
+    grads, cos, (cancelled, projection) = _gradients(plan, fw, d_task, d_pen, d_clean_load,
+                                                     d_raw_load)
     state = optimize(plan, state, t, grads)
-    usage = task_proxy.update_usage(xp, state.usage_PRE, load, cfg.penalty.quality_memory, k,
-                                    cfg.batch.tokens_per_step)
+    usage = task_proxy.update_usage(xp, state.usage_PRE, kept_load, cfg.penalty.quality_memory,
+                                    k, cfg.batch.tokens_per_step)
     eval_load, noise = (_eval_pass(plan, fw, first_bias) if cfg.penalty.noisy_gate
                         else (None, None))
     extra = LearnerExtra(
         task_proxy_PR=proxy, task_affinity_PR=affinity_part, penalty_PR=pen_value,
         balance_loss_PR=logs["balance_loss"], z_loss_value_PR=logs["z_loss_value"],
-        interference_PR=cos, cancelled_share_PR=cancelled,
+        interference_PR=cos, cancelled_share_PR=cancelled, task_projection_PR=projection,
         max_logit_PR=xp.max(fw.h, axis=(-2, -1)),
         logit_spread_PR=xp.mean(xp.std(fw.h, axis=-1), axis=-1),
         alpha_t_P=logs["alpha_t"], z_loss_t_P=logs["z_loss_t"],
         lr_t_P=xp.asarray(plan.lr_P * _lr_factor(plan, t)), expert_quality_PRE=quality,
         importance_cv2_PR=logs.get("importance_cv2"), load_cv2_PR=logs.get("load_cv2"),
-        gate_noise_PR=noise, eval_load_PRE=eval_load)
-    out = StepOutput(bias_PRE=first_bias, load_PRE=load, kept_PRE=load, displaced_PR=displaced,
-                     maxvio_compute_PRC=maxvio_compute(xp, routed_seq,
+        gate_noise_PR=noise, eval_load_PRE=eval_load,
+        drop_by_position_PRL=(None if router.dropless else drop_by_position(
+            xp, mask, rt.kept, cfg.batch.num_sequences, cfg.batch.seq_length)))
+    out = StepOutput(bias_PRE=first_bias, load_PRE=load, kept_PRE=kept_load,
+                     displaced_PR=rt.displaced,
+                     maxvio_compute_PRC=maxvio_compute(xp, rt.routed_seq,
                                                        cfg.batch.computation_batch_sizes),
                      extra=extra)
     return dataclasses.replace(state, step=t + 1, usage_PRE=usage), out

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..learning import noisy_gate, optim, penalties
+from ..learning import balance_family, noisy_gate, optim, penalties
 
 if TYPE_CHECKING:
     from .learner import LearnerPlan
@@ -60,15 +60,25 @@ def schedule_weight(plan: LearnerPlan, kind: str, t: int) -> float:
 
 
 def _balance_terms(plan: LearnerPlan, h: Any, fmap: Any, w_bal: float, acc: dict) -> None:
-    """Add the weighted balance losses of the points that have one (in place on ``acc``)."""
+    """Add the weighted balance losses of the points that have one (in place on ``acc``).
+
+    Each (group type, objective) pair present is evaluated once for all points.
+    """
     xp, cfg = plan.points.xp, plan.cfg
-    for typ, groups in (("switch", cfg.batch.num_micro_batches),
-                        ("sequence", cfg.batch.num_sequences), ("global_batch", 1)):
-        chosen = plan.types_P == typ
+    pen = cfg.penalty
+    target = (balance_family.uniform_target(xp, cfg.router.num_experts) if pen.target is None
+              else xp.asarray(pen.target, dtype=xp.float64))
+    pairs = [(typ, groups, loss)
+             for typ, groups in (("switch", cfg.batch.num_micro_batches),
+                                 ("sequence", cfg.batch.num_sequences), ("global_batch", 1))
+             for loss in dict.fromkeys(plan.losses_P.tolist())]
+    for typ, groups, loss in pairs:
+        chosen = (plan.types_P == typ) & (plan.losses_P == loss)
         if not chosen.any():
             continue
-        val, grad = penalties.balance_loss(xp, h, fmap, plan.aux_gate, cfg.router.topk, groups,
-                                           cfg.penalty.normalization)
+        val, grad = balance_family.family_loss_from_map(
+            xp, loss, h, fmap, plan.aux_gate, cfg.router.topk, groups, target,
+            pen.normalise, pen.temperature, pen.normalization)
         c_P = np.where(chosen, plan.alpha_P * w_bal, 0.0)
         acc["value"] = acc["value"] + per_point(plan, c_P, 2) * val
         acc["d_h"] = acc["d_h"] + per_point(plan, c_P, 4) * grad

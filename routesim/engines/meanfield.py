@@ -50,7 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import controllers, rng, traffic
-from .._backend import to_numpy
+from .._backend import argsort_stable, to_numpy
 from ..config import Config
 from ..exceptions import ConfigError
 from ..routing import capacity
@@ -91,7 +91,7 @@ def round_to_total(xp: ModuleType, x: Any, total: int) -> Any:
     base = xp.floor(x)
     frac = x - base
     deficit = total - xp.sum(base, axis=-1, keepdims=True)
-    rank = xp.argsort(xp.argsort(-frac, axis=-1, stable=True), axis=-1, stable=True)
+    rank = argsort_stable(xp, argsort_stable(xp, -frac))
     return xp.astype(base, xp.int64) + xp.astype(rank < deficit, xp.int64)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .._backend import argsort_stable
 from .._math import normal_cdf, sigmoid, softplus
 from .penalties import cv_squared, group_tokens
 
@@ -148,7 +149,7 @@ def importance_loss(xp: ModuleType, h_TE: Any, mask_TE: Any, groups: int
 
 def _thresholds(xp: ModuleType, h_TE: Any, topk: int) -> tuple[Any, Any, Any, Any]:
     """In-top-K mask and the K-th / (K+1)-th largest of ``h`` with their indices."""
-    order = xp.argsort(-h_TE, axis=-1, stable=True)
+    order = argsort_stable(xp, -h_TE)
     e = h_TE.shape[-1]
     grid = xp.arange(e)
     idx_k = order[..., topk - 1:topk]

@@ -64,6 +64,7 @@ __all__ = [
     "router_logits",
     "weight_grad",
     "interference",
+    "task_projection",
 ]
 
 PENALTY_TYPES = ("none", "switch", "sequence", "global_batch")
@@ -314,3 +315,38 @@ def interference(xp: ModuleType, g_task: Any, g_pen: Any) -> tuple[Any, Any]:
     cos = xp.where(den > 0, dot / xp.where(den > 0, den, 1.0), 0.0)
     share = xp.where(nt > 0, xp.clip(-dot / xp.where(nt > 0, nt, 1.0), 0.0, 1.0), 0.0)
     return cos, share
+
+
+def task_projection(xp: ModuleType, g_task: Any, g_pen: Any) -> Any:
+    """Signed projection of the total gradient on the task gradient, in units of the task's.
+
+    Per leading (P, R) index over the trailing (E, D) axes:
+    ``<g_task + g_pen, g_task> / |g_task|^2 = 1 + <g_pen, g_task> / |g_task|^2``.
+    1 without a penalty; below 1 the penalty slows the task; below 0 the
+    step moves *against* the task gradient (the reversal of the aux-loss
+    critique, ``1 - 2 alpha < 0`` for a penalty gradient ``-2 alpha g_task``).
+    Unlike :func:`interference`'s cancelled share it is not clipped. NaN
+    where the task gradient is zero.
+
+    Parameters
+    ----------
+    xp : namespace
+    g_task, g_pen : arrays (..., E, D)
+        Task and penalty gradients on the router weights.
+
+    Returns
+    -------
+    float64 array (...)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = np.array([[1.0, 0.0]])
+    >>> task_projection(np, g, -2 * 0.75 * g).tolist()   # 1 - 2 alpha with alpha = 0.75
+    -0.5
+    >>> task_projection(np, g, np.array([[0.0, 3.0]])).tolist()   # orthogonal: no effect
+    1.0
+    """
+    dot = xp.sum(g_task * g_pen, axis=(-2, -1))
+    nt = xp.sum(g_task * g_task, axis=(-2, -1))
+    return xp.where(nt > 0, 1.0 + dot / xp.where(nt > 0, nt, 1.0), float("nan"))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..analysis import stack_points
 from .data import line_table, replica_interval
 from .save import defaults
 from .style import PlotResult, check_choice, new_axes, paper_style, tidy_log_axes
@@ -48,7 +49,9 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
     Parameters
     ----------
     ds : xarray.Dataset
-        As returned by :func:`routesim.simulate`.
+        As returned by :func:`routesim.simulate`, or with the sweep's
+        settings as dimensions (:func:`routesim.analysis.unstack_points`):
+        one line per combination of settings.
     variable : str
         ``maxvio_batch`` or ``maxvio_global``.
     ax : matplotlib Axes, optional
@@ -80,6 +83,7 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
     if ax is None:
         _, ax = plt.subplots(figsize=defaults["plot.figsize"])
     smooth = defaults["plot.smooth_steps"] if smooth is None else smooth
+    ds = stack_points(ds)
     values = ds[variable].transpose("step", "point", "replica").values
     steps = ds["step"].values
     labels = ds["label"].values if "label" in ds.coords else ds["point"].values

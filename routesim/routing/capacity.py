@@ -15,6 +15,8 @@ import math
 from types import ModuleType
 from typing import Any
 
+from .._backend import argsort_stable
+
 __all__ = ["capacity", "drop_to_capacity"]
 
 
@@ -88,6 +90,6 @@ def drop_to_capacity(xp: ModuleType, mask_PRTE: Any, weight_PRTE: Any, cap: int,
     if policy != "probs":
         raise ValueError(f"token_drop_policy = {policy!r}: must be 'probs' or 'position'")
     key = xp.where(mask_PRTE, weight_PRTE, -1.0)
-    order = xp.argsort(-key, axis=2, stable=True)
-    rank = xp.argsort(order, axis=2, stable=True)
+    order = argsort_stable(xp, -key, axis=2)
+    rank = argsort_stable(xp, order, axis=2)
     return mask_PRTE & (rank < cap)

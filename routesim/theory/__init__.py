@@ -35,6 +35,7 @@ from .stability import (
     stable_region,
     steady_error_covariance,
 )
+from .from_config import critical_rates, not_modelled, predict_points, resolve_rates
 from .leakage import leakage_bound, leakage_exact, leakage_limit, leakage_split
 
 __all__ = [
@@ -65,6 +66,10 @@ __all__ = [
     "spectral_radius",
     "stable_region",
     "steady_error_covariance",
+    "critical_rates",
+    "not_modelled",
+    "predict_points",
+    "resolve_rates",
     "leakage_bound",
     "leakage_exact",
     "leakage_limit",
