@@ -6,8 +6,8 @@ the popular experts reshuffled at step 200. Left: MaxVio_batch against step
 with the switch (replica 0, 5-step trailing mean). Right: each law's settling
 time against its steady MaxVio_batch (filled: stationary; open: after the
 switch, time counted from it). Writes ``controller_zoo.{pdf,png}``, the
-table ``tab_zoo.tex`` (the columns of ``routesim run`` beside the settling
-times) and the zoo's numbers.
+table ``tab_zoo.tex`` (the columns of ``routesim run``, from
+``routesim.analysis.steady`` and ``maxvio_global_final``, beside the settling times) and the zoo's numbers.
 
     python figures/fig_controller_zoo.py [--quick]
 """
@@ -21,6 +21,7 @@ import numpy as np
 
 from _common import ROOT, Timer, fmt, settling_step, setup
 from routesim import load_config
+from routesim.analysis import steady as steady_state
 from routesim.plot import figure_size, tidy_log_axes, timeseries_plot
 
 NAMES = {"none": "none", "sign": "sign", "sign_centred": "sign (centred)",
@@ -42,7 +43,7 @@ def summarise(ds, start_step: int) -> dict:
     steps = ds.sizes["step"]
     mv = ds["maxvio_batch"].mean("replica").values  # (step, point)
     out = {}
-    tail = slice(steps - max(1, steps // 10), steps)
+    cli = steady_state(ds, "maxvio_batch")  # what ``routesim run`` prints
     for j, law in enumerate(ds["controller.type"].values):
         seg = mv[start_step:, j]
         steady = float(seg[-max(1, seg.size // 4):].mean())
@@ -52,7 +53,9 @@ def summarise(ds, start_step: int) -> dict:
         out[str(law)] = {
             "rate": float(ds["controller.bias_update_rate"].values[j]),
             "settle": settle, "steady": steady,
-            "tail": float(ds["maxvio_batch"].isel(point=j, step=tail).mean()),
+            "cli_batch": (float(cli["mean"].isel(point=j))
+                          if bool(cli["settled"].isel(point=j)) else math.nan),
+            "cli_global": float(ds["maxvio_global_final"].isel(point=j).mean()),
             "global": float(ds["maxvio_global_run"].isel(point=j).mean()),
         }
     return out
@@ -108,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             settle1 = "--" if not math.isfinite(r1["settle"]) else f"{r1['settle']:.0f}"
             rows.append(f"{NAMES[law]} & {cell(r0['rate'], 1) if r0['rate'] else '--'} & "
                         f"{settle0} & {cell(r0['steady'])} & {settle1} & {cell(r1['steady'])} & "
-                        f"{cell(r1['tail'], 4)} & {cell(r1['global'], 4)} \\\\")
+                        f"{cell(r1['cli_batch'], 4) if math.isfinite(r1['cli_batch']) else 'unsettled'}"
+                        f" & {cell(r1['cli_global'], 4)} \\\\")
         ctx.table("tab_zoo", "\\begin{tabular}{lrrrrrrr}\n\\toprule\n"
                   " & & \\multicolumn{2}{c}{stationary} & \\multicolumn{4}{c}{regime switch}"
                   " \\\\\n\\cmidrule(lr){3-4}\\cmidrule(lr){5-8}\n"
                   "law & $u$ & settle & MaxVio & resettle & MaxVio & "
-                  "MaxVio$_\\mathrm{batch}^{10\\%}$ & MaxVio$_\\mathrm{global}$ \\\\\n\\midrule\n"
+                  "MaxVio$_\\mathrm{batch}^\\mathrm{steady}$ & MaxVio$_\\mathrm{global}^\\mathrm{end}$ \\\\\n\\midrule\n"
                   + "\n".join(rows) + "\n\\bottomrule\n\\end{tabular}\n")
         finite = {k: v for k, v in s0.items() if math.isfinite(v["settle"]) and k != "none"}
         fastest = min(finite, key=lambda k: finite[k]["settle"])
