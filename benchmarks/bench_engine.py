@@ -5,6 +5,7 @@
     python benchmarks/bench_engine.py --backend cupy     # GPU (CuPy; PyTorch on CUDA)
     python benchmarks/bench_engine.py --memory           # T=65536, N=256, K=8, P=16
     python benchmarks/bench_engine.py --profile          # where the time goes
+    python benchmarks/bench_engine.py --sparse           # sparse kernel: x today's, time vs N
 
 Workload: 8 points (sign controller, rates logspace(1e-4, 1e-2, 8)), sigmoid
 gate, K = 8, skewed (Zipf, exponent 1) popularity plus standard normal noise.
@@ -18,6 +19,13 @@ the ratio engine / PyTorch.
 
 ``--memory`` runs the large configuration and reports the peak resident
 memory of the process (ru_maxrss), which must stay under 2 GiB.
+
+``--sparse`` runs the large configuration (P=16, T=65536, N=256, K=8) with the
+dense Numba kernel and with the sparse kernel (``run.kernel = "sparse"``),
+alternating in rounds, prints both throughputs and their ratio, then the sparse
+and dense kernels' time per token-stream for N = 64, 256, 1024, 4096 at K = 8
+(P=4, T=16384), and last the ratio of the sparse engine to the PyTorch loop on
+the default workload.
 """
 
 from __future__ import annotations
@@ -222,6 +230,40 @@ def profile_torch(tokens: int = 4096, n: int = 64, k: int = 8, reps: int = 200) 
           f"= {n * reps * tokens / total / 1e6:.0f} M scores/s")
 
 
+def sparse_report(steps: int, rounds: int, no_torch: bool) -> None:
+    """Sparse kernel against the dense Numba kernel, same run; time per token against N."""
+    print(f"load average (1, 5, 15 min) before: {load_average()}")
+    points, seqs, L, n, k = 16, 16, 4096, 256, 8
+    tokens = seqs * L
+    runs = {kern: EngineRun(bench_config(points, steps, seqs, L, n, k, "numpy", kern))
+            for kern in ("numba", "sparse")}
+    for r in range(rounds):
+        n_steps = steps // rounds + (1 if r < steps % rounds else 0)
+        for run in runs.values():
+            run.advance(n_steps)
+    scores = points * steps * tokens * n
+    rate = {kern: scores / run.seconds for kern, run in runs.items()}
+    print(f"workload: P={points} x {steps} steps x T={tokens} x N={n}, K={k}, sigmoid, sign "
+          f"controller, Zipf popularity")
+    for kern, run in runs.items():
+        print(f"  kernel {kern:7s}: {run.seconds:.3f} s, {rate[kern] / 1e6:.1f} M token-expert "
+              f"scores/s")
+    print(f"ratio sparse/numba: {rate['sparse'] / rate['numba']:.2f}")
+    print(f"load average after: {load_average()}")
+    print("time per token and stream (ns), K=8, P=4, T=16384, 3 steps:")
+    print(f"  {'N':>6s} {'numba':>9s} {'sparse':>9s} {'ratio':>7s}")
+    for n in (64, 256, 1024, 4096):
+        ns = {}
+        for kern in ("numba", "sparse"):
+            run = EngineRun(bench_config(4, 3, 4, 4096, n, k, "numpy", kern))
+            run.advance(3)
+            ns[kern] = 1e9 * run.seconds / (4 * 3 * 16384)
+        print(f"  {n:6d} {ns['numba']:9.1f} {ns['sparse']:9.1f} {ns['numba'] / ns['sparse']:7.2f}")
+    print(f"load average after: {load_average()}")
+    if not no_torch:
+        main(["--kernel", "sparse", "--steps", "100", "--rounds", "5"])
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -232,7 +274,8 @@ def load_average() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
-    ap.add_argument("--kernel", choices=["auto", "generic", "numba", "cuda"], default="auto")
+    ap.add_argument("--kernel", choices=["auto", "generic", "numba", "cuda", "sparse"],
+                    default="auto")
     ap.add_argument("--steps", type=int, default=None,
                     help="steps (default 200; 3 with --memory)")
     ap.add_argument("--points", type=int, default=None, help="points (default 8; 16 with --memory)")
@@ -243,6 +286,9 @@ def main(argv=None) -> int:
                     help="alternate engine and PyTorch in this many rounds of steps")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads of both the engine (Numba) and PyTorch (default: all)")
+    ap.add_argument("--sparse", action="store_true",
+                    help="sparse kernel against the dense one (P=16, T=65536, N=256, K=8), "
+                         "time per token against N, then its ratio to PyTorch")
     ap.add_argument("--profile", action="store_true",
                     help="per-stage time of the Numba kernel and of the PyTorch loop")
     args = ap.parse_args(argv)
@@ -254,6 +300,9 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass
+    if args.sparse:
+        sparse_report(args.steps or 6, min(args.rounds, args.steps or 6), args.no_torch)
+        return 0
     if args.profile:
         print(f"load average (1, 5, 15 min): {load_average()}")
         profile_numba()

@@ -45,17 +45,44 @@ from .config import (
     config_from_dict,
     load_config,
 )
-from .engines.exact import make_simulator
 from .exceptions import (BackendError, ConfigError, NumericalFault, ResourceError,
                          ResultsFileError, SolverError, UnstableLoopError)
-from .leakage.measure import measure_leakage
-from .engines.learner import make_learner_simulator
-from .run import simulate, simulate_learner, simulate_meanfield
-from .predict import TheoryWarning, predict
-from .store import load, save
-from .engines.meanfield import make_meanfield_simulator
-from .sweep import run_sweep
-from . import theory  # noqa: E402  (``routesim.theory.X`` after ``import routesim``)
+
+# The engines, the Dataset builder (xarray), the statistics (scipy) and Numba load
+# when first used: ``import routesim`` stays light for the command line.
+_LAZY = {
+    "make_simulator": ("engines.exact", "make_simulator"),
+    "measure_leakage": ("leakage.measure", "measure_leakage"),
+    "make_learner_simulator": ("engines.learner", "make_learner_simulator"),
+    "simulate": ("run", "simulate"),
+    "simulate_learner": ("run", "simulate_learner"),
+    "simulate_meanfield": ("run", "simulate_meanfield"),
+    "load": ("store", "load"),
+    "save": ("store", "save"),
+    "make_meanfield_simulator": ("engines.meanfield", "make_meanfield_simulator"),
+    "run_sweep": ("sweep", "run_sweep"),
+    "predict": ("prediction", "predict"),
+    "TheoryWarning": ("prediction", "TheoryWarning"),
+    "theory": ("theory", None),
+}
+
+
+def __getattr__(name: str):
+    """Import the public names of the heavy modules on first use (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'routesim' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(f".{module}", __name__)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 from ._version import __version__
 

@@ -107,6 +107,10 @@ def format_summary(ds) -> str:
     """
     from .analysis import steady
 
+    layers = ds.sizes.get("layer", 0)
+    if layers:  # several layers: each step's median over them
+        ds = ds.drop_dims([d for d in ("layer_stat",) if d in ds.dims]).median(
+            "layer", keep_attrs=True)
     steps = ds.sizes["step"]
     tail = slice(steps - max(1, steps // 10), steps)
     cols = [(v, h, how) for v, h, how in SUMMARY_COLUMNS if v in ds]
@@ -148,6 +152,8 @@ def format_summary(ds) -> str:
     if tails:
         lines.append(f"{', '.join(tails)}: mean over the last {tail.stop - tail.start} "
                      "recorded steps")
+    if layers:
+        lines.append(f"each value: the median over the {layers} layers (model.num_layers)")
     return "\n".join(lines)
 
 

@@ -163,6 +163,7 @@ def make_step_check(config: Any, point_indices: Sequence[int] | None,
     """
     labels = config.point_labels()
     indices = list(range(len(labels)) if point_indices is None else point_indices)
+    layers = config.model.num_layers  # rows of the point axis per point
 
     def check(state: Any, out: Any) -> None:
         for name, array in checked_arrays(state, out):
@@ -170,8 +171,10 @@ def make_step_check(config: Any, point_indices: Sequence[int] | None,
             if found is None:
                 continue
             bad_P, kind = found
-            p = indices[int(np.argmax(bad_P))]
-            raise NumericalFault(f"step {state.step - 1}, point {labels[p]!r} (index {p}): "
-                                 f"{name} is {kind}; likely cause: {CAUSES[name]}")
+            row = int(np.argmax(bad_P))
+            p = indices[row // layers]
+            where = f", layer {row % layers}" if layers > 1 else ""
+            raise NumericalFault(f"step {state.step - 1}, point {labels[p]!r} (index {p}"
+                                 f"{where}): {name} is {kind}; likely cause: {CAUSES[name]}")
 
     return check

@@ -154,11 +154,15 @@ def estimate(config: Any, point_indices: Sequence[int] | None = None) -> Estimat
     ('load-map tables', True)
     """
     run, b, r, t = config.run, config.batch, config.router, config.traffic
-    P = config.num_points if point_indices is None else len(point_indices)
+    P = (config.num_points if point_indices is None else len(point_indices))
+    layers = config.model.num_layers
+    P *= layers  # every layer is a row of the point axis
     R, E, S, T, B = run.replicas, r.num_experts, run.steps, b.tokens_per_step, b.num_sequences
     D = t.feature_dim if t.kind == "features" else 0
     rows = P * R
-    f = {"S": f"run.steps ({S})", "P": f"points ({P})", "R": f"run.replicas ({R})",
+    f = {"S": f"run.steps ({S})",
+         "P": f"points ({P})" if layers == 1 else f"points x model.num_layers ({P})",
+         "R": f"run.replicas ({R})",
          "E": f"router.num_experts ({E})", "D": f"traffic.feature_dim ({D})",
          "T": f"tokens per step (batch.num_sequences x batch.seq_length = {T})",
          "B": f"batch.num_sequences ({B})", "L": f"batch.seq_length ({b.seq_length})"}
@@ -168,6 +172,11 @@ def estimate(config: Any, point_indices: Sequence[int] | None = None) -> Estimat
 
     engine = "learning" if config.penalty.learn else run.engine
     terms = {"recorded outputs": (S * rows * E * RECORDED_BYTES[engine], names("SPRE"))}
+    if config.placement.active:  # loads of each expert-parallel computation batch
+        batches = B // (b.sequences_per_micro_batch * config.placement.ep_size)
+        f["b"] = f"computation batches per step ({batches})"
+        terms["computation-batch loads"] = (S * rows * batches * E * COUNT_BYTES,
+                                            names("SPRbE"))
     if config.penalty.learn:
         per = STEP_LOGIT_BYTES + (0 if r.dropless else STEP_DROP_BYTES)
         terms["logits of a step"] = (rows * T * E * per, names("PRTE"))

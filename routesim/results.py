@@ -13,8 +13,9 @@ dimensionless quantity). ``run.record`` and ``run.record_every`` are applied
 last, after every metric has been computed from every step
 (:func:`apply_record`).
 
-Shape legend: S steps, P points, R replicas, E experts, C computation-batch
-sizes, J assignment counts 0..E.
+Shape legend: S steps, P points (``P * model.num_layers`` rows before the
+layer axis is unfolded), R replicas, E experts, C computation-batch sizes,
+J assignment counts 0..E, B computation batches, K expert-parallel ranks.
 """
 
 from __future__ import annotations
@@ -25,14 +26,18 @@ from typing import Any, Sequence
 import numpy as np
 import xarray as xr
 
-from . import metrics
+from . import metrics, placement
+from .assignment import oracle_variables
+from .controllers import get_law, make_controller_params
+from .controllers.schedules import rate_factor
 from ._version import __version__
 from .config import Config
 from .engines._common import ExpertChoiceExtra, LearnerExtra, MeanFieldExtra
 from .rng import entropy_of
 
 __all__ = ["build_dataset", "engine_variables", "extra_variables", "sweep_coords", "apply_record",
-           "VARIABLE_ATTRS", "describe"]
+           "VARIABLE_ATTRS", "describe", "placement_variables", "layer_percentiles",
+           "LAYER_STATS", "controller_variables"]
 
 #: Dimension of each shape letter of a recorded field name.
 _DIM_OF = {"S": "step", "P": "point", "R": "replica", "E": "expert", "L": "position"}
@@ -71,6 +76,28 @@ VARIABLE_ATTRS: dict[str, tuple[str, str]] = {
     "flip_fraction": ("share of experts whose bias update reversed direction", "1"),
     "bias_spread": ("max bias - min bias", "1"),
     "unrouted_share": ("share of tokens with no expert", "1"),
+    # controller schedules and targets
+    "bias_update_rate": ("bias update rate of the step's window, after the rate schedule",
+                         "1"),
+    "maxvio_target": ("MaxVio against the target shares, max c / (Q sum c) - 1", "1"),
+    # the optimal-assignment oracle (routesim.assignment)
+    "routed_objective": ("total selection score of the step's routed assignment", "1"),
+    "oracle_objective": ("optimal total selection score under capacity T K Q", "1"),
+    "price_of_balance": ("unconstrained top-K score minus the optimal score", "1"),
+    "oracle_gap": ("optimal score minus the routed assignment's score", "1"),
+    "oracle_gap_relative": ("oracle_gap over the price of balance", "1"),
+    "capacity_overflow": ("max load over capacity minus 1", "1"),
+    "oracle_agreement": ("share of routed assignments the oracle makes too", "1"),
+    "dual_correlation": ("correlation of the centred bias with the centred -price", "1"),
+    "kkt_feasibility": ("largest relative overload (KKT primal feasibility)", "1"),
+    "kkt_slackness": ("sum of price x |capacity - load| over total capacity (KKT "
+                      "complementary slackness)", "1"),
+    "lagrangian_gap": ("dual function at the bias's price minus the optimum", "1"),
+    "regret": ("cumulative Lagrangian gap over the steps so far", "1"),
+    "oracle_price": ("dual price of the expert's capacity constraint", "1"),
+    "cycle_period": ("period of the cycle the centred bias settles into (0: none)", "steps"),
+    "cycle_entered": ("step from which the bias repeats with that period (-1: none)", "steps"),
+    "cycle_band": ("largest range of a centred bias within the cycle", "1"),
     # Expert Choice, mean field
     "experts_per_token": ("tokens of the step with each number of experts", "tokens"),
     "meanfield_evaluations": ("exact evaluations of the expected-load map", "1"),
@@ -100,7 +127,30 @@ VARIABLE_ATTRS: dict[str, tuple[str, str]] = {
     "maxvio_global_eval_run": ("MaxVio of eval_load over the whole run", "1"),
     "load_ratio": ("max over min of the run's total expert loads", "1"),
     "load_ratio_eval": ("max over min of the run's total eval_load", "1"),
+    # layers, placement, zero-computation experts
+    "layer": ("MoE layer index", "1"),
+    "layer_stat": ("statistic over layers (median, 90th percentile, maximum)", "1"),
+    "rank": ("expert-parallel rank index", "1"),
+    "expert_rank": ("rank of each expert in the base placement", "1"),
+    "rank_load": ("tokens computed by the rank in the step (base placement)", "tokens"),
+    "rank_straggler": ("max / mean rank load, averaged over the step's computation batches "
+                       "(base placement)", "1"),
+    "expert_gini": ("Gini coefficient of the step's expert loads", "1"),
+    "rank_gini": ("Gini coefficient of the step's rank loads (base placement)", "1"),
+    "planned_copies": ("copies of the expert in the planned placement", "1"),
+    "planned_share": ("share of the expert's load on the rank in the planned placement", "1"),
+    "rank_load_planned": ("tokens computed by the rank in the step (planned placement)",
+                          "tokens"),
+    "rank_straggler_planned": ("max / mean rank load, averaged over the step's computation "
+                               "batches (planned placement)", "1"),
+    "maxvio_ffn": ("MaxVio of the step's loads over the FFN experts", "1"),
+    "ffn_per_token": ("mean number of FFN experts per token in the step", "1"),
 }
+VARIABLE_ATTRS.update({
+    f"{name}_across_layers": (f"{VARIABLE_ATTRS[name][0]}: statistic over layers",
+                              VARIABLE_ATTRS[name][1])
+    for name in ("maxvio_batch", "maxvio_global", "maxvio_ffn", "rank_straggler",
+                 "rank_straggler_planned")})
 
 #: Units of swept settings that are not dimensionless.
 _SETTING_UNITS = {"traffic.drift_period": "steps", "controller.warmup_steps": "steps"}
@@ -208,8 +258,13 @@ def sweep_coords(config: Config, indices: list[int]) -> dict[str, Any]:
 def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
                   bias_SPRE: np.ndarray, load_SPRE: np.ndarray, kept_SPRE: np.ndarray,
                   displaced_SPR: np.ndarray, maxvio_compute_SPRC: np.ndarray,
-                  extra: dict[str, Any] | None = None) -> xr.Dataset:
+                  extra: dict[str, Any] | None = None,
+                  ep_batch_SPRBE: np.ndarray | None = None) -> xr.Dataset:
     """Assemble the result Dataset from recorded host arrays (any engine).
+
+    With ``model.num_layers = L > 1`` the point axis of every recorded
+    array holds ``P * L`` rows, point-major; they come back on a ``layer``
+    dimension after ``point``.
 
     Parameters
     ----------
@@ -222,6 +277,9 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     maxvio_compute_SPRC : array (S, P, R, C)
     extra : dict of str to (dims, array), optional
         Engine variables (:func:`engine_variables`).
+    ep_batch_SPRBE : array (S, P, R, B, E), optional
+        Kept loads of each expert-parallel computation batch (with
+        ``placement.ep_size``).
 
     Returns
     -------
@@ -241,7 +299,12 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
     """
 
     indices = list(range(config.num_points) if point_indices is None else point_indices)
-    dims3 = ("step", "point", "replica")
+    layers = config.model.num_layers
+    unfold = _unfolder(layers)
+    load_SPRE, kept_SPRE, bias_SPRE, displaced_SPR, maxvio_compute_SPRC, ep_batch_SPRBE = (
+        unfold(x) for x in (load_SPRE, kept_SPRE, bias_SPRE, displaced_SPR,
+                            maxvio_compute_SPRC, ep_batch_SPRBE))
+    dims3 = ("step", "point", "layer", "replica") if layers > 1 else ("step", "point", "replica")
     dims4 = dims3 + ("expert",)
     window = config.run.global_window
     load = load_SPRE.astype(np.int64)
@@ -254,8 +317,8 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "bias": (dims4, bias_SPRE),
         "maxvio_batch": (dims3, metrics.maxvio(load)),
         "maxvio_global": (dims3, metrics.maxvio(metrics.trailing_sum(load, window))),
-        "maxvio_global_run": (("point", "replica"), metrics.maxvio(load.sum(axis=0))),
-        "maxvio_global_final": (("point", "replica"), metrics.maxvio(load[-window:].sum(axis=0))),
+        "maxvio_global_run": (dims3[1:], metrics.maxvio(load.sum(axis=0))),
+        "maxvio_global_final": (dims3[1:], metrics.maxvio(load[-window:].sum(axis=0))),
         "cv": (dims3, metrics.cv(load)),
         "min_load": (dims3, load.min(-1).astype(np.int32)),
         "max_load": (dims3, load.max(-1).astype(np.int32)),
@@ -277,7 +340,23 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         data["maxvio_compute"] = (dims3 + ("compute_batch",), maxvio_compute_SPRC)
         coords["compute_batch"] = np.asarray(config.batch.computation_batch_sizes)
     if extra:
-        data.update(extra)
+        data.update({name: _unfold_variable(unfold, dims, value)
+                     for name, (dims, value) in extra.items()})
+    zero = config.router.zero_experts
+    if zero:  # zero-computation experts: the FFN experts' balance and budget
+        ffn = load[..., :load.shape[-1] - zero]
+        data["maxvio_ffn"] = (dims3, metrics.maxvio(ffn))
+        data["ffn_per_token"] = (dims3, ffn.sum(-1) / config.batch.tokens_per_step)
+    if layers == 1:  # the oracle scores one layer (refused in the config otherwise)
+        data.update(oracle_variables(config, point_indices, bias_SPRE, load))
+    data.update(controller_variables(config, indices, load))
+    if config.placement.active:
+        data.update(placement_variables(config, dims3, kept, ep_batch_SPRBE))
+        coords["rank"] = np.arange(config.placement.ep_size)
+    if layers > 1:
+        coords["layer"] = np.arange(layers)
+        coords["layer_stat"] = np.asarray(LAYER_STATS, dtype=str)
+        data.update(layer_percentiles(data, dims3))
     attrs = {
         "title": "routesim simulation",
         "routesim_version": __version__,
@@ -288,9 +367,192 @@ def build_dataset(config: Config, point_indices: Sequence[int] | None, *,
         "tokens_per_step": int(config.batch.tokens_per_step),
         "num_experts": int(config.router.num_experts),
         "topk": int(config.router.topk),
+        "num_layers": int(layers),
     }
+    if config.placement.active:
+        attrs["ep_size"] = int(config.placement.ep_size)
+        attrs["computation_batch_sequences"] = int(
+            config.batch.sequences_per_micro_batch * config.placement.ep_size)
     ds = describe(xr.Dataset(data, coords=coords, attrs=attrs))
     return apply_record(ds, config.run.record, config.run.record_every)
+
+
+def _unfolder(layers: int) -> Any:
+    """Reshape axis 1 of a recorded array from ``P * L`` rows to ``(P, L)`` (identity for L = 1)."""
+    def unfold(x: np.ndarray | None) -> np.ndarray | None:
+        if x is None or layers == 1:
+            return x
+        return x.reshape((x.shape[0], x.shape[1] // layers, layers) + x.shape[2:])
+    return unfold
+
+
+def _unfold_variable(unfold: Any, dims: tuple[str, ...], value: np.ndarray) -> tuple:
+    """An engine variable with its point axis unfolded into (point, layer)."""
+    unfolded = unfold(value) if dims[:2] == ("step", "point") else value
+    if unfolded is value:
+        return dims, value
+    return dims[:2] + ("layer",) + dims[2:], unfolded
+
+
+#: Statistics over layers of a per-layer metric (dimension ``layer_stat``).
+LAYER_STATS = ("median", "p90", "max")
+
+#: Per-layer variables summarised across layers.
+_ACROSS_LAYERS = ("maxvio_batch", "maxvio_global", "maxvio_ffn", "rank_straggler",
+                  "rank_straggler_planned")
+
+
+def layer_percentiles(data: dict[str, Any], dims3: tuple[str, ...]) -> dict[str, Any]:
+    """Median, 90th percentile and maximum over layers of the per-layer metrics.
+
+    ``NAME_across_layers`` for ``maxvio_batch``, ``maxvio_global`` and the
+    rank straggler ratios present in ``data``, dims ``(step, point,
+    replica, layer_stat)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> dims = ("step", "point", "layer", "replica")
+    >>> mv = np.arange(10.0).reshape(1, 1, 10, 1)  # ten layers: 0, 1, ..., 9
+    >>> out = layer_percentiles({"maxvio_batch": (dims, mv)}, dims)
+    >>> out["maxvio_batch_across_layers"][1].ravel().tolist()
+    [4.5, 8.1, 9.0]
+    """
+    axis = dims3.index("layer")
+    out_dims = tuple(d for d in dims3 if d != "layer") + ("layer_stat",)
+    out = {}
+    for name in _ACROSS_LAYERS:
+        if name not in data:
+            continue
+        value = data[name][1]
+        stats = [np.median(value, axis=axis), np.quantile(value, 0.9, axis=axis),
+                 np.max(value, axis=axis)]
+        out[f"{name}_across_layers"] = (out_dims, np.stack(stats, axis=-1))
+    return out
+
+
+def placement_variables(config: Config, dims3: tuple[str, ...], kept: np.ndarray,
+                        ep_batch: np.ndarray) -> dict[str, Any]:
+    """Rank loads, straggler ratios and Gini of a placement (:mod:`routesim.placement`).
+
+    Parameters
+    ----------
+    config : Config
+        With ``placement.ep_size`` set.
+    dims3 : tuple of str
+        Dims of a per-step metric (step, point, [layer,] replica).
+    kept : int array (S, P, [L,] R, E)
+        Kept loads of each step.
+    ep_batch : int array (S, P, [L,] R, B, E)
+        Kept loads of each computation batch.
+
+    Returns
+    -------
+    dict of str to (dims, array)
+        ``expert_rank`` (expert), ``rank_load`` (step loads per rank),
+        ``rank_straggler`` (mean over the step's computation batches of max
+        / mean rank load), ``expert_gini`` and ``rank_gini`` (of the step's
+        loads). With ``placement.optimise = "greedy"`` also the plan built
+        from each row's mean load over the run: ``planned_copies``,
+        ``planned_share`` (share of each expert's load on each rank),
+        ``rank_load_planned`` and ``rank_straggler_planned``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import config_from_dict
+    >>> cfg = config_from_dict({"router": {"num_experts": 4, "topk": 1},
+    ...     "batch": {"num_sequences": 2, "micro_batch_size": 1},
+    ...     "placement": {"ep_size": 2}})
+    >>> kept = np.array([[[[3, 1, 2, 2]]]])         # (S, P, R, E)
+    >>> out = placement_variables(cfg, ("step", "point", "replica"), kept, kept[..., None, :])
+    >>> out["rank_load"][1].ravel().tolist(), out["rank_straggler"][1].ravel().tolist()
+    ([4, 4], [1.0])
+    """
+    pl = config.placement
+    n, ep = config.router.num_experts, pl.ep_size
+    rank_E = np.asarray(pl.map) if pl.map is not None else placement.contiguous_map(n, ep)
+    share_EK = placement.placement_matrix(rank_E, ep)
+    dims_rank = dims3 + ("rank",)
+    rank_load = placement.rank_loads(kept, share_EK)
+    out = {
+        "expert_rank": (("expert",), rank_E.astype(np.int32)),
+        "rank_load": (dims_rank, np.rint(rank_load).astype(np.int64)),
+        "rank_straggler": (dims3, placement.straggler_ratio(
+            placement.rank_loads(ep_batch, share_EK)).mean(axis=-1)),
+        "expert_gini": (dims3, placement.gini(kept)),
+        "rank_gini": (dims3, placement.gini(rank_load)),
+    }
+    if pl.planned:
+        mean_load = kept.mean(axis=0)                               # (P, [L,] R, E)
+        copies = placement.replicate_hottest(mean_load, pl.replicate_hottest)
+        share = placement.greedy_pack(mean_load, copies, ep)      # (P, [L,] R, E, K)
+        planned = placement.rank_loads(kept, share[None])
+        out["planned_copies"] = (dims3[1:] + ("expert",), copies.astype(np.int32))
+        out["planned_share"] = (dims3[1:] + ("expert", "rank"), share)
+        out["rank_load_planned"] = (dims_rank, planned)
+        out["rank_straggler_planned"] = (dims3, placement.straggler_ratio(
+            np.einsum("...be,...ek->...bk", ep_batch.astype(np.float64), share[None]))
+            .mean(axis=-1))
+    return out
+
+
+def controller_variables(config: Config, indices: Sequence[int],
+                         load_SPRE: np.ndarray) -> dict[str, Any]:
+    """``bias_update_rate`` (step, point) and, with target shares, ``maxvio_target``.
+
+    The rate is the one of the update that closes the step's window (the
+    first window of the step for micro-batch windows), after the schedule
+    (:mod:`routesim.controllers.schedules`); NaN for laws without a rate.
+    ``maxvio_target`` is ``max_i c_i / (Q_i sum_j c_j) - 1``, MaxVio against
+    the target shares ``Q``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from routesim import Config
+    >>> cfg = Config().replace(**{"controller.rate_schedule": "inv", "run.steps": 3})
+    >>> v = controller_variables(cfg, [0], np.ones((3, 1, 1, 8), dtype=np.int64))
+    >>> v["bias_update_rate"][1][:, 0].tolist()
+    [0.001, 0.0005, 0.0003333333333333333]
+    """
+    all_points = config.points()
+    points = [all_points[i] for i in indices]
+    params = make_controller_params(points)
+    steps = load_SPRE.shape[0]
+    s = np.arange(steps)
+    window_SP = np.stack([
+        s * p.batch.num_micro_batches if p.controller.window == "micro_batch" else
+        s // p.controller.update_every if p.controller.window == "steps" else s
+        for p in points], axis=1)
+    has_rate = np.array(["bias_update_rate" in get_law(p.controller.type).fields
+                         for p in points])
+    u0 = params.fields_P["bias_update_rate"]
+    if params.schedule_P:
+        # windows per step are the same for all points unless the window differs
+        factor = np.stack([_factor_column(params.schedule_P, window_SP[:, j])[:, j]
+                           for j in range(len(points))], axis=1)
+    else:
+        factor = np.ones_like(window_SP, dtype=np.float64)
+    rate = np.where(has_rate, u0 * factor, np.nan)
+    data: dict[str, Any] = {"bias_update_rate": (("step", "point"), rate)}
+    if params.target_PE is not None:
+        # loads are (S, P, R, E), or (S, P, L, R, E) with layers
+        middle = load_SPRE.ndim - 3
+        q = params.target_PE.reshape((1, len(points)) + (1,) * middle + (-1,))
+        total = load_SPRE.sum(-1, keepdims=True).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(q > 0, load_SPRE / np.where(q > 0, q * total, 1.0),
+                             np.where(load_SPRE > 0, np.inf, 1.0))
+        dims = ("step", "point", "layer", "replica") if middle == 2 else ("step", "point", "replica")
+        data["maxvio_target"] = (dims, np.where(total[..., 0] > 0, ratio.max(-1) - 1.0, np.nan))
+    return data
+
+
+def _factor_column(schedule: dict, windows: np.ndarray) -> np.ndarray:
+    """Schedule factors of every point at the given windows: (S, P)."""
+    return rate_factor(schedule["decay"], windows, schedule["warmup"], schedule["horizon"],
+                       schedule["final"], schedule["freeze"])
 
 
 def engine_variables(config: Config, records: dict[str, Any]) -> dict[str, Any]:

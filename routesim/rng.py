@@ -34,6 +34,7 @@ __all__ = [
     "standard_normal",
     "noise",
     "Stream",
+    "layer_keys",
     "entropy_of",
 ]
 
@@ -94,6 +95,44 @@ def point_keys(seed: int, point_indices: Sequence[int], replicas: int) -> np.nda
         for r in range(replicas):
             ss = np.random.SeedSequence(seed, spawn_key=(int(p), r))
             keys[i, r] = ss.generate_state(1, dtype=np.uint64)[0]
+    return keys
+
+
+def layer_keys(seed: int, point_indices: Sequence[int], replicas: int,
+               layers: int) -> np.ndarray:
+    """64-bit keys of shape (P * L, R): one row per (point, layer), point-major.
+
+    With one layer these are :func:`point_keys`; with ``L > 1`` row
+    ``p * L + l`` comes from ``SeedSequence(seed, spawn_key=(p, r, l))``, so
+    every layer has its own streams and a point's numbers still depend on
+    its global index only.
+
+    Parameters
+    ----------
+    seed : int >= 0
+    point_indices : sequence of int
+    replicas, layers : int > 0
+
+    Returns
+    -------
+    ndarray of uint64, shape (P * L, R)
+
+    Examples
+    --------
+    >>> keys = layer_keys(0, [1, 3], 2, layers=4)
+    >>> keys.shape, bool((layer_keys(0, [3], 2, layers=4) == keys[4:]).all())
+    ((8, 2), True)
+    >>> bool((layer_keys(0, [1, 3], 2, layers=1) == point_keys(0, [1, 3], 2)).all())
+    True
+    """
+    if layers == 1:
+        return point_keys(seed, point_indices, replicas)
+    keys = np.empty((len(point_indices) * layers, replicas), dtype=np.uint64)
+    for i, p in enumerate(point_indices):
+        for layer in range(layers):
+            for r in range(replicas):
+                ss = np.random.SeedSequence(seed, spawn_key=(int(p), r, layer))
+                keys[i * layers + layer, r] = ss.generate_state(1, dtype=np.uint64)[0]
     return keys
 
 

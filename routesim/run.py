@@ -31,7 +31,7 @@ __all__ = ["simulate", "simulate_meanfield", "simulate_learner", "build_dataset"
 
 #: The fields of :class:`StepOutput` every engine records.
 _FIELDS = ("bias_PRE", "load_PRE", "kept_PRE", "displaced_PR", "maxvio_compute_PRC",
-           "unrouted_PR")
+           "unrouted_PR", "ep_batch_load_PRBE")
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,20 @@ def simulate(config: Config, *, point_indices: Sequence[int] | None = None,
         ``run.global_window`` steps), ``maxvio_compute``, ``cv``,
         ``min_load``, ``max_load``, ``dead_experts``, ``load_entropy``,
         ``drop_rate``, ``displacement``, ``flip_fraction``, ``bias_spread``,
-        ``unrouted_share`` (tokens with no expert) and, for Expert Choice,
+        ``unrouted_share`` (tokens with no expert), ``bias_update_rate``
+        (step, point: the scheduled rate) and, for Expert Choice,
         ``experts_per_token`` (tokens with 0..E experts, dim ``num_assigned``).
+        With ``controller.target_shares``, ``maxvio_target``; on frozen
+        traffic (or with ``run.oracle = "on"``) the scores against the
+        optimal-assignment oracle
+        (:func:`routesim.assignment.oracle_variables`).
         The mean-field and learning engines add their own variables
-        (:func:`simulate_meanfield`, :func:`simulate_learner`).
+        (:func:`simulate_meanfield`, :func:`simulate_learner`). With
+        ``model.num_layers > 1`` the per-layer variables gain a ``layer``
+        dimension and ``NAME_across_layers`` summarises them
+        (:func:`routesim.results.layer_percentiles`); with
+        ``placement.ep_size`` the rank variables of
+        :func:`routesim.results.placement_variables` are added.
         Every variable and coordinate has ``long_name`` and ``units``
         attributes; ``run.record`` and ``run.record_every`` choose which
         variables and steps are kept. Attributes hold the config (JSON), the
@@ -167,7 +177,8 @@ def run_engine(config: Config, name: str, *, point_indices: Sequence[int] | None
                        load_SPRE=rec["load_PRE"], kept_SPRE=rec["kept_PRE"],
                        displaced_SPR=rec["displaced_PR"],
                        maxvio_compute_SPRC=rec["maxvio_compute_PRC"],
-                       extra=engine_variables(config, rec))
+                       extra=engine_variables(config, rec),
+                       ep_batch_SPRBE=rec["ep_batch_load_PRBE"])
     ds.attrs.update(engine.attrs(**options))
     return ds
 

@@ -17,6 +17,10 @@ Three kinds (``traffic.kind``):
     fresh permutation of the weights at given steps).
 ``trace``
     Replay of a recorded logit array, cycled over steps.
+``frozen``
+    One logit matrix per point and replica, replayed unchanged every step:
+    the first step of popularity traffic, ``separation * N(0, 1)``, or the
+    first step of a trace (``traffic.frozen_source``).
 
 Tokens of a step are indexed globally, sequence-major (``t = s * L + l``),
 so any chunk of tokens is generated identically.
@@ -42,6 +46,7 @@ from .exceptions import ConfigError
 
 __all__ = [
     "popularity",
+    "layer_popularity",
     "topic_weights",
     "TrafficParams",
     "TrafficState",
@@ -89,6 +94,55 @@ def popularity(skew: str, num_experts: int, *, linear_spread: float = 1.0,
     return mu - mu.mean()
 
 
+#: Spawn key of the draws that order each layer's popularity (one per run seed).
+_LAYER_ORDER_KEY = 0x4C41_5945  # "LAYE"
+
+
+def layer_popularity(mu_PE: np.ndarray, num_layers: int, correlation: float,
+                     seed: int) -> np.ndarray:
+    """Each layer's popularity: the same values in the layer's own expert order.
+
+    Rows are point-major (row ``p * L + l`` is layer ``l`` of point ``p``).
+    Layer ``l`` ranks its experts by ``g_l = sqrt(c) g + sqrt(1 - c) e_l``
+    (a Gaussian copula: ``g`` and ``e_l`` standard normal vectors drawn from
+    ``seed``, common to every point and replica) and gives the ``j``-th
+    largest popularity value to its ``j``-th ranked expert. With one layer
+    ``mu`` is returned unchanged.
+
+    Parameters
+    ----------
+    mu_PE : ndarray (P * L, E)
+        Popularity of each row (:func:`popularity` of its point).
+    num_layers : int >= 1
+    correlation : float in [0, 1]
+        ``c``: correlation of the layers' latent scores.
+    seed : int
+        ``run.seed``.
+
+    Returns
+    -------
+    ndarray (P * L, E)
+
+    Examples
+    --------
+    >>> mu = np.tile(popularity("linear", 4), (3, 1))     # one point, three layers
+    >>> out = layer_popularity(mu, 3, 1.0, seed=0)        # c = 1: one order for all
+    >>> bool((out == out[0]).all()), sorted(out[0].tolist()) == sorted(mu[0].tolist())
+    (True, True)
+    """
+    if num_layers == 1:
+        return mu_PE
+    rows, n = mu_PE.shape
+    gen = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_LAYER_ORDER_KEY,)))
+    shared = gen.standard_normal(n)
+    own = gen.standard_normal((num_layers, n))
+    score_LE = math.sqrt(correlation) * shared + math.sqrt(1.0 - correlation) * own
+    rank_LE = np.argsort(np.argsort(-score_LE, axis=-1, kind="stable"), axis=-1)
+    values = -np.sort(-mu_PE, axis=-1)                     # descending, per row
+    rank_XE = np.tile(rank_LE, (rows // num_layers, 1))
+    return np.take_along_axis(values, rank_XE, axis=-1)
+
+
 @dataclass(frozen=True)
 class TrafficParams:
     """Per-point traffic parameters as host arrays plus the static settings.
@@ -127,6 +181,8 @@ class TrafficParams:
     router_init_scale: float
     topic_by_micro_batch: bool
     trace_SXE: np.ndarray | None
+    frozen_source: str = "popularity"
+    separation_P: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -228,7 +284,7 @@ def make_traffic_params(points: Sequence[Config]) -> TrafficParams:
     ])
     weights = t.topic_weights or tuple([1.0 / t.num_topics] * t.num_topics)
     trace = None
-    if t.kind == "trace":
+    if t.replays_trace:
         check_trace(t.trace, n, b.tokens_per_step)
         trace = load_trace(t.trace)
 
@@ -246,6 +302,7 @@ def make_traffic_params(points: Sequence[Config]) -> TrafficParams:
         topic_logweights_M=_log_weights(weights),
         topic_spread_P=col("topic_spread"), router_init_scale=t.router_init_scale,
         topic_by_micro_batch=t.topic_by_micro_batch, trace_SXE=trace,
+        frozen_source=t.frozen_source, separation_P=col("separation"),
     )
 
 
@@ -531,7 +588,14 @@ def logits(xp: ModuleType, params: TrafficParams, state: TrafficState, keys_PR: 
     True
     """
     n = params.num_experts
-    if params.kind == "trace":
+    if params.kind == "frozen":  # the first step, every step
+        step = 0
+        if params.frozen_source == "separation":
+            rows = xp.arange(token_start, token_start + n_tokens, dtype=xp.uint64)
+            eps = rng.noise(xp, "normal", keys_PR, 0, rng.Stream.NOISE, rows, n,
+                            state.mu_PRE.dtype)
+            return _per_point(xp, params.separation_P, 4, state.mu_PRE.dtype) * eps
+    if params.trace_SXE is not None:
         trace = params.trace_SXE[step % params.trace_SXE.shape[0]]
         z = xp.asarray(trace[token_start:token_start + n_tokens])
         return xp.broadcast_to(z, tuple(keys_PR.shape) + tuple(z.shape))

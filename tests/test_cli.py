@@ -136,3 +136,15 @@ def test_bad_trace_through_the_cli_subprocess(tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert f"traffic.trace = '{trace}': is not an .npz archive" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_run_summarises_several_layers_by_their_median(tmp_path, capsys):
+    """A multi-layer run prints one row per point, each value the median over layers."""
+    path = tmp_path / "layers.toml"
+    path.write_text("[run]\nsteps = 4\n[model]\nnum_layers = 3\n"
+                    "[router]\nnum_experts = 8\ntopk = 2\n"
+                    "[batch]\nnum_sequences = 4\nseq_length = 16\nmicro_batch_size = 1\n"
+                    "[placement]\nep_size = 2\n")
+    assert main(["run", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "the median over the 3 layers" in out and out.count("\nsign ") == 1

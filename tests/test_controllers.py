@@ -322,7 +322,7 @@ def test_unknown_type_is_refused_listing_the_registered_names(pi):
         config_from_dict({"controller": {"type": "pid"}})
     msg = str(err.value)
     assert msg.startswith("controller.type = 'pid': must be a registered controller: none, sign,")
-    assert "quantile, pi" in msg and "\n" not in msg
+    assert "quantile, dual_ascent, zero_budget, pi" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="controller.module = 'no_such_mod': cannot be imported"):
         config_from_dict({"controller": {"type": "pid", "module": "no_such_mod"}})
 

@@ -90,8 +90,8 @@ def _inject_inf_at_window(monkeypatch, bad_window):
     calls = {"n": 0}
     real = controllers.sign_update
 
-    def faulty(xp, bias, load, rate):
-        out = real(xp, bias, load, rate)
+    def faulty(xp, bias, load, rate, *share):
+        out = real(xp, bias, load, rate, *share)
         calls["n"] += 1
         if calls["n"] == bad_window + 1:
             out = xp.where(xp.arange(out.shape[-1]) == 0, xp.asarray(np.inf, dtype=out.dtype),

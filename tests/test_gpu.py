@@ -126,3 +126,53 @@ def test_cuda_kernel_large_step_agrees_with_numba():
                    progress=False)["expert_load"].values
     assert int(np.abs(got - ref).sum()) <= 4  # float32 near-ties only (of 524288)
     assert to_numpy(got).sum() == 65536 * 8
+
+
+def _new_router_cfg(backend, name):
+    base = {"run": {"steps": 3, "replicas": 2, "seed": 3, "backend": backend,
+                    "kernel": "generic"},
+            "batch": {"num_sequences": 8, "seq_length": 32, "micro_batch_size": 2},
+            "router": {"num_experts": 16, "topk": 2},
+            "traffic": {"skew": "zipf", "zipf_exponent": 1.0},
+            "controller": {"type": "none"}}
+    extra = {
+        "hash": {"router": {"router_type": "hash", "hash_vocab_size": 500}},
+        "threshold": {"router": {"router_type": "expert_threshold"}},
+        "shuffled_ec": {"router": {"router_type": "expert_choice", "expert_choice_block": 16,
+                                   "expert_choice_shuffle": True}},
+        "layers_placement": {"model": {"num_layers": 3, "layer_correlation": 0.5},
+                             "controller": {"type": "sign", "bias_update_rate": 0.01},
+                             "placement": {"ep_size": 4, "optimise": "greedy",
+                                           "replicate_hottest": 4}},
+        "zero_budget": {"router": {"zero_experts": 4},
+                        "controller": {"type": "zero_budget", "bias_update_rate": 0.05,
+                                       "params": {"ffn_budget": 1.0}}},
+    }[name]
+    for section, values in extra.items():
+        base[section] = {**base.get(section, {}), **values}
+    return config_from_dict(base)
+
+
+NEW_ROUTERS = ["hash", "threshold", "shuffled_ec", "layers_placement", "zero_budget"]
+
+
+@pytest.mark.parametrize("name", NEW_ROUTERS)
+def test_new_routers_on_array_api_strict_equal_numpy(name):
+    """The new routing paths are array-API code: array-api-strict gives the NumPy loads."""
+    pytest.importorskip("array_api_strict")
+    ref = simulate(_new_router_cfg("numpy", name), progress=False)
+    got = simulate(_new_router_cfg("array_api_strict", name), progress=False)
+    np.testing.assert_array_equal(got["expert_load"].values, ref["expert_load"].values)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU_OK, reason=GPU_REASON)
+@pytest.mark.parametrize("name", NEW_ROUTERS)
+def test_new_routers_on_cupy_equal_numpy(name):
+    """Hash, Expert Threshold, shuffled Expert Choice, layers with placement, zero experts."""
+    ref = simulate(_new_router_cfg("numpy", name), progress=False)
+    got = simulate(_new_router_cfg("cupy", name), progress=False)
+    np.testing.assert_array_equal(got["expert_load"].values, ref["expert_load"].values)
+    for var in ("rank_straggler", "rank_straggler_planned", "ffn_per_token"):
+        if var in ref:
+            np.testing.assert_allclose(got[var].values, ref[var].values, rtol=1e-12)

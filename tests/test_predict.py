@@ -144,3 +144,10 @@ def test_settings_the_theory_leaves_out_are_named():
     features = _config({"type": "proportional"}, traffic={"kind": "features"})
     with pytest.raises(ConfigError, match="traffic.kind"):
         predict(features)
+
+
+def test_predict_stays_the_function_after_its_module_is_imported():
+    import routesim
+    import routesim.prediction  # noqa: F401  (a doctest run imports it like this)
+
+    assert callable(routesim.predict) and routesim.predict is routesim.prediction.predict

@@ -1,7 +1,8 @@
 """Configuration: frozen dataclasses, validated in one place, read from TOML.
 
 A :class:`Config` has one section per component (``run``, ``batch``,
-``traffic``, ``router``, ``controller``, ``penalty``, ``sweep``). Option names
+``traffic``, ``router``, ``controller``, ``penalty``, ``model``, ``placement``,
+``sweep``). Option names
 follow Megatron-LM's where one exists (``topk``, ``score_function``,
 ``bias_update_rate``, ``capacity_factor``, ``token_drop_policy``,
 ``num_groups``, ``group_topk``, ``topk_scaling_factor``).
@@ -18,12 +19,14 @@ Only fields that the engine can vary along its ``point`` axis may be swept
 same for every point.
 
 Modules: ``sections`` (run, batch, traffic), ``router``, ``controller``,
-``penalty``, ``sweep`` (the points of a sweep, :data:`SWEEPABLE`), ``core``
+``penalty``, ``model`` (layers, placement), ``sweep`` (the points of a sweep,
+:data:`SWEEPABLE`), ``core``
 (the whole config, TOML reading) and ``_checks`` (the shared field checks).
 """
 
 from .controller import ControllerConfig
 from .core import _SECTIONS, Config, config_from_dict, load_config  # noqa: F401
+from .model import ModelConfig, PlacementConfig
 from .penalty import PenaltyConfig
 from .router import RouterConfig
 from .sections import BatchConfig, RunConfig, TrafficConfig
@@ -36,6 +39,8 @@ __all__ = [
     "RouterConfig",
     "ControllerConfig",
     "PenaltyConfig",
+    "ModelConfig",
+    "PlacementConfig",
     "SweepConfig",
     "Config",
     "SWEEPABLE",

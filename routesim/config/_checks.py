@@ -35,10 +35,25 @@ def _describe(hint: Any) -> str:
     )
 
 
+@functools.cache
+def _parts(hint: Any) -> tuple[Any, tuple]:
+    """``(origin, args)`` of a type hint (worked out once per hint)."""
+    return typing.get_origin(hint), typing.get_args(hint)
+
+
+_PLAIN = {bool: (bool,), str: (str,)}
+
+
 def _coerce(path: str, value: Any, hint: Any) -> Any:
     """Return ``value`` checked (and lightly converted) against a type hint."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+    plain = _PLAIN.get(hint) if type(hint) is type else None
+    if plain is not None and isinstance(value, plain):  # the common case, quickly
+        return value
+    if hint is int and type(value) is int:
+        return value
+    if hint is float and type(value) is float and value == value:
+        return value
+    origin, args = _parts(hint)
     def bad() -> ConfigError:  # the message is written only when refused
         return ConfigError(f"{path} = {value!r}: must be {_describe(hint)}")
 

@@ -67,6 +67,33 @@ def _traffic(kind: str, extra: Callable[[Any], bool] = lambda p: True,
     return why
 
 
+def _popularity_noise(p: Any) -> str | None:
+    """Fields of popularity-plus-noise logits: ``popularity`` traffic or ``frozen`` from it."""
+    t = p.traffic
+    if t.popularity_noise:
+        return None
+    if t.kind == "frozen":
+        return (f"traffic.frozen_source = {t.frozen_source!r} does not use it (only "
+                "'popularity' does)")
+    return f"traffic.kind = {t.kind!r} does not use it (only 'popularity' and 'frozen' do)"
+
+
+def _popularity_noise_if(cond: Callable[[Any], bool], extra_why: str) -> _Why:
+    return lambda p: _popularity_noise(p) or (None if cond(p) else extra_why.format(p=p))
+
+
+def _frozen(source: str | None = None) -> _Why:
+    def why(p: Any) -> str | None:
+        t = p.traffic
+        if t.kind != "frozen":
+            return f"traffic.kind = {t.kind!r} does not use it (only 'frozen' does)"
+        if source is not None and t.frozen_source != source:
+            return (f"traffic.frozen_source = {t.frozen_source!r} does not use it (only "
+                    f"{source!r} does)")
+        return None
+    return why
+
+
 def _drifting(extra: Callable[[Any], bool] = lambda p: True, extra_why: str = "") -> _Why:
     """A drift field: popularity traffic drifts mu, features traffic its topic weights."""
     def why(p: Any) -> str | None:
@@ -102,20 +129,22 @@ RULES: dict[str, _Why] = {
                              if p.run.engine == "meanfield" else
                              "the learning router (penalty.learn) routes with the generic code"
                              if p.penalty.learn else None),
+    "run.oracle": _only(lambda p: p.run.oracle != "off" or p.traffic.kind == "frozen",
+                        "the oracle is off unless traffic.kind = 'frozen' (run.oracle = 'auto')"),
     "run.common_random_numbers": _only(
         lambda p: not p.penalty.learn,
         "the learning router has its own switch, penalty.common_random_numbers"),
     # traffic
-    "traffic.skew": _traffic("popularity"),
-    "traffic.linear_spread": _traffic("popularity", lambda p: p.traffic.skew == "linear",
-                                      "traffic.skew = {p.traffic.skew!r} does not use it "
-                                      "(only 'linear' does)"),
-    "traffic.zipf_exponent": _traffic("popularity", lambda p: p.traffic.skew == "zipf",
-                                      "traffic.skew = {p.traffic.skew!r} does not use it "
-                                      "(only 'zipf' does)"),
-    "traffic.noise": _traffic("popularity"),
-    "traffic.noise_scale": _traffic("popularity"),
-    "traffic.seq_correlation": _traffic("popularity"),
+    "traffic.skew": _popularity_noise,
+    "traffic.linear_spread": _popularity_noise_if(lambda p: p.traffic.skew == "linear",
+                                                  "traffic.skew = {p.traffic.skew!r} does not "
+                                                  "use it (only 'linear' does)"),
+    "traffic.zipf_exponent": _popularity_noise_if(lambda p: p.traffic.skew == "zipf",
+                                                  "traffic.skew = {p.traffic.skew!r} does not "
+                                                  "use it (only 'zipf' does)"),
+    "traffic.noise": _popularity_noise,
+    "traffic.noise_scale": _popularity_noise,
+    "traffic.seq_correlation": _popularity_noise,
     "traffic.drift": _drifting(),
     "traffic.drift_std": _drifting(lambda p: p.traffic.drift == "random_walk",
                                   "traffic.drift = {p.traffic.drift!r} does not use it "
@@ -132,7 +161,10 @@ RULES: dict[str, _Why] = {
     **{f"traffic.{n}": _traffic("features")
        for n in ("feature_dim", "num_topics", "topic_weights", "topic_spread",
                  "router_init_scale", "topic_by_micro_batch")},
-    "traffic.trace": _traffic("trace"),
+    "traffic.trace": lambda p: (None if p.traffic.replays_trace else _traffic("trace")(p)
+                                if p.traffic.kind != "frozen" else _frozen("trace")(p)),
+    "traffic.frozen_source": _frozen(),
+    "traffic.separation": _frozen("separation"),
     # router
     "router.token_drop_policy": _only(
         lambda p: not p.router.dropless,
@@ -141,6 +173,22 @@ RULES: dict[str, _Why] = {
         lambda p: p.router.router_type == "expert_choice",
         lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
                   "'expert_choice' does)"),
+    **{f"router.{n}": _only(
+        lambda p: p.router.router_type == "hash" or p.model.hash_layers > 0,
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'hash' or model.hash_layers > 0 do)")
+       for n in ("hash_vocab_size", "hash_zipf_exponent")},
+    "router.expert_choice_shuffle": _only(
+        lambda p: p.router.router_type == "expert_choice",
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'expert_choice' does)"),
+    "router.threshold_ema": _only(
+        lambda p: p.router.router_type == "expert_threshold",
+        lambda p: f"router.router_type = {p.router.router_type!r} does not use it (only "
+                  "'expert_threshold' does)"),
+    "controller.type": _only(
+        lambda p: p.router.router_type != "hash" or p.controller.type == "none",
+        "hash routing takes no bias (a fixed table routes every token id); use 'none'"),
     "router.pre_softmax": _only(
         lambda p: p.router.score_function == "softmax"
         and not (p.penalty.learn and p.penalty.noisy_gate),
@@ -161,6 +209,14 @@ RULES: dict[str, _Why] = {
     "controller.warmup_steps": _controller("warmup_steps"),
     "controller.tanh_scale": _controller("tanh_scale"),
     "controller.quantile_ema": _controller("quantile_ema"),
+    **{f"controller.{n}": _controller("bias_update_rate")
+       for n in ("rate_schedule", "rate_warmup", "rate_freeze")},
+    **{f"controller.{n}": lambda p: (_controller("bias_update_rate")(p) or (
+        None if p.controller.rate_schedule == "cosine" else
+        f"controller.rate_schedule = {p.controller.rate_schedule!r} does not use it "
+        "(only 'cosine' does)")) for n in ("rate_horizon", "rate_final")},
+    "controller.target_shares": lambda p: (
+        "controller.type = 'none' does not balance" if p.controller.type == "none" else None),
     # penalty
     **{f"penalty.{n}": _learning()
        for n in ("optimizer", "learning_rate", "lr_schedule", "affinity_scale",
@@ -205,6 +261,16 @@ RULES: dict[str, _Why] = {
        for n in ("noise_init_scale", "importance_loss", "load_loss")},
     "penalty.quality_memory": _learning(lambda p: p.penalty.quality_strength > 0,
                                         "penalty.quality_strength = 0 turns the quality off"),
+    # model and placement
+    "model.layer_correlation": _only(lambda p: p.model.num_layers > 1,
+                                     "model.num_layers = 1 has one popularity order"),
+    **{f"placement.{n}": _only(lambda p: p.placement.active,
+                               "placement.ep_size is not set (no placement)")
+       for n in ("map", "optimise")},
+    "placement.replicate_hottest": _only(
+        lambda p: p.placement.active and p.placement.planned,
+        lambda p: ("placement.ep_size is not set (no placement)" if not p.placement.active
+                   else "placement.optimise = 'none' packs no replicas (use 'greedy')")),
 }
 
 
@@ -218,7 +284,8 @@ def set_fields_by_value(cfg: "Config") -> set[str]:
     ['controller.momentum', 'controller.type']
     """
     out = set(cfg.sweep.parameters)
-    for name in ("run", "batch", "traffic", "router", "controller", "penalty"):
+    for name in ("run", "batch", "traffic", "router", "controller", "penalty", "model",
+                 "placement"):
         section = getattr(cfg, name)
         for f in dataclasses.fields(section):
             if f.default is not dataclasses.MISSING and getattr(section, f.name) != f.default:

@@ -119,6 +119,8 @@ def _check_capacity(cfg: Any) -> None:
 def _logit_bound(cfg: Any) -> tuple[float, str]:
     """Largest possible |logit| of popularity or feature traffic and the field to blame."""
     t, n = cfg.traffic, cfg.router.num_experts
+    if t.kind == "frozen" and t.frozen_source == "separation":
+        return NORMAL_TAIL * t.separation, "traffic.separation"
     if t.kind == "features":
         d = t.feature_dim
         x = NORMAL_TAIL * (1.0 + t.topic_spread) / math.sqrt(d)
@@ -162,7 +164,8 @@ def check_numerics(cfg: Any) -> None:
     """
     _check_bias_step(cfg)
     _check_capacity(cfg)
-    if cfg.traffic.kind in ("popularity", "features"):
+    if cfg.traffic.kind in ("popularity", "features") or (
+            cfg.traffic.kind == "frozen" and cfg.traffic.frozen_source != "trace"):
         bound, name = _logit_bound(cfg)
         if not bound < _FLOAT32_MAX:
             value = getattr(cfg.traffic, name.split(".")[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping
 
@@ -22,7 +23,7 @@ class ControllerConfig:
     type : str
         A registered law (:func:`routesim.controllers.registered`): the
         built-in ``none``, ``sign``, ``sign_centred``, ``proportional``,
-        ``ema``, ``rms``, ``momentum_tanh``, ``quantile``, or one added with
+        ``ema``, ``rms``, ``momentum_tanh``, ``quantile``, ``dual_ascent``, or one added with
         :func:`routesim.controllers.register`. See docs/controllers.md.
     bias_update_rate : float >= 0 or str
         ``u``, the rate (Megatron ``moe_router_bias_update_rate``), or a
@@ -47,6 +48,27 @@ class ControllerConfig:
     quantile_ema : float in [0, 1)
         Memory of the quantile-balancing dual (Megatron
         ``moe_router_quantile_balancing_ema``).
+    rate_schedule : {"constant", "cosine", "inv_sqrt", "inv"}
+        Decay of ``bias_update_rate`` over the controller windows ``t``
+        (0 for the first update): 1, a half-cosine to ``rate_final`` over
+        ``rate_horizon`` windows, ``1 / sqrt(t + 1)``, ``1 / (t + 1)``.
+        Multiplied by the warm-up and the freeze
+        (:mod:`routesim.controllers.schedules`); the rate of each step is
+        the Dataset variable ``bias_update_rate``.
+    rate_warmup : int >= 0
+        Windows of linear warm-up of the rate, ``min(1, (t + 1) / W)``.
+    rate_horizon : int > 0 or None
+        Cosine horizon in windows; None: the run's windows.
+    rate_final : float in [0, 1]
+        Cosine floor as a fraction of the initial rate.
+    rate_freeze : int >= 0 or None
+        First window with rate 0 (the bias is frozen from then on); None:
+        never. (DeepSeek-V3 froze its bias for the last 500B of 14.8T tokens.)
+    target_shares : list of float or None
+        Target load share ``Q_i`` of each expert (>= 0, summing to 1); None:
+        uniform. The laws balance towards ``Q_i * sum(c)`` (experts placed
+        on devices of unequal speed); the oracle's capacities are
+        ``T K Q`` and ``maxvio_target`` is MaxVio against ``Q``.
     params : table of str to float
         Parameters of a registered law (``[controller.params]``), each
         checked by the law's registration and sweepable as
@@ -82,6 +104,12 @@ class ControllerConfig:
     warmup_steps: int = 0
     tanh_scale: float = 0.1
     quantile_ema: float = 0.0
+    rate_schedule: Literal["constant", "cosine", "inv_sqrt", "inv"] = "constant"
+    rate_warmup: int = 0
+    rate_horizon: int | None = None
+    rate_final: float = 0.0
+    rate_freeze: int | None = None
+    target_shares: tuple[float, ...] | None = None
     params: Mapping[str, float] = field(default_factory=lambda: LawParameters({}))
     module: str | None = None
 
@@ -101,6 +129,22 @@ class ControllerConfig:
                  "must be in [0, 1)")
         require(self.warmup_steps >= 0, "controller.warmup_steps", self.warmup_steps,
                  "must be an integer >= 0")
+        require(self.rate_warmup >= 0, "controller.rate_warmup", self.rate_warmup,
+                 "must be an integer >= 0")
+        if self.rate_horizon is not None:
+            require(self.rate_horizon >= 1, "controller.rate_horizon", self.rate_horizon,
+                     "must be an integer >= 1")
+        require(0.0 <= self.rate_final <= 1.0, "controller.rate_final", self.rate_final,
+                 "must be in [0, 1] (a negative floor would give negative rates)")
+        if self.rate_freeze is not None:
+            require(self.rate_freeze >= 0, "controller.rate_freeze", self.rate_freeze,
+                     "must be an integer >= 0")
+        if self.target_shares is not None:
+            q = list(self.target_shares)
+            require(all(math.isfinite(x) and x >= 0 for x in q), "controller.target_shares", q,
+                     "must be finite and >= 0")
+            require(abs(sum(q) - 1.0) <= 1e-6, "controller.target_shares", q,
+                     f"must sum to 1 (they sum to {sum(q):.6g})")
 
     def _check_rate(self) -> None:
         """A number >= 0, or ``"<m> u_c"`` for a law with a predicted critical rate."""

@@ -20,11 +20,49 @@ from ._ignored import check_ignored, check_kernel, set_fields_by_value
 from ._trace import check_trace
 from .penalty import PenaltyConfig
 from .controller import ControllerConfig, LawParameters
+from .model import ModelConfig, PlacementConfig, check_model_cross
 from .router import RouterConfig
 from .sections import BatchConfig, RunConfig, TrafficConfig
 from .sweep import SweepConfig, is_sweepable
 
-__all__ = ["Config", "load_config", "config_from_dict"]
+__all__ = ["Config", "load_config", "config_from_dict", "oracle_unsupported",
+           "ORACLE_MAX_VARIABLES"]
+
+#: Largest assignment LP (tokens per step x experts) the oracle is asked to solve.
+ORACLE_MAX_VARIABLES = 1 << 20
+
+
+def oracle_unsupported(cfg: Any) -> str | None:
+    """Why the assignment oracle cannot score a run of this point (None when it can).
+
+    The oracle compares each step's top K of ``s + b`` with the optimal
+    assignment of the same scores, so it needs token-choice routing with an
+    additive bias and no group limit, on logits that can be drawn again.
+
+    Examples
+    --------
+    >>> from routesim import Config
+    >>> oracle_unsupported(Config()) is None
+    True
+    >>> oracle_unsupported(Config().replace(**{"router.num_groups": 4, "router.group_topk": 2}))
+    'group-limited routing (router.num_groups) is not a top-K of s + b'
+    """
+    r = cfg.router
+    if cfg.penalty.learn:
+        return "the learning router's logits change with its weights"
+    if cfg.run.engine != "exact":
+        return f"run.engine = {cfg.run.engine!r} routes no tokens"
+    if r.router_type != "token_choice":
+        return f"router.router_type = {r.router_type!r} is not a top-K of s + b"
+    if r.num_groups is not None:
+        return "group-limited routing (router.num_groups) is not a top-K of s + b"
+    if r.bias_mode != "additive":
+        return f"router.bias_mode = {r.bias_mode!r} is not a top-K of s + b"
+    if cfg.model.num_layers > 1:
+        return "model.num_layers > 1: the oracle scores one layer"
+    if getattr(r, "zero_experts", 0):
+        return "router.zero_experts: zero-computation experts have no capacity to price"
+    return None
 
 
 def _replace_section(section: Any, changes: dict[str, Any]) -> Any:
@@ -47,6 +85,8 @@ _SECTIONS = {
     "router": RouterConfig,
     "controller": ControllerConfig,
     "penalty": PenaltyConfig,
+    "model": ModelConfig,
+    "placement": PlacementConfig,
     "sweep": SweepConfig,
 }
 
@@ -84,6 +124,8 @@ class Config:
     router: RouterConfig = field(default_factory=RouterConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
@@ -96,7 +138,7 @@ class Config:
         for point in points:
             point._check_cross()
         check_kernel(points)
-        if self.traffic.kind == "trace":
+        if self.traffic.replays_trace:
             check_trace(self.traffic.trace, self.router.num_experts, self.batch.tokens_per_step)
         check_ignored(self, points, set_fields_by_value(self))
 
@@ -126,12 +168,58 @@ class Config:
                      "Expert Choice fills every expert exactly; omit the capacity factor")
             require(not dual, "controller.type", c.type,
                      "Expert Choice takes no quantile dual; use another controller or none")
+        if c.type == "zero_budget":
+            require(r.zero_experts >= 1, "controller.type", c.type,
+                     "needs zero-computation experts: set router.zero_experts >= 1")
+            budget = c.params.get("ffn_budget", law.params["ffn_budget"].default)
+            require(0.0 <= budget <= r.topk, "controller.params.ffn_budget", budget,
+                     f"must be in [0, router.topk] = [0, {r.topk}] (FFN experts per token)")
+        if r.router_type == "expert_choice" and r.expert_choice_shuffle:
+            block = r.expert_choice_block or tokens_mb
+            require(block < tokens_mb, "router.expert_choice_shuffle", True,
+                     f"has no effect with a block of the whole micro-batch ({tokens_mb} "
+                     "tokens): set router.expert_choice_block smaller")
+        if r.router_type == "expert_threshold":
+            require(r.dropless, "router.capacity_factor", r.capacity_factor,
+                     "Expert Threshold routing is dropless here; omit the capacity factor")
+            require(not dual, "controller.type", c.type,
+                     "Expert Threshold takes no quantile dual; use another controller or none")
+            require(tokens_mb * r.topk >= r.num_experts, "router.router_type", r.router_type,
+                     f"Expert Threshold needs K * T / N >= 1 per micro-batch "
+                     f"({r.topk} x {tokens_mb} / {r.num_experts})")
+        if r.router_type in ("hash", "expert_threshold"):
+            require(self.run.engine == "exact", "router.router_type", r.router_type,
+                     "runs on run.engine = 'exact'")
+        if r.router_type == "hash":
+            require(r.dropless, "router.capacity_factor", r.capacity_factor,
+                     "hash routing is dropless here; omit the capacity factor")
+            require(self.traffic.kind == "popularity" and not dual, "router.router_type",
+                     r.router_type, "hash routing draws its own token ids: needs "
+                     "traffic.kind = 'popularity' and no quantile controller")
         if self.penalty.learn or self.penalty.type != "none" or self.penalty.z_loss > 0:
             require(self.traffic.kind == "features", "traffic.kind", self.traffic.kind,
                      "a learnable router or a penalty needs traffic.kind = 'features'")
         self._check_learning()
+        check_model_cross(self)
         check_rate_expression(self)
         check_numerics(self)
+        if c.target_shares is not None:
+            require(len(c.target_shares) == r.num_experts, "controller.target_shares",
+                     list(c.target_shares),
+                     f"must have one share per expert (router.num_experts = {r.num_experts})")
+            require("target_share" in law.inputs or law.law is None, "controller.target_shares",
+                     list(c.target_shares), f"controller.type = {c.type!r} does not read "
+                     "target shares (a law declares the input 'target_share')")
+        why = oracle_unsupported(self)
+        if self.run.oracle == "on":
+            require(why is None, "run.oracle", "on", str(why))
+        if self.run.oracle == "on" or (self.run.oracle == "auto" and why is None
+                                       and self.traffic.kind == "frozen"):
+            size = b.tokens_per_step * r.num_experts
+            require(size <= ORACLE_MAX_VARIABLES, "run.oracle", self.run.oracle,
+                     f"the oracle's LP would have tokens per step x experts = {size} "
+                     f"variables (at most {ORACLE_MAX_VARIABLES}); use fewer tokens per step "
+                     "or set run.oracle = 'off'")
 
     def _check_learning(self) -> None:
         """Rules of the learning router (routesim.engines.learner)."""
@@ -286,11 +374,14 @@ class Config:
         return Config(**sections)
 
 
+_NO_SWEEP = SweepConfig()
+
+
 def _build_plain(sections: dict[str, Any]) -> Config:
     """A Config without sweep, skipping the point expansion (no recursion)."""
     cfg = object.__new__(Config)
     for name in _SECTIONS:
-        object.__setattr__(cfg, name, sections.get(name, SweepConfig()))
+        object.__setattr__(cfg, name, sections.get(name) or _NO_SWEEP)
     return cfg
 
 
@@ -407,7 +498,7 @@ def load_config(path: str | Path) -> Config:
     >>> load_config(folder / "typo.toml")
     Traceback (most recent call last):
     ...
-    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, group_topk, num_experts, num_groups, pre_softmax, router_type, score_function, token_drop_policy, topk, topk_scaling_factor
+    routesim.exceptions.ConfigError: router.top_k = 2: unknown key; allowed: bias_mode, capacity_factor, expert_choice_block, expert_choice_shuffle, group_topk, hash_vocab_size, hash_zipf_exponent, num_experts, num_groups, pre_softmax, router_type, score_function, threshold_ema, token_drop_policy, topk, topk_scaling_factor, zero_experts
     """
     path = Path(path)
     try:

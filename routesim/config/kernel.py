@@ -18,10 +18,10 @@ from ..exceptions import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from .core import Config
 
-__all__ = ["KERNELS", "unsupported_reason", "check_kernel"]
+__all__ = ["KERNELS", "unsupported_reason", "sparse_unsupported_reason", "check_kernel"]
 
 #: Values of ``run.kernel``.
-KERNELS = ("auto", "generic", "numba", "cuda")
+KERNELS = ("auto", "generic", "numba", "cuda", "sparse")
 
 
 def unsupported_reason(points: Sequence["Config"]) -> str | None:
@@ -64,6 +64,52 @@ def unsupported_reason(points: Sequence["Config"]) -> str | None:
     return None
 
 
+def sparse_unsupported_reason(points: Sequence["Config"]) -> str | None:
+    """Why the sparse kernel (``run.kernel = "sparse"``) cannot route these points.
+
+    It covers token-choice routing of popularity traffic (any noise law, with or
+    without the per-sequence component), sigmoid or sqrt-softplus gate with an
+    additive or multiplicative bias, dropless, without groups, quantile balancing
+    or displacement, up to 16384 experts.
+
+    Parameters
+    ----------
+    points : sequence of Config
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> from routesim import Config
+    >>> cfg = Config().replace(**{"run.record_displacement": False, "traffic.noise": "gumbel"})
+    >>> sparse_unsupported_reason([cfg]) is None
+    True
+    >>> sparse_unsupported_reason([Config()])[:31]
+    'run.record_displacement = True '
+    """
+    cfg = points[0]
+    t, r, run = cfg.traffic, cfg.router, cfg.run
+    checks = [
+        (r.router_type == "token_choice", f"router.router_type = {r.router_type!r}"),
+        (t.kind == "popularity", f"traffic.kind = {t.kind!r}"),
+        (r.score_function != "softmax", "router.score_function = 'softmax'"),
+        (r.dropless, f"router.capacity_factor = {r.capacity_factor!r}"),
+        (r.num_groups is None or r.num_groups == 1, f"router.num_groups = {r.num_groups!r}"),
+        (all(not get_law(p.controller.type).bias_on_logits for p in points),
+         "controller.type = 'quantile'"),
+        (not run.record_displacement, "run.record_displacement = True"),
+        (r.num_experts <= 16384, f"router.num_experts = {r.num_experts!r}"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            return what + " (the sparse kernel covers token-choice routing of popularity " \
+                          "traffic, sigmoid or sqrt-softplus gate, dropless, without groups, " \
+                          "quantile balancing or displacement, up to 16384 experts)"
+    return None
+
+
 def check_kernel(points: Sequence["Config"]) -> None:
     """Refuse a named compiled kernel (``run.kernel``) that cannot run this config.
 
@@ -90,12 +136,12 @@ def check_kernel(points: Sequence["Config"]) -> None:
     """
     run = points[0].run
     want = run.kernel
-    if want not in ("numba", "cuda"):
+    if want not in ("numba", "cuda", "sparse"):
         return
-    need = "numpy" if want == "numba" else "cupy"
+    need = "cupy" if want == "cuda" else "numpy"
     if run.backend != need:
         raise ConfigError(f"run.kernel = {want!r}: needs run.backend = {need!r} (the engine "
                           f"runs on {run.backend!r}); use 'auto' or 'generic'")
-    reason = unsupported_reason(points)
+    reason = (sparse_unsupported_reason if want == "sparse" else unsupported_reason)(points)
     if reason is not None:
         raise ConfigError(f"run.kernel = {want!r}: cannot run {reason}; use 'auto' or 'generic'")

@@ -43,11 +43,38 @@ class RouterConfig:
     token_drop_policy : {"probs", "position"}
         Which tokens an over-full expert keeps: the highest gate weights, or
         the first in Megatron's [sequence position, batch] order.
-    router_type : {"token_choice", "expert_choice"}
+    router_type : {"token_choice", "expert_choice", "expert_threshold", "hash"}
         ``expert_choice``: each expert takes its top ``K * T / N`` tokens of a
-        block of ``expert_choice_block`` tokens.
+        block of ``expert_choice_block`` tokens. ``hash``: each token carries
+        a token id drawn from a Zipf law, and a fixed table sends each id to
+        ``K`` experts (DeepSeek-V4's first layers; :mod:`routesim.routing.hash`);
+        no logits, gate or bias act. ``expert_threshold``: each expert takes
+        the tokens whose score is above its threshold, an EMA of its
+        ``K * T / N``-th largest score over past micro-batches (causal; a
+        token gets 0 to ``N`` experts; :mod:`routesim.routing.expert_threshold`).
     expert_choice_block : int > 0 or None
         Block size for Expert Choice (None = one micro-batch).
+    expert_choice_shuffle : bool
+        Expert Choice: shuffle the micro-batch's tokens (a random
+        permutation independent of their content) before cutting it into
+        blocks, so that each block mixes every sequence; needs a block
+        smaller than the micro-batch.
+    threshold_ema : float in [0, 1)
+        Expert Threshold: EMA weight of the past threshold,
+        ``tau = ema * tau + (1 - ema) * estimate`` after each micro-batch.
+        The first micro-batch routes with the estimate of a calibration
+        micro-batch drawn before the run.
+    zero_experts : int >= 0
+        ``Z``: the last ``Z`` of the ``num_experts`` experts are
+        zero-computation (identity) experts (LongCat-Flash); a token that
+        picks one computes fewer FFN experts. The ``zero_budget`` controller
+        steers the mean number of FFN experts per token to
+        ``controller.params.ffn_budget``.
+    hash_vocab_size : int > 0
+        ``V``, token ids of hash routing.
+    hash_zipf_exponent : float >= 0
+        Token frequencies of hash routing, ``f_v`` proportional to
+        ``(v + 1) ** -a``: an id with ``f_v > K / N`` cannot be balanced.
 
     Examples
     --------
@@ -71,8 +98,14 @@ class RouterConfig:
     topk_scaling_factor: float | None = None
     capacity_factor: float | None = None
     token_drop_policy: Literal["probs", "position"] = "probs"
-    router_type: Literal["token_choice", "expert_choice"] = "token_choice"
+    router_type: Literal["token_choice", "expert_choice", "expert_threshold",
+                         "hash"] = "token_choice"
     expert_choice_block: int | None = None
+    expert_choice_shuffle: bool = False
+    threshold_ema: float = 0.9
+    zero_experts: int = 0
+    hash_vocab_size: int = 32768
+    hash_zipf_exponent: float = 1.0
 
     def __post_init__(self) -> None:
         check_types(self, "router")
@@ -105,6 +138,14 @@ class RouterConfig:
         if self.capacity_factor is not None:
             require(self.capacity_factor > 0, "router.capacity_factor", self.capacity_factor,
                      "must be > 0 (omit it, or use inf, for dropless routing)")
+        require(0.0 <= self.threshold_ema < 1.0, "router.threshold_ema", self.threshold_ema,
+                 "must be in [0, 1)")
+        require(0 <= self.zero_experts < self.num_experts, "router.zero_experts",
+                 self.zero_experts, f"must be an integer in [0, router.num_experts) = "
+                 f"[0, {self.num_experts})")
+        require(self.hash_vocab_size >= 1, "router.hash_vocab_size", self.hash_vocab_size,
+                 "must be an integer >= 1")
+        positive(self, "router", "hash_zipf_exponent", allow_zero=True)
         if self.expert_choice_block is not None:
             require(self.expert_choice_block >= 1, "router.expert_choice_block",
                      self.expert_choice_block, "must be an integer >= 1")

@@ -46,12 +46,17 @@ class RunConfig:
         treatment. A point's numbers then depend on neither its index nor
         its neighbours. (The learning router has its own switch,
         ``penalty.common_random_numbers``.)
-    kernel : {"auto", "generic", "numba", "cuda"}
+    kernel : {"auto", "generic", "numba", "cuda", "sparse"}
         Exact-engine routing code: ``generic`` is the array code (any
         backend); ``numba`` (NumPy backend, ``fast`` extra) and ``cuda``
         (CuPy backend) are compiled kernels for popularity traffic with
         normal noise, dropless token choice; ``auto`` picks the compiled one
         where it applies. All give the same counts up to float32 near-ties.
+        ``sparse`` (NumPy backend, ``fast`` extra; never picked by ``auto``)
+        draws only the experts near each token's top-K, in O(K) per token:
+        selections with the same law as the others' but other random numbers
+        (popularity traffic with any noise law, sigmoid or sqrt-softplus
+        gate, dropless token choice, ``record_displacement = false``).
     max_memory : int > 0, str or None
         Memory a run may use: bytes, or a string such as ``"8GB"`` or
         ``"512MiB"`` (k, M, G, T are powers of 1000; Ki, Mi, Gi, Ti of
@@ -69,6 +74,12 @@ class RunConfig:
         need every step (``maxvio_global`` over its trailing window,
         ``flip_fraction``, the whole-run and end-of-run MaxVio) are computed
         from every step before the others are thinned.
+    oracle : {"auto", "on", "off"}
+        Score every step's routed assignment against the optimal-assignment
+        oracle (:mod:`routesim.assignment`; one LP per point for frozen
+        traffic, per step and point otherwise): ``auto`` on frozen traffic
+        (where it applies), ``on`` always (refused where it cannot apply),
+        ``off`` never.
 
     Examples
     --------
@@ -89,10 +100,11 @@ class RunConfig:
     global_window: int = 100
     record_displacement: bool = True
     common_random_numbers: bool = False
-    kernel: Literal["auto", "generic", "numba", "cuda"] = "auto"
+    kernel: Literal["auto", "generic", "numba", "cuda", "sparse"] = "auto"
     max_memory: int | str | None = None
     record: Literal["full", "metrics"] = "full"
     record_every: int = 1
+    oracle: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         check_types(self, "run")
@@ -185,10 +197,12 @@ class TrafficConfig:
 
     Attributes
     ----------
-    kind : {"popularity", "features", "trace"}
+    kind : {"popularity", "features", "trace", "frozen"}
         ``popularity``: logit ``z = mu + noise``; ``features``: topic-mixture
         token features through router weights, ``z = x @ W.T``; ``trace``:
-        replay of a recorded logit trace.
+        replay of a recorded logit trace; ``frozen``: one logit matrix per
+        point (and replica), drawn once from ``frozen_source`` and replayed
+        unchanged every step, so that the controller loop is deterministic.
     skew : {"uniform", "linear", "zipf"}
         Shape of the popularity vector ``mu`` over experts.
     linear_spread : float >= 0
@@ -236,6 +250,14 @@ class TrafficConfig:
         In a TOML file a relative path is read against the file's folder
         (not the working directory) and stored absolute; built in Python,
         it is relative to the working directory.
+    frozen_source : {"popularity", "separation", "trace"}
+        What ``frozen`` traffic replays: ``popularity`` is the first step of
+        popularity traffic (``mu`` plus noise, no drift); ``separation`` is
+        ``z = separation * N(0, 1)`` (so a sigmoid gate scores
+        ``sigmoid(separation * N(0, 1))``); ``trace`` is the first step of
+        ``traffic.trace`` (a file of logits).
+    separation : float >= 0
+        Scale of the ``separation`` source's normal logits.
 
     Examples
     --------
@@ -247,7 +269,7 @@ class TrafficConfig:
     routesim.exceptions.ConfigError: traffic.noise_scale = -1.0: must be a finite number >= 0
     """
 
-    kind: Literal["popularity", "features", "trace"] = "popularity"
+    kind: Literal["popularity", "features", "trace", "frozen"] = "popularity"
     skew: Literal["uniform", "linear", "zipf"] = "uniform"
     linear_spread: float = 1.0
     zipf_exponent: float = 1.0
@@ -266,11 +288,14 @@ class TrafficConfig:
     router_init_scale: float = 1.0
     topic_by_micro_batch: bool = False
     trace: str = "builtin"
+    frozen_source: Literal["popularity", "separation", "trace"] = "popularity"
+    separation: float = 1.0
 
     def __post_init__(self) -> None:
         check_types(self, "traffic")
         positive(self, "traffic", "linear_spread", "zipf_exponent", "noise_scale", "drift_std",
-                  "drift_amplitude", "topic_spread", "router_init_scale", allow_zero=True)
+                  "drift_amplitude", "topic_spread", "router_init_scale", "separation",
+                  allow_zero=True)
         positive(self, "traffic", "drift_period")
         require(0.0 <= self.seq_correlation < 1.0, "traffic.seq_correlation",
                  self.seq_correlation, "must be in [0, 1)")
@@ -291,3 +316,14 @@ class TrafficConfig:
                      list(w), "must be finite and >= 0")
             require(abs(sum(w) - 1.0) < 1e-6, "traffic.topic_weights", list(w),
                      f"must sum to 1 (they sum to {sum(w):.6g})")
+
+    @property
+    def replays_trace(self) -> bool:
+        """True when the logits come from ``traffic.trace`` (``trace``, or ``frozen`` from it)."""
+        return self.kind == "trace" or (self.kind == "frozen" and self.frozen_source == "trace")
+
+    @property
+    def popularity_noise(self) -> bool:
+        """True when the logits are popularity plus noise (``popularity``, ``frozen`` from it)."""
+        return self.kind == "popularity" or (self.kind == "frozen"
+                                             and self.frozen_source == "popularity")

@@ -125,9 +125,11 @@ class SweepConfig:
 SWEEPABLE = frozenset(
     [f"traffic.{n}" for n in ("skew", "linear_spread", "zipf_exponent", "noise_scale",
                               "seq_correlation", "drift_std", "drift_amplitude",
-                              "drift_period", "topic_spread")]
+                              "drift_period", "topic_spread", "separation")]
     + [f"controller.{n}" for n in ("type", "bias_update_rate", "momentum", "bias_cap",
-                                   "warmup_steps", "tanh_scale", "quantile_ema")]
+                                   "warmup_steps", "tanh_scale", "quantile_ema",
+                                   "rate_schedule", "rate_warmup", "rate_horizon",
+                                   "rate_final", "rate_freeze")]
     + [f"penalty.{n}" for n in ("type", "loss", "alpha", "z_loss", "learning_rate",
                                 "importance_loss", "load_loss", "affinity_scale",
                                 "quality_strength")]

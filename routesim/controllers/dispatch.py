@@ -11,6 +11,7 @@ Shape legend: P points, R replicas, E experts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Iterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from .registry import CONFIG_FIELDS, ControllerLaw, get_law, registered
+from .schedules import rate_factor
 
 __all__ = ["ControllerParams", "make_controller_params", "update_bias", "LawParams"]
 
@@ -35,6 +37,14 @@ class ControllerParams:
     law_params_P : dict of str to dict of str to ndarray (P,)
         For each law present, its ``controller.params`` values; points of
         other laws carry the law's defaults (they are computed, then masked).
+    router_P : dict of str to ndarray (P,)
+        ``zero_experts`` and ``topk`` of each point (inputs a law may declare).
+    schedule_P : dict of str to ndarray (P,)
+        Rate schedule of each point: ``decay`` (str), ``warmup``,
+        ``horizon``, ``final``, ``freeze`` (:func:`.schedules.rate_factor`);
+        empty: constant rates.
+    target_PE : ndarray (P, E) or None
+        Target load shares ``Q``; None when every point's are uniform.
 
     Examples
     --------
@@ -47,11 +57,31 @@ class ControllerParams:
     types: tuple[str, ...]
     fields_P: Mapping[str, np.ndarray]
     law_params_P: Mapping[str, Mapping[str, np.ndarray]]
+    router_P: Mapping[str, np.ndarray] | None = None
+    schedule_P: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    target_PE: np.ndarray | None = None
+
+    def rate_factor_P(self, windows_done: int) -> np.ndarray:
+        """Each point's rate-schedule factor for window ``windows_done``: (P,).
+
+        Examples
+        --------
+        >>> from routesim import Config
+        >>> cfg = Config().replace(**{"controller.rate_schedule": "inv"})
+        >>> make_controller_params([cfg, Config()]).rate_factor_P(3).tolist()
+        [0.25, 1.0]
+        """
+        if not self.schedule_P:
+            return np.ones(len(self.types))
+        s = self.schedule_P
+        return rate_factor(s["decay"], windows_done, s["warmup"], s["horizon"], s["final"],
+                           s["freeze"])
 
     @classmethod
     def from_columns(cls, types: Sequence[str], fields_P: Mapping[str, Any],
-                     user_params: Sequence[Mapping[str, float]] | None = None
-                     ) -> "ControllerParams":
+                     user_params: Sequence[Mapping[str, float]] | None = None,
+                     schedule_P: Mapping[str, Any] | None = None,
+                     target_PE: np.ndarray | None = None) -> "ControllerParams":
         """Build from per-point columns; missing fields are 0, missing params their defaults.
 
         Examples
@@ -73,7 +103,8 @@ class ControllerParams:
                 key: np.array([g.get(key, p.default) if t == name else p.default
                                for t, g in zip(types, given)], dtype=np.float64)
                 for key, p in spec.params.items()}
-        return cls(types=types, fields_P=cols, law_params_P=law_params)
+        return cls(types=types, fields_P=cols, law_params_P=law_params,
+                   schedule_P=dict(schedule_P or {}), target_PE=target_PE)
 
     @property
     def laws(self) -> tuple[ControllerLaw, ...]:
@@ -109,9 +140,39 @@ def make_controller_params(points: Sequence[Any]) -> ControllerParams:
     (('sign', 'ema'), [0.9, 0.5])
     """
     ctrl = [p.controller for p in points]
-    return ControllerParams.from_columns(
+    schedule: dict[str, Any] = {}
+    if any(c.rate_schedule != "constant" or c.rate_warmup or c.rate_freeze is not None
+           for c in ctrl):
+        windows = [_windows(p) for p in points]
+        schedule = {
+            "decay": np.array([c.rate_schedule for c in ctrl]),
+            "warmup": np.array([c.rate_warmup for c in ctrl], dtype=np.float64),
+            "horizon": np.array([c.rate_horizon or w for c, w in zip(ctrl, windows)],
+                                dtype=np.float64),
+            "final": np.array([c.rate_final for c in ctrl], dtype=np.float64),
+            "freeze": np.array([np.inf if c.rate_freeze is None else c.rate_freeze
+                                for c in ctrl], dtype=np.float64)}
+    target = None
+    if any(c.target_shares is not None for c in ctrl):
+        n = len(next(c.target_shares for c in ctrl if c.target_shares is not None))
+        target = np.array([c.target_shares if c.target_shares is not None else [1.0 / n] * n
+                           for c in ctrl], dtype=np.float64)
+    params = ControllerParams.from_columns(
         [c.type for c in ctrl], {f: [getattr(c, f) for c in ctrl] for f in CONFIG_FIELDS},
-        [getattr(c, "params", {}) for c in ctrl])
+        [getattr(c, "params", {}) for c in ctrl], schedule, target)
+    router = {name: np.array([getattr(p.router, name, 0) for p in points], dtype=np.float64)
+              for name in ("zero_experts", "topk")}
+    return dataclasses.replace(params, router_P=router)
+
+
+def _windows(point: Any) -> int:
+    """Controller windows in a run of ``point`` (the default cosine horizon)."""
+    c, steps = point.controller, point.run.steps
+    if c.window == "micro_batch":
+        return steps * point.batch.num_micro_batches
+    if c.window == "steps":
+        return max(steps // c.update_every, 1)
+    return steps
 
 
 class LawParams(Mapping):
@@ -190,12 +251,25 @@ def update_bias(xp: ModuleType, params: ControllerParams, bias_PRE: Any, memory_
     dtype = bias_PRE.dtype
     new_bias, new_memory = bias_PRE, memory_PRE
     types = np.asarray(params.types)
+    factor_P = params.rate_factor_P(windows_done) if params.schedule_P else None
+    target = None
+    if params.target_PE is not None:
+        target = xp.reshape(xp.asarray(params.target_PE, dtype=dtype),
+                            (len(params.types), 1, -1))
     for law in params.laws:
         if law.law is None:
             continue
         inputs = {"dual_estimate": estimate_PRE} if law.needs_dual_estimate else {}
+        for name in ("zero_experts", "topk"):
+            if name in law.inputs:
+                inputs[name] = xp.reshape(xp.asarray(params.router_P[name], dtype=dtype),
+                                          (-1, 1, 1))
+        if "target_share" in law.inputs:
+            inputs["target_share"] = target
         columns = {**{f: params.fields_P[f] for f in law.fields},
                    **params.law_params_P.get(law.name, {})}
+        if factor_P is not None and "bias_update_rate" in columns:
+            columns["bias_update_rate"] = columns["bias_update_rate"] * factor_P
         b, m = law.law(xp, bias_PRE, load_PRE, memory_PRE,
                        LawParams(xp, dtype, columns, inputs))
         chosen_P = types == law.name

@@ -31,8 +31,10 @@ from typing import Any, Callable, Iterator, Mapping
 __all__ = ["Param", "ControllerLaw", "register", "unregister", "registered", "get_law",
            "registered_temporarily", "import_law_module", "INPUTS", "CONFIG_FIELDS"]
 
-#: Inputs a law may declare, besides bias, loads and memory.
-INPUTS = ("dual_estimate",)
+#: Inputs a law may declare, besides bias, loads and memory: the window's
+#: quantile dual estimate and the target load shares ``Q`` (P, 1, E), None
+#: when every point's targets are uniform.
+INPUTS = ("dual_estimate", "target_share", "zero_experts", "topk")
 
 #: ControllerConfig fields a law may read (by their own names in ``params``).
 CONFIG_FIELDS = ("bias_update_rate", "momentum", "bias_cap", "warmup_steps", "tanh_scale",
@@ -171,7 +173,12 @@ def register(name: str, law: Law | None, *, params: Mapping[str, float | Param] 
         The bias is added to the logits (as quantile balancing does).
     inputs : tuple of str
         ``("dual_estimate",)`` gives ``params["dual_estimate"]``, the
-        window's quantile dual estimate (P, R, E) (exact engine only).
+        window's quantile dual estimate (P, R, E) (exact engine only);
+        ``("target_share",)`` gives ``params["target_share"]``, the target
+        load shares ``Q`` (P, 1, E), or None when all are uniform. Only a
+        law that declares it may run with ``controller.target_shares``.
+        ``"zero_experts"`` and ``"topk"`` give ``router.zero_experts`` and
+        ``router.topk`` of each point, shaped (P, 1, 1).
     replace : bool
         Replace a different law registered under the same name (registering
         the same function again always does).

@@ -20,10 +20,10 @@ from .. import controllers
 from .._backend import get_namespace
 from ..config import Config
 from ..exceptions import ConfigError
-from ..rng import point_keys
+from ..rng import layer_keys
 
 __all__ = ["PointPlan", "make_plan", "select_points", "initial_bias", "closes_after_micro_batch",
-           "closes_after_step", "update_controller", "maxvio_compute", "StepOutput",
+           "closes_after_step", "update_controller", "maxvio_compute", "batch_loads", "StepOutput",
            "EngineExtra", "ExpertChoiceExtra", "LearnerExtra", "MeanFieldExtra", "Simulator"]
 
 
@@ -36,7 +36,9 @@ class PointPlan:
     indices : tuple of int
         Global index of each point in the sweep.
     points : tuple of Config
-        The point configs (sweep applied), in the order of ``indices``.
+        The config of each row of the point axis (sweep applied), in the
+        order of ``indices``; with ``model.num_layers = L > 1`` each point
+        gives ``L`` consecutive rows, one per layer.
     all_points : tuple of Config
         Every point of the sweep (some choices are made for the whole sweep).
     xp : namespace
@@ -44,7 +46,7 @@ class PointPlan:
     dtype : dtype
         Bias and controller memory dtype (``run.bias_dtype``).
     keys_PR : uint64 array (P, R)
-        Counter-RNG keys of each point and replica.
+        Counter-RNG keys of each row and replica (:func:`routesim.rng.layer_keys`).
     shape_PRE : tuple of int
         ``(P, R, E)``.
     init_bias : float
@@ -129,10 +131,13 @@ def make_plan(config: Config, point_indices: Sequence[int] | None,
     shared = cfg.run.common_random_numbers if common_random_numbers is None \
         else common_random_numbers
     key_points = [0] * len(points) if shared else list(indices)
-    return PointPlan(indices=indices, points=points, all_points=all_points, xp=xp,
+    layers = cfg.model.num_layers
+    rows = tuple(p for p in points for _ in range(layers))  # one row per (point, layer)
+    return PointPlan(indices=indices, points=rows, all_points=all_points, xp=xp,
                      dtype=xp.float32 if cfg.run.bias_dtype == "float32" else xp.float64,
-                     keys_PR=xp.asarray(point_keys(cfg.run.seed, key_points, cfg.run.replicas)),
-                     shape_PRE=(len(points), cfg.run.replicas, cfg.router.num_experts),
+                     keys_PR=xp.asarray(layer_keys(cfg.run.seed, key_points, cfg.run.replicas,
+                                                   layers)),
+                     shape_PRE=(len(rows), cfg.run.replicas, cfg.router.num_experts),
                      init_bias=1.0 if cfg.router.bias_mode == "multiplicative" else 0.0)
 
 
@@ -221,6 +226,20 @@ def maxvio_compute(xp: ModuleType, rows_PRBE: Any, rows_per_batch: Sequence[int]
         mean = xp.mean(g, axis=-1)
         out.append(xp.mean((xp.max(g, axis=-1) - mean) / mean, axis=-1))
     return xp.stack(out, axis=-1) if out else xp.zeros((p, r, 0), dtype=xp.float64)
+
+
+def batch_loads(xp: ModuleType, rows_PRBE: Any, rows_per_batch: int) -> Any:
+    """Loads of consecutive computation batches of ``rows_per_batch`` rows: (P, R, B', E).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rows = np.array([[[[3, 1], [1, 3], [2, 0], [0, 2]]]])  # four sequences
+    >>> batch_loads(np, rows, 2).tolist()
+    [[[[4, 4], [2, 2]]]]
+    """
+    p, r, b, e = rows_PRBE.shape
+    return xp.sum(xp.reshape(rows_PRBE, (p, r, b // rows_per_batch, rows_per_batch, e)), axis=3)
 
 
 # ----------------------------------------------------------------------------
@@ -314,6 +333,9 @@ class StepOutput:
         Choice); None where the engine does not report it.
     logit_sum_PR : sum of the step's router logits (a cheap finite check),
         or None where the engine does not report it.
+    ep_batch_load_PRBE : kept loads of each expert-parallel computation
+        batch (``batch.micro_batch_size x placement.ep_size`` sequences),
+        or None without a placement.
     extra : EngineExtra or None
         The engine's own report.
 
@@ -336,6 +358,7 @@ class StepOutput:
     unrouted_PR: Any = None
     logit_sum_PR: Any = None
     extra: EngineExtra | None = None
+    ep_batch_load_PRBE: Any = None
 
     @property
     def experts_per_token_PRJ(self) -> Any:

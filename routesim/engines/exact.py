@@ -35,12 +35,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..routing import expert_choice
+from ..routing import expert_threshold
+from ..routing import hash as hash_routing
 from .. import controllers, routing, traffic
 from . import kernels as _kernels
 from .._backend import one_hot
 from ..config import Config
 from ..gates import gate
-from ._common import (ExpertChoiceExtra, PointPlan, StepOutput, closes_after_micro_batch,
+from ._common import (ExpertChoiceExtra, PointPlan, StepOutput, batch_loads,
+                      closes_after_micro_batch,
                       closes_after_step, initial_bias, make_plan, maxvio_compute,
                       update_controller)
 
@@ -72,6 +75,8 @@ class SimState:
     windows_done : int
         Controller windows completed (for warm-up).
     traffic : traffic.TrafficState
+    threshold_PRE : array (P, R, E) or None
+        Expert Threshold routing: each expert's score threshold.
 
     Examples
     --------
@@ -91,6 +96,7 @@ class SimState:
     window_batches: int
     windows_done: int
     traffic: traffic.TrafficState
+    threshold_PRE: Any = None
 
 
 Simulator = tuple[Callable[[], SimState], Callable[[SimState], tuple[SimState, StepOutput]]]
@@ -114,6 +120,13 @@ class ExactPlan:
         Expert capacity per micro-batch.
     ec_block : int or None
         Expert Choice block in tokens (None for token choice).
+    hash_table_PVK : int array (P, V, K) or None
+        Hash routing: the id-to-experts table of each row (one per layer).
+    hash_cdf_V : float64 array (V,) or None
+        Hash routing: cumulative token-id frequencies.
+    hash_rows_P : bool array (P,) or None
+        ``model.hash_layers``: the rows (layers) routed by hash, the others
+        by token choice; None when every row routes alike.
 
     Examples
     --------
@@ -133,6 +146,9 @@ class ExactPlan:
     chunk_seqs: int
     cap: int
     ec_block: int | None
+    hash_table_PVK: Any = None
+    hash_cdf_V: Any = None
+    hash_rows_P: Any = None
 
     @property
     def cfg(self) -> Config:
@@ -177,6 +193,9 @@ def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
     cfg, xp = pp.first, pp.xp
     batch, router = cfg.batch, cfg.router
     tparams = traffic.make_traffic_params(pp.points)
+    if cfg.model.num_layers > 1:
+        tparams = dataclasses.replace(tparams, mu0_PE=traffic.layer_popularity(
+            tparams.mu0_PE, cfg.model.num_layers, cfg.model.layer_correlation, cfg.run.seed))
     cparams = controllers.make_controller_params(pp.points)
     seqs_mb = batch.sequences_per_micro_batch
     # A compiled kernel (run.kernel) streams over tokens itself: one call per micro-batch.
@@ -188,12 +207,25 @@ def make_plan_exact(config: Config, point_indices: Sequence[int] | None = None,
     # Expert Choice: block size (None for token choice); see route_expert_choice.
     ec_block = ((router.expert_choice_block or seqs_mb * batch.seq_length)
                 if router.router_type == "expert_choice" else None)
+    table, cdf, hash_rows = None, None, None
+    if cfg.model.hash_layers:
+        layer_P = np.arange(len(pp.points)) % cfg.model.num_layers
+        hash_rows = xp.asarray(layer_P < cfg.model.hash_layers)
+    if router.router_type == "hash" or hash_rows is not None:
+        layers = cfg.model.num_layers
+        per_layer = [hash_routing.hash_table(router.hash_vocab_size, router.num_experts,
+                                             router.topk, cfg.run.seed, layer)
+                     for layer in range(layers)]
+        table = xp.asarray(np.stack(per_layer * (len(pp.points) // layers)))
+        cdf = xp.asarray(np.cumsum(hash_routing.token_frequencies(
+            router.hash_vocab_size, router.hash_zipf_exponent)))
     return ExactPlan(points=pp, tparams=tparams, cparams=cparams,
                      quantile_P=cparams.on_logits_P,
                      fast_router=fast_router, chunk_seqs=chunk_seqs,
                      cap=routing.capacity(seqs_mb * batch.seq_length, router.topk,
                                           router.num_experts, router.capacity_factor),
-                     ec_block=ec_block)
+                     ec_block=ec_block, hash_table_PVK=table, hash_cdf_V=cdf,
+                     hash_rows_P=hash_rows)
 
 
 def init_state(plan: ExactPlan) -> SimState:
@@ -210,10 +242,19 @@ def init_state(plan: ExactPlan) -> SimState:
     pp = plan.points
     xp = pp.xp
     zeros = xp.zeros(pp.shape_PRE, dtype=pp.dtype)
+    tstate = traffic.init_traffic(xp, plan.tparams, pp.keys_PR)
+    threshold = None
+    if plan.cfg.router.router_type == "expert_threshold":
+        # a calibration micro-batch, drawn at step -1 (before the run): causal
+        b, router = plan.cfg.batch, plan.cfg.router
+        z = traffic.logits(xp, plan.tparams, tstate, pp.keys_PR, -1, 0,
+                           b.sequences_per_micro_batch * b.seq_length)
+        threshold = expert_threshold.threshold_estimate(
+            xp, gate(xp, router.score_function, z), router.topk)
     return SimState(step=0, bias_PRE=initial_bias(pp), memory_PRE=zeros,
                     window_load_PRE=xp.zeros(pp.shape_PRE, dtype=xp.int64),
                     window_estimate_PRE=zeros, window_batches=0, windows_done=0,
-                    traffic=traffic.init_traffic(xp, plan.tparams, pp.keys_PR))
+                    traffic=tstate, threshold_PRE=threshold)
 
 
 def route_chunk(plan: ExactPlan, tstate: traffic.TrafficState, bias_PRE: Any, step: int,
@@ -232,7 +273,8 @@ def route_chunk(plan: ExactPlan, tstate: traffic.TrafficState, bias_PRE: Any, st
                               capacity=cap,
                               logit_bias_P=quantile_P if cparams.any_quantile else None,
                               displaced=run.record_displacement,
-                              quantile_estimate=cparams.any_quantile)
+                              quantile_estimate=cparams.any_quantile,
+                              target_share_PE=cparams.target_PE)
     return out.routed_PRBE, out.kept_PRBE, out.displaced_PR, out.estimate_PRE, _logit_sum(xp, z)
 
 
@@ -251,8 +293,14 @@ def route_expert_choice(plan: ExactPlan, tstate: traffic.TrafficState, step: int
     L = cfg.batch.seq_length
     z = traffic.logits(xp, plan.tparams, tstate, plan.points.keys_PR, step, token_start,
                        n_seqs * L)
-    mask = expert_choice.expert_choice_mask(xp, gate(xp, cfg.router.score_function, z),
-                                            cfg.router.topk, plan.ec_block)
+    scores = gate(xp, cfg.router.score_function, z)
+    if cfg.router.expert_choice_shuffle:  # a content-blind permutation of the micro-batch
+        perm = expert_threshold.token_permutation(xp, plan.points.keys_PR, step, token_start,
+                                                  n_seqs * L)
+        mask = expert_threshold.shuffled_expert_choice_mask(xp, scores, cfg.router.topk,
+                                                            plan.ec_block, perm)
+    else:
+        mask = expert_choice.expert_choice_mask(xp, scores, cfg.router.topk, plan.ec_block)
     return (routing.mask_counts_per_sequence(xp, mask, n_seqs, L),
             expert_choice.experts_per_token_histogram(xp, mask), _logit_sum(xp, z))
 
@@ -282,6 +330,22 @@ class _MicroBatch:
     estimate_PRE: Any        # the quantile estimate (None without quantile points)
     hist_parts: list         # per chunk: Expert Choice histogram
     logit_sum_PR: Any        # None from a compiled kernel
+    threshold_estimate_PRE: Any = None  # Expert Threshold: this micro-batch's estimate
+
+
+def _hash_rows(plan: ExactPlan, step: int, start: int, routed: Any, kept: Any,
+               disp: Any) -> tuple[Any, Any, Any]:
+    """Replace the counts of the hash-routed rows (``model.hash_layers``) by hash routing."""
+    xp, L = plan.points.xp, plan.cfg.batch.seq_length
+    ids = hash_routing.token_ids(xp, plan.points.keys_PR, step, start, plan.chunk_seqs * L,
+                                 plan.hash_cdf_V)
+    hashed = hash_routing.route_hash(xp, ids, plan.hash_table_PVK, plan.chunk_seqs, L,
+                                     plan.cfg.router.num_experts)
+    rows = xp.reshape(plan.hash_rows_P, (-1, 1, 1, 1))
+    hashed = xp.astype(hashed, routed.dtype)
+    if disp is not None:
+        disp = xp.where(xp.reshape(plan.hash_rows_P, (-1, 1)), xp.zeros_like(disp), disp)
+    return xp.where(rows, hashed, routed), xp.where(rows, hashed, kept), disp
 
 
 def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
@@ -289,10 +353,26 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
     xp, cfg = plan.points.xp, plan.cfg
     seqs_mb, L, t = cfg.batch.sequences_per_micro_batch, cfg.batch.seq_length, state.step
     routed_parts, kept_parts, displaced, hists, estimate = [], [], [], [], None
+    threshold_est = None
     logit_sum = 0.0
     for c0 in range(0, seqs_mb, plan.chunk_seqs):
         start = (mb * seqs_mb + c0) * L
-        if plan.ec_block is not None:  # Expert Choice (chunk = whole micro-batch)
+        if plan.hash_table_PVK is not None and plan.hash_rows_P is None:  # hash: no bias
+            ids = hash_routing.token_ids(xp, plan.points.keys_PR, t, start,
+                                         plan.chunk_seqs * L, plan.hash_cdf_V)
+            routed = hash_routing.route_hash(xp, ids, plan.hash_table_PVK, plan.chunk_seqs, L,
+                                             cfg.router.num_experts)
+            kept, disp, est, zsum = routed, None, None, None
+        elif cfg.router.router_type == "expert_threshold":  # chunk = whole micro-batch
+            z = traffic.logits(xp, plan.tparams, state.traffic, plan.points.keys_PR, t, start,
+                               plan.chunk_seqs * L)
+            scores = gate(xp, cfg.router.score_function, z)
+            mask = expert_threshold.threshold_mask(xp, scores, state.threshold_PRE)
+            routed = routing.mask_counts_per_sequence(xp, mask, plan.chunk_seqs, L)
+            hists.append(expert_choice.experts_per_token_histogram(xp, mask))
+            threshold_est = expert_threshold.threshold_estimate(xp, scores, cfg.router.topk)
+            kept, disp, est, zsum = routed, None, None, _logit_sum(xp, z)
+        elif plan.ec_block is not None:  # Expert Choice (chunk = whole micro-batch)
             routed, hist, zsum = route_expert_choice(plan, state.traffic, t, start,
                                                      plan.chunk_seqs)
             kept, disp, est = routed, None, None
@@ -300,6 +380,8 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
         else:
             routed, kept, disp, est, zsum = route_chunk(plan, state.traffic, state.bias_PRE, t,
                                                         start, plan.chunk_seqs)
+            if plan.hash_rows_P is not None:  # the hash-routed first layers
+                routed, kept, disp = _hash_rows(plan, t, start, routed, kept, disp)
         routed_parts.append(routed)
         kept_parts.append(kept)
         if disp is not None:
@@ -307,7 +389,7 @@ def route_micro_batch(plan: ExactPlan, state: SimState, mb: int) -> _MicroBatch:
         estimate = est
         logit_sum = None if zsum is None else logit_sum + zsum
     return _MicroBatch(xp.concat(routed_parts, axis=2), xp.concat(kept_parts, axis=2),
-                       displaced, estimate, hists, logit_sum)
+                       displaced, estimate, hists, logit_sum, threshold_est)
 
 
 def count_micro_batch(plan: ExactPlan, state: SimState, part: _MicroBatch) -> SimState:
@@ -345,6 +427,9 @@ def step_state(plan: ExactPlan, state: SimState) -> tuple[SimState, StepOutput]:
     for mb in range(plan.cfg.batch.num_micro_batches):
         part = route_micro_batch(plan, state, mb)
         state = count_micro_batch(plan, state, part)
+        if part.threshold_estimate_PRE is not None:  # routes the next micro-batch
+            state = dataclasses.replace(state, threshold_PRE=expert_threshold.update_threshold(
+                state.threshold_PRE, part.threshold_estimate_PRE, plan.cfg.router.threshold_ema))
         parts.append(part)
     if closes_after_step(plan.cfg.controller, t):
         state = close_window(plan, state)
@@ -366,21 +451,28 @@ def step_output(plan: ExactPlan, first_bias: Any, parts: list[_MicroBatch]) -> S
         for hist in p.hist_parts:
             per_token = per_token + hist
     logit_sum = None if parts[0].logit_sum_PR is None else sum(p.logit_sum_PR for p in parts)
-    if cfg.run.record_displacement and plan.ec_block is None:
+    masked = plan.ec_block is not None or router.router_type == "expert_threshold"
+    if (cfg.run.record_displacement and router.router_type == "token_choice"):
         disp_share = displaced / (batch.tokens_per_step * router.topk)
     else:
         disp_share = xp.full(shape_PR, float("nan"), dtype=xp.float64)
     extra = None
-    if plan.ec_block is not None:
+    if masked:  # tokens with 0..E experts (Expert Choice, Expert Threshold)
         extra = ExpertChoiceExtra(experts_per_token_PRJ=per_token)
         unrouted = xp.astype(per_token[..., 0], xp.float64) / batch.tokens_per_step
     else:
         unrouted = xp.full(shape_PR, 0.0 if router.dropless else float("nan"), dtype=xp.float64)
+    ep_batch = None
+    if cfg.placement.active:  # kept loads of each expert-parallel computation batch
+        kept_seq = xp.concat([p.kept_PRBE for p in parts], axis=2)
+        ep_batch = batch_loads(xp, kept_seq,
+                               batch.sequences_per_micro_batch * cfg.placement.ep_size)
     return StepOutput(bias_PRE=first_bias, load_PRE=xp.sum(routed_seq, axis=2), kept_PRE=kept,
                       displaced_PR=disp_share,
                       maxvio_compute_PRC=maxvio_compute(xp, routed_seq,
                                                         batch.computation_batch_sizes),
-                      unrouted_PR=unrouted, logit_sum_PR=logit_sum, extra=extra)
+                      unrouted_PR=unrouted, logit_sum_PR=logit_sum, extra=extra,
+                      ep_batch_load_PRBE=ep_batch)
 
 
 def make_simulator(config: Config, point_indices: Sequence[int] | None = None,

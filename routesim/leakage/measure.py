@@ -39,11 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import controllers, routing
+from .. import controllers, rng, routing
 from ..config import Config
 from .entropy import ESTIMATORS, coverage, draws_needed, entropy_ci
 from ..exceptions import ConfigError
 from ..routing.expert_choice import expert_choice_mask
+from ..routing.expert_threshold import (shuffled_expert_choice_mask, threshold_estimate,
+                                        threshold_mask, token_permutation)
 from ..gates import gate
 from .setup import (
     CONTEXT_STREAM,
@@ -130,10 +132,12 @@ def lagged_bias(setup: LeakageSetup, seed: int, context: int) -> np.ndarray:
     if setup.router == "expert_choice":
         return bias[0]
     z = block_logits(setup, seed, context, PREVIOUS_STREAM, np.arange(setup.block))[None]
+    if setup.router == "expert_threshold":  # the threshold the previous block leaves
+        return threshold_estimate(np, gate(np, r.score_function, z), r.topk)[0]
     return _controller_step(setup, bias, z)[0]
 
 
-def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any) -> Any:
+def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any, perm_T: Any = None) -> Any:
     """Final assignment mask (D, T, E) of the blocks ``z_DTE`` (logits).
 
     Parameters
@@ -144,7 +148,11 @@ def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any) -> Any:
         Router logits of ``D`` versions of the block.
     bias_E : array (E,)
         Bias from the previous block (the lagged one; with ``timing =
-        "current"`` one more controller window on each block updates it).
+        "current"`` one more controller window on each block updates it);
+        Expert Threshold: the previous block's thresholds (``current``: this
+        block's own).
+    perm_T : int array (T,), optional
+        Shuffled Expert Choice: the order of the block's tokens.
 
     Returns
     -------
@@ -168,7 +176,17 @@ def route_block(setup: LeakageSetup, z_DTE: Any, bias_E: Any) -> Any:
     """
     r = setup.config.router
     if setup.router == "expert_choice":
-        return expert_choice_mask(np, gate(np, r.score_function, z_DTE), r.topk, setup.block)
+        scores = gate(np, r.score_function, z_DTE)
+        if setup.shuffle:
+            perm = np.broadcast_to(np.asarray(perm_T), z_DTE.shape[:2])
+            return shuffled_expert_choice_mask(np, scores, r.topk, setup.ec_block, perm)
+        return expert_choice_mask(np, scores, r.topk, setup.ec_block)
+    if setup.router == "expert_threshold":
+        scores = gate(np, r.score_function, z_DTE)
+        thr = (threshold_estimate(np, scores, r.topk) if setup.timing == "current"
+               else np.broadcast_to(np.asarray(bias_E, dtype=scores.dtype),
+                                    (z_DTE.shape[0], r.num_experts)))
+        return threshold_mask(np, scores, thr)
     bias = np.broadcast_to(np.asarray(bias_E, dtype=np.float64),
                            (z_DTE.shape[0], r.num_experts))
     if setup.timing == "current":
@@ -197,6 +215,8 @@ def _early_outcomes(setup: LeakageSetup, seed: int, context: int, draws: int,
     early, late = setup.early_index, setup.late_index
     ctx = block_logits(setup, seed, context, CONTEXT_STREAM, np.arange(early.size))
     bias = lagged_bias(setup, seed, context)
+    perm = (token_permutation(np, rng.point_keys(seed, [0], 1), context, 0, setup.block)[0, 0]
+            if setup.shuffle else None)  # fixed per context: blind to the tokens
     chunk = max(1, CHUNK_ELEMENTS // (setup.block * e))
     groups = e if per_expert else 1
     packed: list[list[np.ndarray]] = [[] for _ in range(groups)]
@@ -207,7 +227,7 @@ def _early_outcomes(setup: LeakageSetup, seed: int, context: int, draws: int,
         z[:, early] = ctx
         z[:, late] = block_logits(setup, seed, context, DRAW_STREAM, rows).reshape(
             d, late.size, e)
-        out = route_block(setup, z, bias)[:, early]  # (d, n_early, E)
+        out = route_block(setup, z, bias, perm)[:, early]  # (d, n_early, E)
         if per_expert:
             for g in range(e):
                 packed[g].append(np.packbits(out[:, :, g], axis=1))

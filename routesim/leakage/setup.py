@@ -19,7 +19,14 @@ Routers (:func:`leakage_setup`, from the config and ``timing``):
 ``quantile``           top-K of ``z + b`` with ``b`` the quantile dual of
                        the previous block (``lagged``) or of this one
                        (``current``)
-``expert_choice``      each expert takes its top ``K * T / N`` tokens
+``expert_choice``      each expert takes its top ``K * T / N`` tokens (per
+                       ``router.expert_choice_block``; with
+                       ``router.expert_choice_shuffle`` the measured block
+                       is the micro-batch, shuffled by a permutation fixed
+                       per context, then cut into Expert Choice blocks)
+``expert_threshold``   score above the expert's threshold: the
+                       ``K * T / N``-th largest score of the previous block
+                       (``lagged``: causal) or of this one (``current``)
 =====================  ===================================================
 
 A token's logits are ``mu + scale * noise`` drawn from the counter RNG at
@@ -59,7 +66,7 @@ class LeakageSetup:
 
     Attributes
     ----------
-    router : {"token_choice", "capacity", "quantile", "expert_choice"}
+    router : {"token_choice", "capacity", "quantile", "expert_choice", "expert_threshold"}
     timing : {"lagged", "current"}
         When the bias (or quantile dual) is computed (ignored by Expert Choice).
     block, segments, segment_length : int
@@ -72,6 +79,11 @@ class LeakageSetup:
         Popularity logits.
     config : Config
         The (single-point) config it came from.
+    ec_block : int
+        Expert Choice block inside the measured block (the block itself
+        unless shuffled).
+    shuffle : bool
+        Expert Choice on a shuffled micro-batch.
 
     Examples
     --------
@@ -92,6 +104,8 @@ class LeakageSetup:
     capacity: int
     mu_E: np.ndarray
     config: Config
+    ec_block: int = 0
+    shuffle: bool = False
 
     @property
     def early_index(self) -> np.ndarray:
@@ -110,7 +124,9 @@ class LeakageSetup:
         """Short router description for tables."""
         r, c = self.config.router, self.config.controller
         if self.router == "expert_choice":
-            return "expert choice"
+            return "expert choice, shuffled" if self.shuffle else "expert choice"
+        if self.router == "expert_threshold":
+            return f"expert threshold, {'same-batch' if self.timing == 'current' else 'lagged'}"
         if self.router == "capacity":
             return f"capacity {r.token_drop_policy} (C={r.capacity_factor:g})"
         if self.router == "quantile":
@@ -173,8 +189,15 @@ def leakage_setup(config: Config, position: int, timing: str = "lagged") -> Leak
     if timing not in ("lagged", "current"):
         raise ConfigError(f"timing = {timing!r}: must be 'lagged' or 'current'")
     tokens_mb = b.sequences_per_micro_batch * b.seq_length
+    if r.router_type == "hash":
+        raise ConfigError("router.router_type = 'hash': a token's experts depend on its own id "
+                          "alone (no leakage to measure)")
+    shuffle = r.router_type == "expert_choice" and r.expert_choice_shuffle
+    ec_block = r.expert_choice_block or tokens_mb
     if r.router_type == "expert_choice":
-        kind, block = "expert_choice", r.expert_choice_block or tokens_mb
+        kind, block = "expert_choice", tokens_mb if shuffle else ec_block
+    elif r.router_type == "expert_threshold":
+        kind, block = "expert_threshold", tokens_mb
     else:
         kind = ("quantile" if controllers.get_law(cfg.controller.type).bias_on_logits
                 else "token_choice" if r.dropless else "capacity")
@@ -191,14 +214,17 @@ def leakage_setup(config: Config, position: int, timing: str = "lagged") -> Leak
         raise ConfigError(f"position = {position!r}: must be an integer in [1, {seg_len}) "
                           "(a position inside each segment of the block)")
     if kind == "expert_choice":
-        cap = block * r.topk // r.num_experts
+        cap = ec_block * r.topk // r.num_experts
+    elif kind == "expert_threshold":
+        cap = block
     else:
         cap = routing.capacity(block, r.topk, r.num_experts, r.capacity_factor)
     mu = popularity(t.skew, r.num_experts, linear_spread=t.linear_spread,
                     zipf_exponent=t.zipf_exponent)
     return LeakageSetup(router=kind, timing=timing, block=block, segments=segments,
                         segment_length=seg_len, position=int(position), capacity=cap,
-                        mu_E=mu, config=cfg)
+                        mu_E=mu, config=cfg, ec_block=ec_block if kind == "expert_choice" else 0,
+                        shuffle=shuffle)
 
 
 def block_logits(setup: LeakageSetup, seed: int, step: int, stream: int, rows: Any

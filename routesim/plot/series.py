@@ -43,8 +43,9 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
     """Plot a per-step MaxVio variable against step, one line per point.
 
     Lines are the mean over replicas, smoothed over ``smooth`` trailing
-    steps; the band spans the replicas' min and max. (The command line's
-    figure; :func:`timeseries_plot` is the general form.)
+    steps; the band spans the replicas' min and max. With several layers
+    (``model.num_layers``) each step shows the median over layers. (The
+    command line's figure; :func:`timeseries_plot` is the general form.)
 
     Parameters
     ----------
@@ -84,7 +85,10 @@ def maxvio_plot(ds: xr.Dataset, variable: str = "maxvio_batch", ax: Any = None,
         _, ax = plt.subplots(figsize=defaults["plot.figsize"])
     smooth = defaults["plot.smooth_steps"] if smooth is None else smooth
     ds = stack_points(ds)
-    values = ds[variable].transpose("step", "point", "replica").values
+    data = ds[variable]
+    if "layer" in data.dims:  # several layers: their median at each step
+        data = data.median("layer")
+    values = data.transpose("step", "point", "replica").values
     steps = ds["step"].values
     labels = ds["label"].values if "label" in ds.coords else ds["point"].values
     for j, label in enumerate(labels):

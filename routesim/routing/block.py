@@ -77,7 +77,7 @@ class RoutedBlock:
 def route_block(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, router: RouterConfig, *,
                 num_sequences: int, seq_length: int, capacity: int | None = None,
                 logit_bias_P: Any = None, displaced: bool = False,
-                quantile_estimate: bool = False) -> RoutedBlock:
+                quantile_estimate: bool = False, target_share_PE: Any = None) -> RoutedBlock:
     """Route a block of tokens: gate, selection, top-K, weights, dropping, counts.
 
     Parameters
@@ -101,6 +101,8 @@ def route_block(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, router: RouterConfig
     quantile_estimate : bool
         Also return the block's quantile dual estimate
         (:func:`routesim.routing.select.quantile_dual_estimate`).
+    target_share_PE : array (P, E) or None
+        Target load shares of the quantile estimate (None: uniform).
 
     Returns
     -------
@@ -151,6 +153,7 @@ def route_block(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, router: RouterConfig
         moved = displaced_share(xp, idx, plain) * (n_tok * k)
     estimate = None
     if quantile_estimate:
-        estimate = quantile_dual_estimate(xp, z_PRTE, xp.astype(bias_PRE, z_PRTE.dtype), k)
+        estimate = quantile_dual_estimate(xp, z_PRTE, xp.astype(bias_PRE, z_PRTE.dtype), k,
+                                          target_share_PE)
     return RoutedBlock(idx_PRTK=idx, routed_PRBE=routed, kept_PRBE=kept, kept_PRTE=keep,
                        displaced_PR=moved, estimate_PRE=estimate)

@@ -30,6 +30,8 @@ import math
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from .._backend import is_numpy, one_hot, topk_indices
 
 __all__ = [
@@ -188,7 +190,8 @@ def kth_largest(xp: ModuleType, x: Any, k: int, axis: int = -1) -> Any:
     return xp.squeeze(xp.take(srt, xp.asarray([k - 1]), axis=axis), axis=axis)
 
 
-def quantile_dual_estimate(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, topk: int) -> Any:
+def quantile_dual_estimate(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, topk: int,
+                           target_share_PE: Any = None) -> Any:
     """One-shot dual estimate of the quantile-balancing bias, as ``b = -beta``.
 
     Megatron ``qb_dual_update``: ``alpha_t`` is token t's (K+1)-th largest of
@@ -207,8 +210,25 @@ def quantile_dual_estimate(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, topk: int
     >>> z = np.array([[[[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [2.0, 1.0]]]])
     >>> (quantile_dual_estimate(np, z, np.zeros((1, 1, 2)), 1) + 0.0).tolist()
     [[[-1.0, 0.0]]]
+
+    With target shares ``Q`` (P, E) expert ``i`` keeps the
+    ``(floor(T K Q_i) + 1)``-th largest instead: shares (0.75, 0.25) give
+    expert 0 the 4th of (1, 0, 3, 1) and expert 1 the 2nd of (0, 2, 0, 0),
+    both 0: the bias no longer holds expert 0 back.
+
+    >>> (quantile_dual_estimate(np, z, np.zeros((1, 1, 2)), 1,
+    ...                         np.array([[0.75, 0.25]])) + 0.0).tolist()
+    [[[0.0, 0.0]]]
     """
     t, e = z_PRTE.shape[-2], z_PRTE.shape[-1]
     alpha = kth_largest(xp, z_PRTE + bias_PRE[:, :, None, :], topk + 1, axis=-1)
-    beta = kth_largest(xp, z_PRTE - alpha[..., None], t * topk // e + 1, axis=2)
-    return -beta
+    if target_share_PE is None:
+        beta = kth_largest(xp, z_PRTE - alpha[..., None], t * topk // e + 1, axis=2)
+        return -beta
+    share = np.asarray(target_share_PE, dtype=np.float64)
+    rank = np.clip(np.floor(t * topk * share + 1e-9).astype(np.int64), 0, t - 1)  # 0-based
+    gap = z_PRTE - alpha[..., None]
+    srt = (-xp.sort(-gap, axis=2) if is_numpy(xp) else xp.sort(gap, axis=2, descending=True))
+    idx = xp.broadcast_to(xp.reshape(xp.asarray(rank), (share.shape[0], 1, 1, e)),
+                          srt.shape[:2] + (1, e))
+    return -xp.take_along_axis(srt, idx, axis=2)[:, :, 0, :]

@@ -186,7 +186,8 @@ def controller_configs(draw: Any, types: Sequence[str] | None = None, *,
     ----------
     types : sequence of str or None
         Law names to draw from; None: every registered law
-        (:func:`routesim.controllers.registered`, read when drawn).
+        (:func:`routesim.controllers.registered`, read when drawn) that
+        needs no zero-computation experts.
     max_rate : float > 1e-4
         Upper bound of ``controller.bias_update_rate`` (lower: 1e-4).
     windows : sequence of {"micro_batch", "global_batch", "steps"}
@@ -205,7 +206,9 @@ def controller_configs(draw: Any, types: Sequence[str] | None = None, *,
     >>> (c.type, c.update_every)
     ('sign', 1)
     """
-    name = draw(st.sampled_from(tuple(types) if types is not None else registered()))
+    # by default the laws that need nothing from the router (zero_budget needs zero experts)
+    default = tuple(n for n in registered() if "zero_experts" not in get_law(n).inputs)
+    name = draw(st.sampled_from(tuple(types) if types is not None else default))
     law = get_law(name)
     uses = law.uses
     fields: dict[str, Any] = {"type": name}

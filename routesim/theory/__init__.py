@@ -35,6 +35,8 @@ from .stability import (
     stable_region,
     steady_error_covariance,
 )
+from .hash_routing import hash_balance_limit, hash_table_maxvio
+from .placement import counting_straggler, expected_straggler, rank_load_moments
 from .from_config import critical_rates, not_modelled, predict_points, resolve_rates
 from .leakage import leakage_bound, leakage_exact, leakage_limit, leakage_split
 
@@ -66,6 +68,11 @@ __all__ = [
     "spectral_radius",
     "stable_region",
     "steady_error_covariance",
+    "hash_balance_limit",
+    "hash_table_maxvio",
+    "counting_straggler",
+    "expected_straggler",
+    "rank_load_moments",
     "critical_rates",
     "not_modelled",
     "predict_points",

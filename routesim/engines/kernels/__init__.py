@@ -12,6 +12,11 @@ kernels compute the same routed counts without materialising the
 ``cuda``
     GPU, CuPy backend (:mod:`routesim.engines.kernels.cuda`): one thread per token.
 
+A third one, ``sparse`` (:mod:`routesim.engines.kernels.sparse`, NumPy backend,
+Numba), draws only the experts near each token's top-K (O(K) per token rather
+than O(N)): its selections have the same law as the dense model's but come from
+other random numbers, so ``auto`` never picks it; it is asked for by name.
+
 Both draw the same counter-based random numbers as :mod:`routesim.rng` and
 break exact ties of the selection score as the generic path does (the lower
 expert index wins), so their selections agree with it wherever their float32
@@ -34,7 +39,7 @@ import numpy as np
 from ... import rng, traffic
 from ..._backend import is_numpy
 from ...config import Config
-from ...config.kernel import KERNELS, unsupported_reason
+from ...config.kernel import KERNELS, sparse_unsupported_reason, unsupported_reason
 from ...exceptions import ConfigError
 
 __all__ = ["KERNELS", "numba_available", "unsupported_reason", "choose_kernel", "make_router"]
@@ -55,7 +60,7 @@ def numba_available() -> tuple[bool, str]:
 
 
 def choose_kernel(points: Sequence[Config], xp: ModuleType) -> str:
-    """Resolve ``run.kernel`` to ``"generic"``, ``"numba"`` or ``"cuda"``.
+    """Resolve ``run.kernel`` to ``"generic"``, ``"numba"``, ``"cuda"`` or ``"sparse"``.
 
     Parameters
     ----------
@@ -91,9 +96,20 @@ def choose_kernel(points: Sequence[Config], xp: ModuleType) -> str:
     name = getattr(xp, "__name__", "other")
     backend = "numpy" if is_numpy(xp) else ("cupy" if name.split(".")[-1] == "cupy" else name)
     native = {"numpy": "numba", "cupy": "cuda"}.get(backend)
-    reason = unsupported_reason(points)
     if want == "generic":
         return "generic"
+    if want == "sparse":
+        if backend != "numpy":
+            raise ConfigError(f"run.kernel = 'sparse': needs run.backend = 'numpy' (the engine "
+                              f"runs on {backend!r}); use 'auto' or 'generic'")
+        reason = sparse_unsupported_reason(points)
+        if reason is not None:
+            raise ConfigError(f"run.kernel = 'sparse': cannot run {reason}; use 'auto' or "
+                              f"'generic'")
+        if not numba_available()[0]:
+            raise ConfigError(f"run.kernel = 'sparse': {numba_available()[1]}")
+        return "sparse"
+    reason = unsupported_reason(points)
     if want == "auto":
         if native is None or reason is not None:
             return "generic"
@@ -174,6 +190,8 @@ def make_router(points: Sequence[Config], xp: ModuleType, keys_PR: Any,
         rows = xp.arange(token_start // L, token_start // L + n_seqs, dtype=xp.uint64)
         return rng.noise(xp, "normal", keys_PR, step, rng.Stream.SEQUENCE, rows, n, xp.float32)
 
+    if kind == "sparse":
+        return _sparse_router(cfg, tparams, keys_PR)
     if kind == "numba":
         from .numba import route_counts
 
@@ -196,3 +214,32 @@ def make_router(points: Sequence[Config], xp: ModuleType, keys_PR: Any,
     return make_cuda_router(xp, keys_PR, L, n, k, router.score_function, mult,
                             run.record_displacement, scale_Q, rho_Q if use_rho else None,
                             seq_noise)
+
+
+def _sparse_router(cfg: Config, tparams: traffic.TrafficParams, keys_PR: Any) -> Router:
+    """The sparse kernel's router (:mod:`routesim.engines.kernels.sparse`)."""
+    from . import sparse
+
+    p, r = keys_PR.shape
+    router, L, n = cfg.router, cfg.batch.seq_length, cfg.router.num_experts
+    rho_Q = np.repeat(np.asarray(tparams.rho_P, dtype=np.float64), r)
+    use_rho = bool(np.any(rho_Q > 0))
+    scale_Q = np.repeat(np.asarray(tparams.noise_scale_P, dtype=np.float64), r)
+
+    def route(tstate, bias_PRE, step, token_start, n_seqs):
+        hit = rng.stream_base(np, keys_PR, step, sparse.HIT_STREAM).reshape(-1)
+        fill = rng.stream_base(np, keys_PR, step, sparse.FILL_STREAM).reshape(-1)
+        a = None
+        if use_rho:
+            rows = np.arange(token_start // L, token_start // L + n_seqs, dtype=np.uint64)
+            a = rng.noise(np, tparams.noise, keys_PR, step, rng.Stream.SEQUENCE, rows, n,
+                          np.float64).reshape(p * r, n_seqs, n)
+        counts = sparse.route_counts_sparse(
+            hit, fill, token_start // L, n_seqs, L,
+            np.asarray(tstate.mu_PRE, dtype=np.float64).reshape(p * r, n), scale_Q,
+            np.asarray(bias_PRE, dtype=np.float64).reshape(p * r, n), router.topk,
+            tparams.noise, router.score_function, router.bias_mode,
+            rho_Q=rho_Q if use_rho else None, a_QBE=a)
+        return counts.reshape(p, r, n_seqs, n), None
+
+    return route

@@ -448,7 +448,7 @@ def _threads_default() -> int:
 
 
 def _run_parallel(threads: int, n_tasks: int, args: tuple) -> None:
-    """Run the tasks on ``threads`` threads, each taking the next free task."""
+    """Run the tasks on ``threads`` threads, each taking the next free group of tasks."""
     if threads <= 1:
         _route_tasks(0, n_tasks, *args)
         return
@@ -460,13 +460,16 @@ def _run_parallel(threads: int, n_tasks: int, args: tuple) -> None:
         _POOL[:] = [ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="routesim"),
                     os.getpid()]
     counter = itertools.count()  # next() is atomic under the GIL
+    # tasks in groups (8 per thread and call at least), so that many small tasks
+    # (a sweep of tiny configs) do not pay one compiled call each
+    group = max(1, n_tasks // (8 * threads))
 
     def worker() -> None:
         while True:
-            i = next(counter)
+            i = next(counter) * group
             if i >= n_tasks:
                 return
-            _route_tasks(i, i + 1, *args)
+            _route_tasks(i, min(n_tasks, i + group), *args)
 
     futures = [_POOL[0].submit(worker) for _ in range(threads - 1)]
     worker()  # the calling thread works too
