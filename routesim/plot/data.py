@@ -120,7 +120,7 @@ def steady_values(ds: xr.Dataset, variable: str, window: int | None = None) -> x
     [2.0, 4.0]
     """
     if variable not in ds or "step" not in ds[variable].dims:
-        have = sorted(v for v in ds.data_vars if "step" in ds[v].dims)
+        have = sorted(str(v) for v in ds.data_vars if "step" in ds[v].dims)
         raise ValueError(f"variable = {variable!r}: not a per-step variable of these results "
                          f"(have {', '.join(have)})")
     da = ds[variable]
@@ -196,8 +196,9 @@ def line_table(da: xr.DataArray, keep: tuple[str, ...]) -> tuple[list[str], xr.D
             parts = []
             for d, i in zip(others, row):
                 v = da[d].values[i] if d in da.coords else i
-                parts.append(f"{d.split('.')[-1]}={v:g}" if isinstance(v, (float, np.floating))
-                             else f"{d.split('.')[-1]}={v}")
+                name = str(d).split(".")[-1]
+                parts.append(f"{name}={v:g}" if isinstance(v, (float, np.floating))
+                             else f"{name}={v}")
             labels.append(", ".join(parts))
     flat = da.drop_vars([c for c in da.coords if c not in da.dims and c not in keep])
     flat = flat.stack(line=others).transpose(*keep, "line")

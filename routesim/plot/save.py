@@ -29,6 +29,17 @@ defaults: dict[str, Any] = {
 def save_figure(fig: Any, stem: str | Path) -> list[Path]:
     """Save ``fig`` as ``stem.png`` and ``stem.pdf``; returns the paths.
 
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    stem : str or Path
+        Path without the suffix; its folder is created.
+
+    Returns
+    -------
+    list of Path
+        The PNG and the PDF.
+
     Examples
     --------
     >>> import tempfile

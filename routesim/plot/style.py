@@ -25,7 +25,7 @@ COLUMN_WIDTH = 3.4
 TEXT_WIDTH = 7.0
 
 #: Matplotlib settings for paper figures: small type, embedded TrueType fonts.
-PAPER_RC: dict[str, Any] = {
+PAPER_RC: dict[Any, Any] = {
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
     "font.size": 8,

@@ -108,9 +108,9 @@ def sweep_plot(ds: xr.Dataset, variable: str, x: str, *, hue: str | None = None,
     with paper_style():
         fig, ax = new_axes(ax, columns)
         lines = {}
-        for label, xs, m, l_, h in series:
-            err = np.vstack([m - l_, h - m])
-            cont = ax.errorbar(xs, m, yerr=err if n_rep > 1 else None, marker="o", capsize=2,
+        for label, xs, m_, lo_, hi_ in series:
+            err = np.vstack([m_ - lo_, hi_ - m_])
+            cont = ax.errorbar(xs, m_, yerr=err if n_rep > 1 else None, marker="o", capsize=2,
                                label=label or None)
             lines[label] = [cont]
         if logx:
