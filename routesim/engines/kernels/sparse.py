@@ -13,8 +13,9 @@ if ``z_i > c_i(h)``, which happens with probability ``P_i(h) = S((c_i - m_i) / s
 ``h_1 > ... > h_J`` in selection-score space are chosen so that about ``lambda_1 < K``
 experts lie above ``h_1`` and ``lambda_J > K`` above ``h_J`` (expected counts; the
 choice affects speed only). For each expert, the tokens with ``z_i > c_i(h_J)`` are
-drawn by geometric skipping (independent Bernoulli(``P_i(h_J)``) trials), each with a
-survival value ``w`` uniform on ``(0, P_i(h_J))``, i.e. ``z = m + sigma * S^-1(w)``
+drawn (independent Bernoulli(``P_i(h_J)``) trials: token by token for a likely expert,
+else a Binomial count per block and distinct positions), each with a survival value
+``w`` uniform on ``(0, P_i(h_J))``, i.e. ``z = m + sigma * S^-1(w)``
 distributed as the noise conditioned on exceeding ``c_i``; its band is the ``j`` with
 ``P_i(h_{j-1}) <= w < P_i(h_j)``. Per token the bands are counted from the top: the
 members of the bands above the band where the count first reaches ``K`` are selected;
@@ -31,9 +32,10 @@ expert below it, so the top-K read off the levels is the dense top-K: the select
 sets have exactly the dense model's law (not its random stream). Ties (probability
 zero but for a zero noise scale) go to the lower expert index, as in the dense path.
 
-Draws: one SplitMix64 hash per candidate (its top 32 bits give the geometric gap, its
-low 32 bits ``w``), counter ``(sequence, expert, candidate)`` under its own stream of
-:mod:`routesim.rng`; a completion draws ``(token, expert)`` on a second stream. A
+Draws: one SplitMix64 hash per candidate (its top 32 bits give the position, its low
+32 bits ``w``), or per token for an expert drawn token by token (53 bits: the trial's
+uniform, which is ``w`` for a hit), counter ``(sequence, block, expert, candidate or
+token)`` under its own stream of :mod:`routesim.rng`; a completion draws ``(token, expert)`` on a second stream. A
 sequence's numbers depend on its global index only, so chunking sequences or splitting
 points does not change them.
 
@@ -51,12 +53,15 @@ import numpy as np
 from .numba_math import njit
 
 __all__ = ["route_counts_sparse", "LAW_CODES", "GATE_CODES", "MODE_CODES", "LEVELS",
-           "HIT_STREAM", "FILL_STREAM", "level_targets", "survival", "inverse_survival"]
+           "HIT_STREAM", "FILL_STREAM", "SCAN_ABOVE", "level_targets", "survival", "inverse_survival"]
 
 LAW_CODES = {"normal": 0, "logistic": 1, "gumbel": 2}
 GATE_CODES = {"sigmoid": 0, "sqrtsoftplus": 2}
 MODE_CODES = {"additive": 0, "multiplicative": 1, "logit": 2}
 LEVELS = 16
+#: Probability above the lowest level from which an expert's candidates are drawn token by
+#: token (a Bernoulli trial each) rather than by a Binomial count and positions.
+SCAN_ABOVE = 0.3
 #: Stream ids of the candidates and of the completions (``rng.Stream.EXTRA`` upwards).
 HIT_STREAM = 8 + 30
 FILL_STREAM = 8 + 31
@@ -339,23 +344,31 @@ def _store(t, jb, i, w, J, cnt, hkey, hw, nh):
 
 
 @njit(**_OPT)
-def _expert_hits(sub, i, p, nb, ST, J, owner, cnt, hkey, hw, nh):
+def _expert_hits(sub, i, p, nb, ST, J, owner, cnt, hkey, hw, nh, scan):
     """The tokens of a block of ``nb`` where expert ``i`` exceeds the lowest level.
 
-    Independent Bernoulli(``p``) trials: a Binomial count, then that many distinct
-    uniform positions (repeats rejected), each with its survival value ``w`` uniform
-    on ``(0, p)``; for ``p > 1/2`` the misses are placed that way and the rest are hits.
-    Returns the new number of candidates.
+    Independent Bernoulli(``p``) trials, each hit with its survival value ``w`` uniform
+    on ``(0, p)``. For ``p >= scan`` every token is visited: a uniform ``u`` per token
+    (53 bits), a hit when ``u < p``, with ``w = u`` (appended branch-free, the bands
+    computed for the hits only). Below, a Binomial count, then that many distinct
+    uniform positions (repeats rejected), each with its ``w``. Returns the new number
+    of candidates.
     """
+    if p >= scan:
+        nh0 = nh
+        for t in range(nb):
+            x = _mix(sub + np.uint64(t + 2) * _GOLD)
+            w = (float(x >> _S11) + 0.5) * _INV53
+            hkey[nh] = t
+            hw[nh] = w
+            nh += w < p
+        for a in range(nh0, nh):
+            _store(hkey[a], _band(hw[a], ST, J, i), i, hw[a], J, cnt, hkey, hw, a)
+        return nh
     c = np.uint64(1)
     x = _mix(sub + c * _GOLD)
     u = (float(x >> _S11) + 0.5) * _INV53
-    if p >= 1.0:
-        k = nb
-    elif p <= 0.5:
-        k = _binomial(u, nb, p)
-    else:
-        k = nb - _binomial(u, nb, 1.0 - p)
+    k = _binomial(u, nb, p) if p <= 0.5 else nb - _binomial(u, nb, 1.0 - p)
     if p <= 0.5:
         got = 0
         while got < k:
@@ -433,7 +446,7 @@ def _workspace(TB, n, J, k):
 
 @njit(**_OPT)
 def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias, S, counts_row,
-                   ws):
+                   ws, scan):
     """Route the ``L`` tokens of global sequence ``seq`` of one stream; adds to ``counts_row``.
 
     ``S`` (J, E) from :func:`levels_into`; ``ws`` from :func:`_workspace`; ``TB`` tokens
@@ -460,7 +473,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
                 rkey, rw, skey, sw = (_grow(rkey, nb), _growf(rw, nb), _grow(skey, nb),
                                       _growf(sw, nb))
             nh = _expert_hits(_mix(hbase + (bq + np.uint64(i)) * _GOLD), i, p, nb, ST, J,
-                              owner, cnt, hkey, hw, nh)
+                              owner, cnt, hkey, hw, nh, scan)
         # per token: the band where the count reaches K (J: never), what it still needs,
         # how many bands are taken whole, and the band to rank (-1: none; J: completion)
         for t in range(nb):
@@ -534,7 +547,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
 
 @njit(nogil=True, **_OPT)
 def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr, sq, a_seq,
-               use_rho, law, gate, mode, bias, S_Q, lam_top, lam_bottom, iters, counts):
+               use_rho, law, gate, mode, bias, S_Q, lam_top, lam_bottom, iters, counts, scan):
     """Route tasks ``first .. stop - 1`` (task = stream * nseq + sequence); releases the GIL."""
     n = mu.shape[1]
     J = S_Q.shape[1]
@@ -550,10 +563,10 @@ def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr,
             sigma = scale[q] * sq[q]
             levels_into(m, sigma, law, gate, mode, bias[q], lam_top, lam_bottom, iters, S)
             ws = route_sequence(hbases[q], fbases[q], seq0 + s, L, TB, k, m, sigma, law, gate,
-                                mode, bias[q], S, counts[q, s], ws)
+                                mode, bias[q], S, counts[q, s], ws, scan)
         else:
             ws = route_sequence(hbases[q], fbases[q], seq0 + s, L, TB, k, mu[q], scale[q], law,
-                                gate, mode, bias[q], S_Q[q], counts[q, s], ws)
+                                gate, mode, bias[q], S_Q[q], counts[q, s], ws, scan)
 
 
 @njit(nogil=True, **_OPT)
@@ -627,7 +640,8 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
                         bias_QE: np.ndarray, topk: int, law: str, gate: str, mode: str,
                         rho_Q: np.ndarray | None = None, a_QBE: np.ndarray | None = None,
                         threads: int | None = None, iters: int = 40,
-                        levels: tuple[float, float] | None = None) -> np.ndarray:
+                        levels: tuple[float, float] | None = None,
+                        scan_above: float = SCAN_ABOVE) -> np.ndarray:
     """Routed counts per (stream, sequence, expert) of whole sequences, O(K) per token.
 
     Parameters
@@ -659,6 +673,10 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
     levels : (float, float), optional
         Expected counts above the highest and the lowest level (default
         :func:`level_targets`; speed only; ``(0, 0)``: complete every token densely).
+    scan_above : float
+        Experts above the lowest level with at least this probability are drawn token
+        by token, the others by a Binomial count and positions (speed only; above 1:
+        never token by token).
 
     Returns
     -------
@@ -714,6 +732,6 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
             np.ascontiguousarray(fill_bases_Q, dtype=np.uint64), int(seq_start), int(n_seqs),
             L, block_tokens(L, n), k, mu, scale, sr, sq, a_seq, use_rho, *codes, bias, S_Q,
             lam_top, lam_bottom,
-            iters, counts)
+            iters, counts, float(scan_above))
     _parallel(threads, q_n * n_seqs, _run_tasks, args)
     return counts
