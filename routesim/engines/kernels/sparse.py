@@ -22,8 +22,10 @@ members of the bands above the band where the count first reaches ``K`` are sele
 in that band, all are selected if the count lands exactly on ``K``, otherwise the
 members' scores are computed (``S^-1`` of their ``w``) and the best ones taken. A
 token with fewer than ``K`` experts above ``h_J`` (rare) keeps them all and completes
-with the best of the other experts, whose logits are drawn conditioned on
-``z_i <= c_i(h_J)``.
+with the best of the other experts, whose survival values are drawn conditioned on
+``z_i <= c_i(h_J)``; if enough of them lie above a completion level ``h_F < h_J``
+(about ``2 lambda_J`` expected above it), only those are scored and ranked (every
+expert above ``h_F`` outranks every one below), else all are.
 
 **Exactness.** Given which experts exceed ``h_J`` (independent Bernoulli), their
 logits are independent and conditioned on exceeding, the others conditioned on not;
@@ -226,10 +228,12 @@ def levels_into(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, S_o
     """Per level and expert the probability of scoring above the level, into ``S_out``.
 
     Rows ``j = 0 .. J - 1`` are the levels from the highest down (non-decreasing down
-    the rows). All zero when every token must be completed densely (zero noise scale).
+    the rows); row ``J`` (the last) is the completion level, below the lowest, with
+    about ``2 lambda_J`` expected above it (1 when that is every expert). All zero
+    when every token must be completed densely (zero noise scale).
     """
     n = m.shape[0]
-    J = S_out.shape[0]
+    J = S_out.shape[0] - 1
     if not sigma > 0.0 or not lam_bottom > 0.0 or lam_bottom >= n:
         S_out[:, :] = 0.0
         return
@@ -251,6 +255,12 @@ def levels_into(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, S_o
         for i in range(n):
             p = _above(h, m, sigma, law, gate, mode, bias, i)
             S_out[j, i] = max(p, S_out[j - 1, i]) if j > 0 else p
+    if 2.0 * lam_bottom >= n:
+        S_out[J, :] = 1.0
+        return
+    h_fill = _solve_level(2.0 * lam_bottom, lo, h_bot, m, sigma, law, gate, mode, bias, iters)
+    for i in range(n):
+        S_out[J, i] = max(_above(h_fill, m, sigma, law, gate, mode, bias, i), S_out[J - 1, i])
 
 
 # ----------------------------------------------------------------------------
@@ -454,7 +464,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
     """
     cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take = ws
     n = m.shape[0]
-    J = S.shape[0]
+    J = S.shape[0] - 1
     ST = np.ascontiguousarray(S.T)
     nblocks = (L + TB - 1) // TB
     for blk in range(nblocks):
@@ -528,19 +538,30 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
                     mark[skey[a] & _IMASK] = True
                 tok = np.uint64(seq) * np.uint64(L) + np.uint64(b0 + t)
                 cnt_b = 0
+                above = 0
                 for i in range(n):
                     if mark[i]:
                         mark[i] = False
                         continue
                     x = _mix(fbase + (tok * np.uint64(n) + np.uint64(i)) * _GOLD)
                     u = (float(x >> _S11) + 0.5) * _INV53
-                    p = S[J - 1, i]
+                    p = ST[i, J - 1]
                     w = p + (1.0 - p) * u
-                    z = m[i] + sigma * inverse_survival(w, law) if sigma > 0.0 else m[i]
-                    vbuf[cnt_b] = _score(z, bias[i], gate, mode)
+                    vbuf[cnt_b] = w
                     ibuf[cnt_b] = i
                     cnt_b += 1
-                _pick(vbuf, ibuf, cnt_b, need[t], counts_row)
+                    above += w < ST[i, J]
+                # enough above the completion level: only they can be selected
+                keep = 0
+                for a in range(cnt_b):
+                    i = ibuf[a]
+                    if above < need[t] or vbuf[a] < ST[i, J]:
+                        w = vbuf[a]
+                        z = m[i] + sigma * inverse_survival(w, law) if sigma > 0.0 else m[i]
+                        vbuf[keep] = _score(z, bias[i], gate, mode)
+                        ibuf[keep] = i
+                        keep += 1
+                _pick(vbuf, ibuf, keep, need[t], counts_row)
             a0 = a1
     return (cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take)
 
@@ -603,10 +624,11 @@ def _parallel(threads: int, n_tasks: int, fn, args: tuple) -> None:
 def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
     """Expected counts above the highest and the lowest level, ``(lambda_1, lambda_J)``.
 
-    ``lambda_J`` minimises ``lambda + N P(Poisson(lambda) < K) / 2``, the expected
-    candidates plus the cost of completing a token densely (measured: about half a
-    candidate per expert; a Poisson law bounds the
-    Poisson-binomial count's lower tail); ``lambda_1 = max(0.5, K - 2.5 sqrt(K))``.
+    ``lambda_J`` minimises ``lambda + (20 + N / 10) P(Poisson(lambda) < K)``, the
+    expected candidates plus the cost of completing a token (measured, in candidates: a
+    uniform per expert, exact scores only for those above the completion level; a
+    Poisson law bounds the Poisson-binomial count's lower tail);
+    ``lambda_1 = max(0.5, K - 2.5 sqrt(K))``.
     Either choice affects speed only.
 
     Examples
@@ -623,7 +645,7 @@ def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
         for j in range(k):
             tail += term
             term *= lam / (j + 1)
-        cost = lam + 0.5 * n * tail
+        cost = lam + (20.0 + 0.1 * n) * tail
         if cost < best_cost:
             best, best_cost = float(lam), cost
     return max(0.5, k - 2.5 * math.sqrt(k)), best
@@ -722,7 +744,7 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
     if levels is None and lam_bottom >= 0.5 * n:  # few experts: no levels, every token completed densely
         lam_top = lam_bottom = 0.0
     J = LEVELS
-    S_Q = np.zeros((q_n, J, n), np.float64)
+    S_Q = np.zeros((q_n, J + 1, n), np.float64)
     codes = (LAW_CODES[law], GATE_CODES.get(gate, 0), MODE_CODES[mode])
     if not use_rho:
         _parallel(threads, q_n, _stream_levels,
