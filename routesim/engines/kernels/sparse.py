@@ -661,7 +661,7 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
                         n_seqs: int, seq_length: int, mu_QE: np.ndarray, scale_Q: np.ndarray,
                         bias_QE: np.ndarray, topk: int, law: str, gate: str, mode: str,
                         rho_Q: np.ndarray | None = None, a_QBE: np.ndarray | None = None,
-                        threads: int | None = None, iters: int = 40,
+                        threads: int | None = None, iters: int = 16,
                         levels: tuple[float, float] | None = None,
                         scan_above: float = SCAN_ABOVE) -> np.ndarray:
     """Routed counts per (stream, sequence, expert) of whole sequences, O(K) per token.
@@ -691,7 +691,9 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
     threads : int, optional
         Threads (default Numba's count).
     iters : int
-        Bisection steps per level (speed only).
+        Bisection steps per level (speed only: a level within ``2^-iters`` of the
+        score range of its target does as well; the solve costs ``O(iters N)`` per
+        stream, or per sequence when ``rho > 0``).
     levels : (float, float), optional
         Expected counts above the highest and the lowest level (default
         :func:`level_targets`; speed only; ``(0, 0)``: complete every token densely).
