@@ -92,6 +92,22 @@ def test_inclusion_and_covariance_match_the_exact_load_map(case):
     assert _mahalanobis_p(counts.astype(float), p, cov, 8 * 2048) > 1e-3
 
 
+@pytest.mark.parametrize("scan_above", [0.0, 2.0])
+@pytest.mark.parametrize("case", ["linear-logistic", "extreme-bias"])
+def test_both_ways_of_drawing_candidates_match_the_exact_load_map(case, scan_above):
+    """16384 tokens, every expert's candidates drawn token by token (``scan_above = 0``)
+    or all by a Binomial count and positions (``2``): against ``T p`` and the covariance."""
+    from routesim.theory import expected_load
+
+    n, k, gname, law, mode, mu, bias, levels = CASES[case]
+    counts = _route(mu, bias, k, law, gname, mode, seed=5, scan_above=scan_above).sum(axis=0)
+    assert counts.sum() == 8 * 2048 * k
+    kw = dict(topk=k, score_function=gname, noise=law, bias_mode=mode, bias_on="scores")
+    p = expected_load.load_map(mu, bias, **kw)
+    cov = expected_load.selection_covariance(mu, bias, **kw)
+    assert _mahalanobis_p(counts.astype(float), p, cov, 8 * 2048) > 1e-3
+
+
 def _dense_sets(mu, bias, k, law, gname, mode, tokens, seed):
     """Per-token selected sets of the dense model, drawn with NumPy's own generator."""
     g = np.random.default_rng(seed)

@@ -13,16 +13,19 @@ if ``z_i > c_i(h)``, which happens with probability ``P_i(h) = S((c_i - m_i) / s
 ``h_1 > ... > h_J`` in selection-score space are chosen so that about ``lambda_1 < K``
 experts lie above ``h_1`` and ``lambda_J > K`` above ``h_J`` (expected counts; the
 choice affects speed only). For each expert, the tokens with ``z_i > c_i(h_J)`` are
-drawn by geometric skipping (independent Bernoulli(``P_i(h_J)``) trials), each with a
-survival value ``w`` uniform on ``(0, P_i(h_J))``, i.e. ``z = m + sigma * S^-1(w)``
+drawn (independent Bernoulli(``P_i(h_J)``) trials: token by token for a likely expert,
+else a Binomial count per block and distinct positions), each with a survival value
+``w`` uniform on ``(0, P_i(h_J))``, i.e. ``z = m + sigma * S^-1(w)``
 distributed as the noise conditioned on exceeding ``c_i``; its band is the ``j`` with
 ``P_i(h_{j-1}) <= w < P_i(h_j)``. Per token the bands are counted from the top: the
 members of the bands above the band where the count first reaches ``K`` are selected;
 in that band, all are selected if the count lands exactly on ``K``, otherwise the
 members' scores are computed (``S^-1`` of their ``w``) and the best ones taken. A
 token with fewer than ``K`` experts above ``h_J`` (rare) keeps them all and completes
-with the best of the other experts, whose logits are drawn conditioned on
-``z_i <= c_i(h_J)``.
+with the best of the other experts, whose survival values are drawn conditioned on
+``z_i <= c_i(h_J)``; if enough of them lie above a completion level ``h_F < h_J``
+(about ``2 lambda_J`` expected above it), only those are scored and ranked (every
+expert above ``h_F`` outranks every one below), else all are.
 
 **Exactness.** Given which experts exceed ``h_J`` (independent Bernoulli), their
 logits are independent and conditioned on exceeding, the others conditioned on not;
@@ -31,9 +34,10 @@ expert below it, so the top-K read off the levels is the dense top-K: the select
 sets have exactly the dense model's law (not its random stream). Ties (probability
 zero but for a zero noise scale) go to the lower expert index, as in the dense path.
 
-Draws: one SplitMix64 hash per candidate (its top 32 bits give the geometric gap, its
-low 32 bits ``w``), counter ``(sequence, expert, candidate)`` under its own stream of
-:mod:`routesim.rng`; a completion draws ``(token, expert)`` on a second stream. A
+Draws: one SplitMix64 hash per candidate (its top 32 bits give the position, its low
+32 bits ``w``), or per token for an expert drawn token by token (53 bits: the trial's
+uniform, which is ``w`` for a hit), counter ``(sequence, block, expert, candidate or
+token)`` under its own stream of :mod:`routesim.rng`; a completion draws ``(token, expert)`` on a second stream. A
 sequence's numbers depend on its global index only, so chunking sequences or splitting
 points does not change them.
 
@@ -51,12 +55,15 @@ import numpy as np
 from .numba_math import njit
 
 __all__ = ["route_counts_sparse", "LAW_CODES", "GATE_CODES", "MODE_CODES", "LEVELS",
-           "HIT_STREAM", "FILL_STREAM", "level_targets", "survival", "inverse_survival"]
+           "HIT_STREAM", "FILL_STREAM", "SCAN_ABOVE", "level_targets", "survival", "inverse_survival"]
 
 LAW_CODES = {"normal": 0, "logistic": 1, "gumbel": 2}
 GATE_CODES = {"sigmoid": 0, "sqrtsoftplus": 2}
 MODE_CODES = {"additive": 0, "multiplicative": 1, "logit": 2}
 LEVELS = 16
+#: Probability above the lowest level from which an expert's candidates are drawn token by
+#: token (a Bernoulli trial each) rather than by a Binomial count and positions.
+SCAN_ABOVE = 0.3
 #: Stream ids of the candidates and of the completions (``rng.Stream.EXTRA`` upwards).
 HIT_STREAM = 8 + 30
 FILL_STREAM = 8 + 31
@@ -221,10 +228,12 @@ def levels_into(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, S_o
     """Per level and expert the probability of scoring above the level, into ``S_out``.
 
     Rows ``j = 0 .. J - 1`` are the levels from the highest down (non-decreasing down
-    the rows). All zero when every token must be completed densely (zero noise scale).
+    the rows); row ``J`` (the last) is the completion level, below the lowest, with
+    about ``2 lambda_J`` expected above it (1 when that is every expert). All zero
+    when every token must be completed densely (zero noise scale).
     """
     n = m.shape[0]
-    J = S_out.shape[0]
+    J = S_out.shape[0] - 1
     if not sigma > 0.0 or not lam_bottom > 0.0 or lam_bottom >= n:
         S_out[:, :] = 0.0
         return
@@ -246,6 +255,12 @@ def levels_into(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, S_o
         for i in range(n):
             p = _above(h, m, sigma, law, gate, mode, bias, i)
             S_out[j, i] = max(p, S_out[j - 1, i]) if j > 0 else p
+    if 2.0 * lam_bottom >= n:
+        S_out[J, :] = 1.0
+        return
+    h_fill = _solve_level(2.0 * lam_bottom, lo, h_bot, m, sigma, law, gate, mode, bias, iters)
+    for i in range(n):
+        S_out[J, i] = max(_above(h_fill, m, sigma, law, gate, mode, bias, i), S_out[J - 1, i])
 
 
 # ----------------------------------------------------------------------------
@@ -339,23 +354,31 @@ def _store(t, jb, i, w, J, cnt, hkey, hw, nh):
 
 
 @njit(**_OPT)
-def _expert_hits(sub, i, p, nb, ST, J, owner, cnt, hkey, hw, nh):
+def _expert_hits(sub, i, p, nb, ST, J, owner, cnt, hkey, hw, nh, scan):
     """The tokens of a block of ``nb`` where expert ``i`` exceeds the lowest level.
 
-    Independent Bernoulli(``p``) trials: a Binomial count, then that many distinct
-    uniform positions (repeats rejected), each with its survival value ``w`` uniform
-    on ``(0, p)``; for ``p > 1/2`` the misses are placed that way and the rest are hits.
-    Returns the new number of candidates.
+    Independent Bernoulli(``p``) trials, each hit with its survival value ``w`` uniform
+    on ``(0, p)``. For ``p >= scan`` every token is visited: a uniform ``u`` per token
+    (53 bits), a hit when ``u < p``, with ``w = u`` (appended branch-free, the bands
+    computed for the hits only). Below, a Binomial count, then that many distinct
+    uniform positions (repeats rejected), each with its ``w``. Returns the new number
+    of candidates.
     """
+    if p >= scan:
+        nh0 = nh
+        for t in range(nb):
+            x = _mix(sub + np.uint64(t + 2) * _GOLD)
+            w = (float(x >> _S11) + 0.5) * _INV53
+            hkey[nh] = t
+            hw[nh] = w
+            nh += w < p
+        for a in range(nh0, nh):
+            _store(hkey[a], _band(hw[a], ST, J, i), i, hw[a], J, cnt, hkey, hw, a)
+        return nh
     c = np.uint64(1)
     x = _mix(sub + c * _GOLD)
     u = (float(x >> _S11) + 0.5) * _INV53
-    if p >= 1.0:
-        k = nb
-    elif p <= 0.5:
-        k = _binomial(u, nb, p)
-    else:
-        k = nb - _binomial(u, nb, 1.0 - p)
+    k = _binomial(u, nb, p) if p <= 0.5 else nb - _binomial(u, nb, 1.0 - p)
     if p <= 0.5:
         got = 0
         while got < k:
@@ -433,7 +456,7 @@ def _workspace(TB, n, J, k):
 
 @njit(**_OPT)
 def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias, S, counts_row,
-                   ws):
+                   ws, scan):
     """Route the ``L`` tokens of global sequence ``seq`` of one stream; adds to ``counts_row``.
 
     ``S`` (J, E) from :func:`levels_into`; ``ws`` from :func:`_workspace`; ``TB`` tokens
@@ -441,7 +464,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
     """
     cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take = ws
     n = m.shape[0]
-    J = S.shape[0]
+    J = S.shape[0] - 1
     ST = np.ascontiguousarray(S.T)
     nblocks = (L + TB - 1) // TB
     for blk in range(nblocks):
@@ -460,7 +483,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
                 rkey, rw, skey, sw = (_grow(rkey, nb), _growf(rw, nb), _grow(skey, nb),
                                       _growf(sw, nb))
             nh = _expert_hits(_mix(hbase + (bq + np.uint64(i)) * _GOLD), i, p, nb, ST, J,
-                              owner, cnt, hkey, hw, nh)
+                              owner, cnt, hkey, hw, nh, scan)
         # per token: the band where the count reaches K (J: never), what it still needs,
         # how many bands are taken whole, and the band to rank (-1: none; J: completion)
         for t in range(nb):
@@ -515,26 +538,37 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
                     mark[skey[a] & _IMASK] = True
                 tok = np.uint64(seq) * np.uint64(L) + np.uint64(b0 + t)
                 cnt_b = 0
+                above = 0
                 for i in range(n):
                     if mark[i]:
                         mark[i] = False
                         continue
                     x = _mix(fbase + (tok * np.uint64(n) + np.uint64(i)) * _GOLD)
                     u = (float(x >> _S11) + 0.5) * _INV53
-                    p = S[J - 1, i]
+                    p = ST[i, J - 1]
                     w = p + (1.0 - p) * u
-                    z = m[i] + sigma * inverse_survival(w, law) if sigma > 0.0 else m[i]
-                    vbuf[cnt_b] = _score(z, bias[i], gate, mode)
+                    vbuf[cnt_b] = w
                     ibuf[cnt_b] = i
                     cnt_b += 1
-                _pick(vbuf, ibuf, cnt_b, need[t], counts_row)
+                    above += w < ST[i, J]
+                # enough above the completion level: only they can be selected
+                keep = 0
+                for a in range(cnt_b):
+                    i = ibuf[a]
+                    if above < need[t] or vbuf[a] < ST[i, J]:
+                        w = vbuf[a]
+                        z = m[i] + sigma * inverse_survival(w, law) if sigma > 0.0 else m[i]
+                        vbuf[keep] = _score(z, bias[i], gate, mode)
+                        ibuf[keep] = i
+                        keep += 1
+                _pick(vbuf, ibuf, keep, need[t], counts_row)
             a0 = a1
     return (cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take)
 
 
 @njit(nogil=True, **_OPT)
 def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr, sq, a_seq,
-               use_rho, law, gate, mode, bias, S_Q, lam_top, lam_bottom, iters, counts):
+               use_rho, law, gate, mode, bias, S_Q, lam_top, lam_bottom, iters, counts, scan):
     """Route tasks ``first .. stop - 1`` (task = stream * nseq + sequence); releases the GIL."""
     n = mu.shape[1]
     J = S_Q.shape[1]
@@ -550,10 +584,10 @@ def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr,
             sigma = scale[q] * sq[q]
             levels_into(m, sigma, law, gate, mode, bias[q], lam_top, lam_bottom, iters, S)
             ws = route_sequence(hbases[q], fbases[q], seq0 + s, L, TB, k, m, sigma, law, gate,
-                                mode, bias[q], S, counts[q, s], ws)
+                                mode, bias[q], S, counts[q, s], ws, scan)
         else:
             ws = route_sequence(hbases[q], fbases[q], seq0 + s, L, TB, k, mu[q], scale[q], law,
-                                gate, mode, bias[q], S_Q[q], counts[q, s], ws)
+                                gate, mode, bias[q], S_Q[q], counts[q, s], ws, scan)
 
 
 @njit(nogil=True, **_OPT)
@@ -590,10 +624,11 @@ def _parallel(threads: int, n_tasks: int, fn, args: tuple) -> None:
 def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
     """Expected counts above the highest and the lowest level, ``(lambda_1, lambda_J)``.
 
-    ``lambda_J`` minimises ``lambda + N P(Poisson(lambda) < K) / 2``, the expected
-    candidates plus the cost of completing a token densely (measured: about half a
-    candidate per expert; a Poisson law bounds the
-    Poisson-binomial count's lower tail); ``lambda_1 = max(0.5, K - 2.5 sqrt(K))``.
+    ``lambda_J`` minimises ``lambda + (20 + N / 10) P(Poisson(lambda) < K)``, the
+    expected candidates plus the cost of completing a token (measured, in candidates: a
+    uniform per expert, exact scores only for those above the completion level; a
+    Poisson law bounds the Poisson-binomial count's lower tail);
+    ``lambda_1 = max(0.5, K - 2.5 sqrt(K))``.
     Either choice affects speed only.
 
     Examples
@@ -610,7 +645,7 @@ def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
         for j in range(k):
             tail += term
             term *= lam / (j + 1)
-        cost = lam + 0.5 * n * tail
+        cost = lam + (20.0 + 0.1 * n) * tail
         if cost < best_cost:
             best, best_cost = float(lam), cost
     return max(0.5, k - 2.5 * math.sqrt(k)), best
@@ -626,8 +661,9 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
                         n_seqs: int, seq_length: int, mu_QE: np.ndarray, scale_Q: np.ndarray,
                         bias_QE: np.ndarray, topk: int, law: str, gate: str, mode: str,
                         rho_Q: np.ndarray | None = None, a_QBE: np.ndarray | None = None,
-                        threads: int | None = None, iters: int = 40,
-                        levels: tuple[float, float] | None = None) -> np.ndarray:
+                        threads: int | None = None, iters: int = 16,
+                        levels: tuple[float, float] | None = None,
+                        scan_above: float = SCAN_ABOVE) -> np.ndarray:
     """Routed counts per (stream, sequence, expert) of whole sequences, O(K) per token.
 
     Parameters
@@ -655,10 +691,16 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
     threads : int, optional
         Threads (default Numba's count).
     iters : int
-        Bisection steps per level (speed only).
+        Bisection steps per level (speed only: a level within ``2^-iters`` of the
+        score range of its target does as well; the solve costs ``O(iters N)`` per
+        stream, or per sequence when ``rho > 0``).
     levels : (float, float), optional
         Expected counts above the highest and the lowest level (default
         :func:`level_targets`; speed only; ``(0, 0)``: complete every token densely).
+    scan_above : float
+        Experts above the lowest level with at least this probability are drawn token
+        by token, the others by a Binomial count and positions (speed only; above 1:
+        never token by token).
 
     Returns
     -------
@@ -704,7 +746,7 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
     if levels is None and lam_bottom >= 0.5 * n:  # few experts: no levels, every token completed densely
         lam_top = lam_bottom = 0.0
     J = LEVELS
-    S_Q = np.zeros((q_n, J, n), np.float64)
+    S_Q = np.zeros((q_n, J + 1, n), np.float64)
     codes = (LAW_CODES[law], GATE_CODES.get(gate, 0), MODE_CODES[mode])
     if not use_rho:
         _parallel(threads, q_n, _stream_levels,
@@ -714,6 +756,6 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
             np.ascontiguousarray(fill_bases_Q, dtype=np.uint64), int(seq_start), int(n_seqs),
             L, block_tokens(L, n), k, mu, scale, sr, sq, a_seq, use_rho, *codes, bias, S_Q,
             lam_top, lam_bottom,
-            iters, counts)
+            iters, counts, float(scan_above))
     _parallel(threads, q_n * n_seqs, _run_tasks, args)
     return counts
