@@ -16,7 +16,8 @@ Usage::
 
 Every scenario: 256 sequences of 256 tokens, N = 64 experts, K = 8 (sigmoid
 gate unless named), popularity skewed so that the controller has a
-transient to settle. The exact engine dominates the cost: under a minute per
+transient to settle; in ``sign/linear/drift`` the popularity also drifts (a
+random walk of 5e-3 per step and expert), so the controller keeps tracking it. The exact engine dominates the cost: under a minute per
 scenario on one core with normal noise, about 8 minutes with logistic or
 Gumbel noise. ``--jobs`` runs the simulations in parallel.
 """
@@ -52,6 +53,11 @@ SCENARIOS = {
         "traffic": {"skew": "linear", "linear_spread": 0.5},
         "controller": {"type": "sign_centred", "bias_update_rate": 5e-4,
                        "window": "micro_batch"},
+    },
+    "sign/linear/drift": {
+        "traffic": {"skew": "linear", "linear_spread": 0.5, "drift": "random_walk",
+                    "drift_std": 5e-3},
+        "controller": {"type": "sign", "bias_update_rate": 1e-3},
     },
     "ema/sqrtsoftplus/gumbel": {
         "router": {"score_function": "sqrtsoftplus"},

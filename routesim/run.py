@@ -193,7 +193,7 @@ def run_engine(config: Config, name: str, *, point_indices: Sequence[int] | None
     ...     "router": {"num_experts": 4, "topk": 2, "score_function": "sigmoid"}})
     >>> ds = run_engine(cfg, "meanfield", progress=False)
     >>> ds.sizes["step"], ds.attrs["meanfield_tolerance"]
-    (3, 0.05)
+    (3, 0.25)
     """
     engine = ENGINES[name]
     config = resolve_rates(config)  # rates in units of u_c: numbers, stored with the config

@@ -9,8 +9,9 @@ block). Here
 
 * ``p(b)`` is the expected-load map of :mod:`routesim.theory.expected_load`
   (the probability that a token picks each expert; it sums to K), linearised
-  around the last exact evaluation and evaluated afresh when it moved too
-  far (:mod:`routesim.engines.meanfield_reference`);
+  around the last exact evaluation plus the large-N threshold map's
+  second-order remainder, and evaluated afresh when it moved too far
+  (:mod:`routesim.engines.meanfield_reference`);
 * ``A A^T`` is the per-token covariance of top-K selection (K distinct
   experts: its rows sum to zero), evaluated afresh when some ``p_i`` moved
   by more than ``covariance_tolerance`` (25 %); in between, each expert's
@@ -410,8 +411,9 @@ def make_meanfield_simulator(config: Config, point_indices: Sequence[int] | None
     point_indices : sequence of int, optional
         Run only these points (global indices into the sweep).
     tolerance : float > 0
-        A row's load map and Jacobian are evaluated afresh when the linear
-        term predicts a relative change of some ``p_i`` above this.
+        A row's load map and Jacobians are evaluated afresh when the linear
+        term in the bias, or the one in the popularity, predicts a relative
+        change of some ``p_i`` above this.
     covariance_tolerance : float > 0
         Its selection covariance is evaluated afresh when some ``p_i`` has
         moved by more than this (relative) since the last evaluation; in

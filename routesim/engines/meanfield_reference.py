@@ -2,15 +2,24 @@
 
 Each (point, replica) row keeps a reference: where the load map ``p(b)``, its
 Jacobian and the selection covariance were last evaluated exactly. Between
-evaluations ``p(b) = p(b0) + J (b - b0)`` (plus ``dp/dmu (mu - mu0)`` when the
-popularity drifts); a row is evaluated afresh when the linear term predicts a
-relative change of some ``p_i`` above ``tolerance``, its covariance when some
-``p_i`` moved by more than ``covariance_tolerance`` since.
+evaluations
 
-* ``J = dp/db`` is analytic; ``tolerance`` defaults to 5 %, where the
-  neglected second-order term is below about 0.1 % of ``p_i`` (see
-  docs/meanfield.md). Directions that change nothing (a common shift of an
-  additive bias) never trigger an evaluation, since ``J`` annihilates them.
+    p(b, mu) = p(b0, mu0) + J (b - b0) + J_mu (mu - mu0) + R_thr,
+
+the exact linear term (``J_mu`` only when the popularity drifts) plus the
+second-order remainder of the large-N threshold map
+(:mod:`routesim.theory.threshold_map`),
+``R_thr = p_thr(b, mu) - p_thr(b0, mu0) - J_thr (b - b0) - J_thr,mu (mu - mu0)``,
+which costs O(N) per row and step. A row is evaluated afresh when either
+linear term alone predicts a relative change of some ``p_i`` above
+``tolerance``; its covariance when some ``p_i`` moved by more than
+``covariance_tolerance`` since.
+
+* ``J = dp/db`` and ``J_mu`` are analytic (one quadrature pass with ``p``);
+  ``tolerance`` defaults to 25 %, where the error of the corrected map is
+  below about 0.1 % of ``p_i`` (see docs/meanfield.md). Directions that change
+  nothing (a common shift of an additive bias) never trigger an evaluation,
+  since ``J`` annihilates them.
 * The covariance is :func:`routesim.theory.expected_load.selection_covariance`.
 * The design effect ``deff_i = 1 + (L - 1) icc_i``: tokens of a sequence
   share a logit component with correlation ``rho``, and the selection
@@ -33,7 +42,9 @@ import numpy as np
 from scipy import special
 
 from .._backend import to_numpy
-from ..theory.expected_load import jacobian, load_map, selection_covariance
+from ..theory._quadrature import _transform
+from ..theory.expected_load import load_map_and_jacobians, selection_covariance
+from ..theory.threshold_map import ThresholdMap, solve_threshold, threshold_change
 
 if TYPE_CHECKING:
     from .meanfield import MeanFieldPlan
@@ -43,15 +54,17 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "LoadReference",
     "blank_reference",
+    "corrected_p",
     "current_p",
     "evaluate",
     "relative_change",
     "threshold_design_effect",
 ]
 
-#: Relative change of some ``p_i``, as predicted by the linear term, that
-#: triggers a fresh evaluation of a row's load map and Jacobian.
-DEFAULT_TOLERANCE = 0.05
+#: Relative change of some ``p_i``, as predicted by the linear term in the
+#: bias (or in the popularity), that triggers a fresh evaluation of a row's
+#: load map and Jacobian.
+DEFAULT_TOLERANCE = 0.25
 #: Relative change of some ``p_i`` since the covariance was evaluated that
 #: triggers a fresh evaluation of the selection covariance.
 COVARIANCE_TOLERANCE = 0.25
@@ -116,6 +129,9 @@ class LoadReference:
     cov_p_PRE : ``p`` where the covariance was evaluated.
     factor_T_PREE : ``A^T``, with ``A A^T`` the per-token selection covariance there.
     scale_PRE : ``sqrt(deff / (p (1 - p)))`` at the covariance's ``p`` (0 if ``p (1 - p) = 0``).
+    thr_p_PRE, thr_f_PRE, thr_gb_PRE, thr_gm_PRE : the threshold map at ``b0``
+        (:class:`~routesim.theory.threshold_map.ThresholdMap`).
+    tau_PR : its level at the last call (the warm start of the next).
 
     Examples
     --------
@@ -137,6 +153,11 @@ class LoadReference:
     cov_p_PRE: np.ndarray
     factor_T_PREE: np.ndarray
     scale_PRE: np.ndarray
+    thr_p_PRE: np.ndarray
+    thr_f_PRE: np.ndarray
+    thr_gb_PRE: np.ndarray
+    thr_gm_PRE: np.ndarray
+    tau_PR: np.ndarray
 
 
 def relative_change(dp: np.ndarray, p: np.ndarray, floor: float) -> np.ndarray:
@@ -224,12 +245,14 @@ def evaluate(plan: MeanFieldPlan, ref: LoadReference, mu_PRE: np.ndarray, bias_P
     kw = plan.map_args
     rows = np.nonzero(rows_PR)
     mu, b, s = mu_PRE[rows], bias_PRE[rows], plan.scale_PR[rows]
-    p0 = load_map(mu, b, noise_scale=s, **kw)
+    p0, jb, jm = load_map_and_jacobians(mu, b, noise_scale=s, with_mu=plan.drift, **kw)
     deff = threshold_design_effect(p0, plan.rho_PR[rows][:, None], plan.cfg.batch.seq_length)
-    new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu, sqrt_deff_PRE=np.sqrt(deff),
-               jac_PREE=jacobian(mu, b, noise_scale=s, wrt="bias", **kw))
+    thr = _threshold(plan, mu, b, s, None)
+    new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu, sqrt_deff_PRE=np.sqrt(deff), jac_PREE=jb,
+               thr_p_PRE=thr.p_PE, thr_f_PRE=thr.f_PE, thr_gb_PRE=thr.g_bias_PE,
+               thr_gm_PRE=thr.g_mu_PE, tau_PR=thr.tau_P)
     if plan.drift:
-        new["jac_mu_PREE"] = jacobian(mu, b, noise_scale=s, wrt="mu", **kw)
+        new["jac_mu_PREE"] = jm
     changes = {name: _put(getattr(ref, name), rows, v) for name, v in new.items()}
     crows = np.nonzero(cov_PR)
     if crows[0].size:
@@ -264,7 +287,68 @@ def blank_reference(plan: MeanFieldPlan) -> LoadReference:
     vec, mat = np.zeros((P, R, n)), np.zeros((P, R, n, n))
     return LoadReference(bias_PRE=vec, mu_PRE=vec, p_PRE=vec, jac_PREE=mat,
                          jac_mu_PREE=mat if plan.drift else None, sqrt_deff_PRE=vec,
-                         cov_p_PRE=vec, factor_T_PREE=mat, scale_PRE=vec)
+                         cov_p_PRE=vec, factor_T_PREE=mat, scale_PRE=vec, thr_p_PRE=vec,
+                         thr_f_PRE=vec, thr_gb_PRE=vec, thr_gm_PRE=vec, tau_PR=np.zeros((P, R)))
+
+
+def _threshold(plan: MeanFieldPlan, mu_XE: np.ndarray, bias_XE: np.ndarray,
+               scale_X: np.ndarray, tau_X: np.ndarray | None) -> ThresholdMap:
+    """The threshold map at rows X (flattened), warm-started at ``tau_X`` (then without
+    ``g_mu``: only the anchor at an evaluation needs it)."""
+    kw = plan.map_args
+    tr, b = _transform(kw["score_function"], kw["bias_mode"], kw["bias_on"], bias_XE)
+    return solve_threshold(tr, kw["noise"], mu_XE, b, scale_X, kw["topk"], tau_X,
+                           with_mu=tau_X is None)
+
+
+def corrected_p(plan: MeanFieldPlan, ref: LoadReference, bias_PRE: np.ndarray,
+                mu_PRE: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The corrected map of every row, without re-evaluating anything.
+
+    Returns ``p`` (P, R, E), the relative change of some ``p_i`` predicted by
+    the linear term in the bias and by the one in ``mu`` (each (P, R)), and
+    the threshold map's level (P, R).
+
+    Examples
+    --------
+    >>> from routesim import config_from_dict
+    >>> from routesim.engines.meanfield import make_plan_meanfield
+    >>> from routesim.theory.expected_load import load_map
+    >>> cfg = config_from_dict({"run": {"engine": "meanfield"},
+    ...     "router": {"num_experts": 32, "topk": 4, "score_function": "sigmoid"}})
+    >>> plan = make_plan_meanfield(cfg)
+    >>> mu = np.linspace(0.5, -0.5, 32)[None, None]
+    >>> ref, _, _ = current_p(plan, None, np.zeros_like(mu), mu)
+    >>> b = 0.02 * np.linspace(-1.0, 1.0, 32)[None, None]
+    >>> p, r_bias, r_mu, _ = corrected_p(plan, ref, b, mu)
+    >>> exact = load_map(mu, b, topk=4)
+    >>> linear = ref.p_PRE + (ref.jac_PREE @ b[..., None])[..., 0]
+    >>> err = lambda x: float(np.max(np.abs(x - exact) / exact))
+    >>> round(float(r_bias[0, 0]), 2), err(p) < err(linear) / 5
+    (0.27, True)
+    """
+    shape = bias_PRE.shape
+    db = bias_PRE - ref.bias_PRE
+    lin = (ref.jac_PREE @ db[..., None])[..., 0]
+    r_bias = relative_change(lin, ref.p_PRE, plan.p_floor)
+    dmu = None
+    r_mu = np.zeros(shape[:-1])
+    if plan.drift:
+        dmu = mu_PRE - ref.mu_PRE
+        lin_mu = (ref.jac_mu_PREE @ dmu[..., None])[..., 0]
+        r_mu = relative_change(lin_mu, ref.p_PRE, plan.p_floor)
+        lin = lin + lin_mu
+    n = shape[-1]
+    flat = lambda a: a.reshape(-1, n)  # noqa: E731
+    now = _threshold(plan, np.ascontiguousarray(flat(np.broadcast_to(mu_PRE, shape))),
+                     flat(bias_PRE),
+                     plan.scale_PR.reshape(-1), ref.tau_PR.reshape(-1))
+    anchor = ThresholdMap(p_PE=flat(ref.thr_p_PRE), f_PE=flat(ref.thr_f_PRE),
+                          g_bias_PE=flat(ref.thr_gb_PRE), g_mu_PE=flat(ref.thr_gm_PRE),
+                          tau_P=ref.tau_PR.reshape(-1))
+    thr_lin = threshold_change(anchor, flat(db), None if dmu is None else flat(dmu))
+    remainder = (now.p_PE - anchor.p_PE - thr_lin).reshape(shape)
+    return ref.p_PRE + lin + remainder, r_bias, r_mu, now.tau_P.reshape(shape[:-1])
 
 
 def current_p(plan: MeanFieldPlan, ref: LoadReference | None, bias_PRE: Any,
@@ -311,11 +395,9 @@ def current_p(plan: MeanFieldPlan, ref: LoadReference | None, bias_PRE: Any,
         every = np.ones(plan.points.shape_PRE[:2], dtype=bool)
         ref = evaluate(plan, blank_reference(plan), mu_PRE, bias, every, every)
         return ref, ref.p_PRE, every
-    dp = (ref.jac_PREE @ (bias - ref.bias_PRE)[..., None])[..., 0]
-    if plan.drift:
-        dp += (ref.jac_mu_PREE @ (mu_PRE - ref.mu_PRE)[..., None])[..., 0]
-    p = ref.p_PRE + dp
-    stale = relative_change(dp, ref.p_PRE, plan.p_floor) > plan.tolerance
+    p, r_bias, r_mu, tau = corrected_p(plan, ref, bias, mu_PRE)
+    ref = dataclasses.replace(ref, tau_PR=tau)
+    stale = np.maximum(r_bias, r_mu) > plan.tolerance
     stale_cov = (relative_change(p - ref.cov_p_PRE, ref.cov_p_PRE, plan.p_floor)
                  > plan.covariance_tolerance)
     rows = stale | stale_cov

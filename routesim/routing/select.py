@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import is_numpy, one_hot, topk_indices
+from .._backend import is_cupy, is_numpy, one_hot, topk_indices
 
 __all__ = [
     "selection_scores",
@@ -224,7 +224,7 @@ def kth_largest(xp: ModuleType, x: Any, k: int, axis: int = -1) -> Any:
     >>> kth_largest(np, np.array([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]]), 2).tolist()
     [2.0, 4.0]
     """
-    if is_numpy(xp):
+    if is_numpy(xp) or is_cupy(xp):  # CuPy's sort takes no ``descending``
         return -xp.take(xp.partition(-x, k - 1, axis=axis), k - 1, axis=axis)
     srt = xp.sort(x, axis=axis, descending=True)
     return xp.squeeze(xp.take(srt, xp.asarray([k - 1]), axis=axis), axis=axis)
@@ -283,7 +283,8 @@ def quantile_dual_estimate(xp: ModuleType, z_PRTE: Any, bias_PRE: Any, topk: int
     share = np.asarray(target_share_PE, dtype=np.float64)
     rank = np.clip(np.floor(t * topk * share + 1e-9).astype(np.int64), 0, t - 1)  # 0-based
     gap = z_PRTE - alpha[..., None]
-    srt = (-xp.sort(-gap, axis=2) if is_numpy(xp) else xp.sort(gap, axis=2, descending=True))
+    srt = (-xp.sort(-gap, axis=2) if is_numpy(xp) or is_cupy(xp)
+           else xp.sort(gap, axis=2, descending=True))
     idx = xp.broadcast_to(xp.reshape(xp.asarray(rank), (share.shape[0], 1, 1, e)),
                           srt.shape[:2] + (1, e))
     return -xp.take_along_axis(srt, idx, axis=2)[:, :, 0, :]

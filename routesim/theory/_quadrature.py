@@ -109,7 +109,7 @@ def setup(mu_PE: Any, bias_PE: Any, topk: int, score_function: str, noise: str,
 
 def integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
                jac: str | None = None, cov: bool = False,
-               only: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               only: np.ndarray | None = None, jac_mu: bool = False) -> dict[str, np.ndarray]:
     """Integrals over each expert's own nodes, all (point, expert) rows at once.
 
     ``only`` restricts the work to some flattened (point, expert) rows (the
@@ -117,7 +117,9 @@ def integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
 
     Returns ``p`` (B, E); with ``jac`` the matrix ``M[i, k] = int f_i g_k D_ik``
     (``g`` the derivative with respect to ``jac``); with ``cov`` the matrix
-    ``C[i, k] = int f_i q_k P(N_{-ik} <= K - 2)``.
+    ``C[i, k] = int f_i q_k P(N_{-ik} <= K - 2)``; with ``jac_mu`` (and
+    ``jac="bias"``) also ``jac_mu``, the same matrix with ``g`` the derivative
+    with respect to ``mu`` (one pass over the count law for both).
     """
     m, b, s = flat
     nb, n = m.shape
@@ -127,6 +129,9 @@ def integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
     out = {"p": np.full((nb, n), np.nan)}
     if jac is not None:
         out["jac"] = np.zeros((nb, n, n))
+    jac_mu = jac_mu and jac == "bias"
+    if jac_mu:
+        out["jac_mu"] = np.zeros((nb, n, n))
     if cov:
         out["cov"] = np.zeros((nb, n, n))
     rows = nb * n
@@ -154,6 +159,11 @@ def integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
         if jac is not None:
             d = without[..., topk - 1] * terms.g
             out["jac"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r[r], d)
+        if jac_mu:  # dq/dmu is the logit density: f over dzeta/dy
+            dens = np.where(terms.dx > 0, terms.f / np.where(terms.dx > 0, terms.dx, 1.0), 0.0)
+            dens = dens / s[pt][:, None, None]
+            d = without[..., topk - 1] * dens
+            out["jac_mu"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r[r], d)
         if cov:
             h = np.sum(without[..., :topk - 1], axis=-1) * terms.q
             out["cov"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r[r], h)
