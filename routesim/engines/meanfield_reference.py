@@ -309,6 +309,22 @@ def corrected_p(plan: MeanFieldPlan, ref: LoadReference, bias_PRE: np.ndarray,
     the linear term in the bias and by the one in ``mu`` (each (P, R)), and
     the threshold map's level (P, R).
 
+    Parameters
+    ----------
+    plan : MeanFieldPlan
+    ref : LoadReference
+        The reference of every row.
+    bias_PRE : ndarray (P, R, E)
+        The bias of the step.
+    mu_PRE : ndarray (P, R, E)
+        The popularity of the step.
+
+    Returns
+    -------
+    p_PRE : ndarray (P, R, E)
+    change_bias_PR, change_mu_PR : ndarrays (P, R)
+    level_PR : ndarray (P, R)
+
     Examples
     --------
     >>> from routesim import config_from_dict

@@ -82,6 +82,29 @@ def solve_threshold(tr: Transform, noise: str, mu_PE: np.ndarray, bias_PE: np.nd
     12 iterations, and every row without a start, are solved by bisection.
     ``with_mu=False`` leaves ``g_mu_PE`` as zeros (one pass less).
 
+    Parameters
+    ----------
+    tr : Transform
+        How a logit becomes a selection score.
+    noise : str
+        The logit noise law (``traffic.noise``).
+    mu_PE : ndarray (P, E)
+        Popularity logits of each row.
+    bias_PE : ndarray (P, E)
+        Biases of each row.
+    scale_P : ndarray (P,)
+        Noise scale of each row.
+    topk : int
+        ``K``.
+    tau_P : ndarray (P,), optional
+        Warm start of each row's level.
+    with_mu : bool
+        Also compute the derivatives in ``mu``.
+
+    Returns
+    -------
+    ThresholdMap
+
     Examples
     --------
     >>> tr = Transform("score_add", "sigmoid")
