@@ -85,7 +85,7 @@ def solve_threshold(tr: Transform, noise: str, mu_PE: np.ndarray, bias_PE: np.nd
     Parameters
     ----------
     tr : Transform
-        How a logit becomes a selection score.
+        How a selection-score level maps to each expert's logit.
     noise : str
         The logit noise law (``traffic.noise``).
     mu_PE : ndarray (P, E)
