@@ -567,9 +567,13 @@ def controller_variables(config: Config, indices: Sequence[int],
                          for p in points])
     u0 = params.fields_P["bias_update_rate"]
     if params.schedule_P:
-        # windows per step are the same for all points unless the window differs
-        factor = np.stack([_factor_column(params.schedule_P, window_SP[:, j])[:, j]
-                           for j in range(len(points))], axis=1)
+        # one schedule evaluation per distinct window sequence (usually one for the
+        # whole sweep), not one per point: each gives every point's factor (S, P)
+        factor = np.ones_like(window_SP, dtype=np.float64)
+        columns, which_P = np.unique(window_SP, axis=1, return_inverse=True)
+        for c in range(columns.shape[1]):
+            chosen_P = np.ravel(which_P) == c
+            factor[:, chosen_P] = _factor_column(params.schedule_P, columns[:, c])[:, chosen_P]
     else:
         factor = np.ones_like(window_SP, dtype=np.float64)
     rate = np.where(has_rate, u0 * factor, np.nan)
