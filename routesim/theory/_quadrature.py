@@ -20,6 +20,11 @@ __all__: list[str] = []
 
 DEFAULT_NODES = 96
 _CHUNK_ELEMENTS = 1 << 21
+#: Node-expert products (rows x nodes x experts) from which the compiled pass
+#: (:mod:`._count_kernel`, with Numba) replaces the NumPy one; below it the
+#: call overhead of either is what counts. ``None`` switches the compiled pass
+#: off, ``0`` forces it (tests compare the two).
+COMPILED_FROM: int | None = 1 << 18
 
 
 # ----------------------------------------------------------------------------
@@ -135,11 +140,18 @@ def integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
     if cov:
         out["cov"] = np.zeros((nb, n, n))
     rows = nb * n
+    todo = np.arange(rows) if only is None else np.asarray(only)
+    if COMPILED_FROM is not None and todo.size * u * n >= COMPILED_FROM:
+        from . import _count_kernel
+
+        if _count_kernel.AVAILABLE:
+            return _count_kernel.integrals(
+                tr.kind, tr.gate, noise, nd.y_BEU.reshape(rows, u), nd.w_BEU.reshape(rows, u),
+                nd.above_BE.reshape(rows), flat, topk, todo, jac=jac, jac_mu=jac_mu, cov=cov)
     per_row = u * n * topk * (3 if pairs else 1)
     chunk = max(1, _CHUNK_ELEMENTS // per_row)
     y_r, w_r = nd.y_BEU.reshape(rows, u), nd.w_BEU.reshape(rows, u)
     above_r = nd.above_BE.reshape(rows)
-    todo = np.arange(rows) if only is None else np.asarray(only)
     for r0 in range(0, todo.size, chunk):
         r = todo[r0:r0 + chunk]
         pt, own = r // n, r % n
