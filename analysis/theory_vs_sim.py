@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import sys
 import time
@@ -112,6 +113,8 @@ NONLINEAR_NOISE = 0.1
 #: u lam / (2 - u lam), 10 below 0.91 u_c): beyond it a 1 % error in the gain moves
 #: the variance by more than 10 %.
 ILL_CONDITIONED = 10.0
+#: Experts from which the engine runs with ``run.kernel = "sparse"``.
+SPARSE_FROM = 64
 #: Windows of the noise-free loop (enough to settle below 0.8 u_c).
 TRAJECTORY_STEPS = 120
 
@@ -172,22 +175,31 @@ class Theory:
     noise_cov: np.ndarray
 
 
+@functools.lru_cache(maxsize=None)
+def _balance(n: int, k: int, zipf: float) -> tuple[np.ndarray, ...]:
+    """Popularity, equilibrium, Jacobian, loop gains and selection covariance at b*
+    (shared by the laws and token counts of one (N, K, skew))."""
+    mu = popularity("zipf", n, zipf_exponent=zipf)
+    bstar = equilibrium(mu, topk=k)
+    jac = jacobian(mu, bstar, topk=k)
+    cov = selection_covariance(mu, bstar, topk=k)
+    return mu, bstar, jac, loop_gains(jac, k), cov
+
+
 def theory(scn: Scenario) -> Theory:
-    mu = popularity("zipf", scn.n, zipf_exponent=scn.zipf)
-    bstar = equilibrium(mu, topk=scn.k)
-    jac = jacobian(mu, bstar, topk=scn.k)
-    lam = loop_gains(jac, scn.k)
+    mu, bstar, jac, lam, cov = _balance(scn.n, scn.k, scn.zipf)
     law = "proportional" if scn.law == "sign" else scn.law
     u_c = float(critical_rate(law, lam[-1], num_experts=scn.n, momentum=scn.momentum))
-    cov = selection_covariance(mu, bstar, topk=scn.k)
     noise = load_error_covariance(cov, tokens=scn.tokens, topk=scn.k)
     return Theory(mu, bstar, (scn.n / scn.k) * jac, lam, u_c, noise)
 
 
 def run_engine(scn: Scenario, rates: list[float], steps: int, seed: int):
     seqs, length = TOKENS[scn.noise]
+    # from N = 64 the O(K)-per-token kernel (same law of the selections) is the faster one
+    kernel = "sparse" if scn.n >= SPARSE_FROM else "auto"
     cfg = Config(run=RunConfig(steps=steps, replicas=2, seed=seed, record_displacement=False,
-                               bias_dtype="float64"),
+                               bias_dtype="float64", kernel=kernel),
                  batch=BatchConfig(num_sequences=seqs, seq_length=length),
                  router=RouterConfig(num_experts=scn.n, topk=scn.k),
                  traffic=TrafficConfig(skew="zipf", zipf_exponent=scn.zipf),
@@ -421,27 +433,40 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--full", action="store_true", help="the study's whole grid (long)")
     parser.add_argument("--steps", type=int, default=150, help="steps per run (default 150)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--csv", type=str, default=None, help="also write the rows to a CSV")
+    parser.add_argument("--csv", type=str, default=None,
+                        help="also write the rows to a CSV (row by row, as scenarios finish)")
+    parser.add_argument("--experts", type=int, nargs="+", default=None, metavar="N",
+                        help="only the scenarios with these numbers of experts")
     args = parser.parse_args(argv)
     name = "quick" if args.quick else "full" if args.full else "default"
+    scenarios = [s for s in grid(name) if args.experts is None or s.n in args.experts]
+    if not scenarios:
+        parser.error(f"--experts {args.experts}: no scenario of the {name} grid has them")
     rows: list = []
     start = time.time()
-    for scn in grid(name):
+    fh = open(args.csv, "w", newline="") if args.csv else None
+    writer = None
+    for i, scn in enumerate(scenarios):
         t0 = time.time()
         th = theory(scn)
+        before = len(rows)
         if scn.law == "sign":
             analyse_sign(scn, th, args.steps, args.seed, rows)
         else:
             analyse_linear(scn, th, args.steps, args.seed, rows)
-        print(f"[{time.time() - t0:5.1f} s] {scn.label}", file=sys.stderr)
+        if fh is not None and len(rows) > before:
+            if writer is None:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                writer.writeheader()
+            writer.writerows(rows[before:])
+            fh.flush()
+        print(f"[{i + 1}/{len(scenarios)} {time.time() - t0:6.1f} s, "
+              f"{time.time() - start:6.0f} s in all] {scn.label}", file=sys.stderr, flush=True)
+    if fh is not None:
+        fh.close()
     print_table(rows)
     counted = [r for r in rows if r["within_10%"] is not None]
     hits = sum(r["within_10%"] for r in counted)
-    if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
     print(f"\n{len(rows)} rows, {len(counted)} compared in the theory's domain, "
           f"{len(rows) - len(counted)} outside it (noted); {time.time() - start:.0f} s")
     print(f"share of comparisons within 10%: {hits}/{len(counted)} = "

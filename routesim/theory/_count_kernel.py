@@ -190,7 +190,8 @@ def integrals(kind: str, gate: str, law: str, y_RU: np.ndarray, w_RU: np.ndarray
               above_R: np.ndarray, flat: tuple, topk: int, todo: np.ndarray, *,
               jac: str | None, jac_mu: bool, cov: bool) -> dict[str, np.ndarray]:
     """The compiled pass over the rows ``todo``; outputs as in ``_quadrature.integrals``."""
-    m, b, s = flat
+    # fresh contiguous copies (Numba warns on read-only broadcast views)
+    m, b, s = (np.array(a, dtype=np.float64, order="C") for a in flat)
     nb, n = m.shape
     rows = nb * n
     p = np.full(rows, np.nan)
