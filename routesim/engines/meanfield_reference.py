@@ -20,7 +20,8 @@ linear term alone predicts a relative change of some ``p_i`` above
   below about 0.1 % of ``p_i`` (see docs/meanfield.md). Directions that change
   nothing (a common shift of an additive bias) never trigger an evaluation,
   since ``J`` annihilates them.
-* The covariance is :func:`routesim.theory.expected_load.selection_covariance`.
+* The covariance is :func:`routesim.theory.expected_load.selection_covariance`, from the
+  same quadrature pass as the map and its Jacobians.
 * The design effect ``deff_i = 1 + (L - 1) icc_i``: tokens of a sequence
   share a logit component with correlation ``rho``, and the selection
   indicators of two such tokens then correlate with ``icc_i``, the
@@ -43,7 +44,7 @@ from scipy import special
 
 from .._backend import to_numpy
 from ..theory._quadrature import _transform
-from ..theory.expected_load import load_map_and_jacobians, selection_covariance
+from ..theory.expected_load import load_map_and_jacobians
 from ..theory.threshold_map import ThresholdMap, solve_threshold, threshold_change
 
 if TYPE_CHECKING:
@@ -199,11 +200,8 @@ def _noise_scale(ref: LoadReference) -> np.ndarray:
     return np.where(var > 0, ref.sqrt_deff_PRE / np.sqrt(np.where(var > 0, var, 1.0)), 0.0)
 
 
-def _covariance_factor(plan: MeanFieldPlan, mu_PRE: np.ndarray, bias_PRE: np.ndarray,
-                       crows: tuple[np.ndarray, ...]) -> np.ndarray:
-    """``A^T`` with ``A A^T`` the per-token selection covariance, at rows ``crows``."""
-    cov = selection_covariance(mu_PRE[crows], bias_PRE[crows],
-                               noise_scale=plan.scale_PR[crows], **plan.map_args)
+def _covariance_factor(cov: np.ndarray) -> np.ndarray:
+    """``A^T`` with ``A A^T = cov``, the per-token selection covariance of each row."""
     lam, vec = np.linalg.eigh(0.5 * (cov + np.swapaxes(cov, -1, -2)))
     factor = vec * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
     return np.swapaxes(factor, -1, -2)
@@ -245,7 +243,9 @@ def evaluate(plan: MeanFieldPlan, ref: LoadReference, mu_PRE: np.ndarray, bias_P
     kw = plan.map_args
     rows = np.nonzero(rows_PR)
     mu, b, s = mu_PRE[rows], bias_PRE[rows], plan.scale_PR[rows]
-    p0, jb, jm = load_map_and_jacobians(mu, b, noise_scale=s, with_mu=plan.drift, **kw)
+    # the covariance comes from the same pass (its rows are a subset of these)
+    p0, jb, jm, cov = load_map_and_jacobians(mu, b, noise_scale=s, with_mu=plan.drift,
+                                             with_covariance=True, **kw)
     deff = threshold_design_effect(p0, plan.rho_PR[rows][:, None], plan.cfg.batch.seq_length)
     thr = _threshold(plan, mu, b, s, None)
     new = dict(p_PRE=p0, bias_PRE=b, mu_PRE=mu, sqrt_deff_PRE=np.sqrt(deff), jac_PREE=jb,
@@ -254,10 +254,12 @@ def evaluate(plan: MeanFieldPlan, ref: LoadReference, mu_PRE: np.ndarray, bias_P
     if plan.drift:
         new["jac_mu_PREE"] = jm
     changes = {name: _put(getattr(ref, name), rows, v) for name, v in new.items()}
-    crows = np.nonzero(cov_PR)
+    crows = np.nonzero(cov_PR & rows_PR)
     if crows[0].size:
+        cov_X = np.zeros(rows_PR.shape + cov.shape[-2:])
+        cov_X[rows] = cov
         changes["factor_T_PREE"] = _put(ref.factor_T_PREE, crows,
-                                        _covariance_factor(plan, mu_PRE, bias_PRE, crows))
+                                        _covariance_factor(cov_X[crows]))
         changes["cov_p_PRE"] = _put(ref.cov_p_PRE, crows, changes["p_PRE"][crows])
     ref = dataclasses.replace(ref, **changes)
     return dataclasses.replace(ref, scale_PRE=_noise_scale(ref))

@@ -205,7 +205,7 @@ def integrals(kind: str, gate: str, law: str, y_RU: np.ndarray, w_RU: np.ndarray
             np.ascontiguousarray(above_R, dtype=np.float64), m, b, s, KINDS[kind],
             GATES[gate], LAWS[law], topk, 1 if jac == "mu" else 0, jac is not None, jac_mu,
             cov, p, jac_m, jac_mu_m, cov_m)
-    out = {"p": p.reshape(nb, n)}
+    out: dict[str, np.ndarray] = {"p": p.reshape(nb, n)}
     if jac is not None:
         out["jac"] = jac_m.reshape(nb, n, n)
     if jac_mu:

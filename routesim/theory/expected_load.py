@@ -142,13 +142,16 @@ def selection_covariance(mu_PE: Any, bias_PE: Any = None, *, topk: int,
     lead, tr, flat = setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
                             bias_mode, bias_on, nodes)
     res = integrals(tr, noise, flat, topk, nodes, cov=True)
-    p = res["p"]
-    both = res["cov"] + np.swapaxes(res["cov"], -1, -2)
+    cov = _covariance(res["p"], res["cov"])
+    return cov.reshape(lead + cov.shape[-2:])
+
+
+def _covariance(p: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """The covariance from the quadrature's ``C[i, k] = int f_i q_k P(N_{-ik} <= K - 2)``."""
+    both = half + np.swapaxes(half, -1, -2)
     cov = both - p[:, :, None] * p[:, None, :]
-    n = p.shape[-1]
-    eye = np.eye(n, dtype=bool)
-    cov = np.where(eye, (p * (1.0 - p))[:, :, None], cov)
-    return cov.reshape(lead + (n, n))
+    eye = np.eye(p.shape[-1], dtype=bool)
+    return np.where(eye, (p * (1.0 - p))[:, :, None], cov)
 
 
 def jacobian(mu_PE: Any, bias_PE: Any = None, *, topk: int, score_function: str = "sigmoid",
@@ -216,12 +219,13 @@ def load_map_and_jacobians(mu_PE: Any, bias_PE: Any = None, *, topk: int,
                            score_function: str = "sigmoid", noise: str = "normal",
                            noise_scale: Any = 1.0, bias_mode: str = "additive",
                            bias_on: str = "scores", with_mu: bool = True,
-                           nodes: int = DEFAULT_NODES
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+                           nodes: int = DEFAULT_NODES, with_covariance: bool = False
+                           ) -> tuple[Any, ...]:
     """:func:`load_map`, and :func:`jacobian` with respect to the bias and ``mu``, in one pass.
 
     The three share the nodes and the count laws, so this costs about one
-    :func:`jacobian` call instead of three.
+    :func:`jacobian` call instead of three; ``with_covariance`` adds
+    :func:`selection_covariance` to the same pass.
 
     Parameters
     ----------
@@ -229,12 +233,16 @@ def load_map_and_jacobians(mu_PE: Any, bias_PE: Any = None, *, topk: int,
         As for :func:`load_map` (not softmax with an additive bias).
     with_mu : bool
         Also return the Jacobian with respect to ``mu``.
+    with_covariance : bool
+        Also return the selection covariance (a fourth element).
 
     Returns
     -------
     p_PE : ndarray (..., E)
     jac_bias_PEE : ndarray (..., E, E)
     jac_mu_PEE : ndarray (..., E, E) or None
+    cov_PEE : ndarray (..., E, E)
+        Only with ``with_covariance``.
 
     Examples
     --------
@@ -247,17 +255,24 @@ def load_map_and_jacobians(mu_PE: Any, bias_PE: Any = None, *, topk: int,
     True
     >>> bool(np.allclose(jm, jacobian(mu, b, topk=1, wrt="mu"), atol=1e-12))
     True
+    >>> cov = load_map_and_jacobians(mu, b, topk=2, with_covariance=True)[3]
+    >>> bool(np.allclose(cov, selection_covariance(mu, b, topk=2), atol=1e-12))
+    True
     """
     if score_function == "softmax" and bias_mode == "additive" and bias_on == "scores":
         raise ConfigError("score_function = 'softmax' with bias_mode = 'additive': the "
                           "derivative along a bias on the probabilities has no exact form")
     lead, tr, flat = setup(mu_PE, bias_PE, topk, score_function, noise, noise_scale,
                             bias_mode, bias_on, nodes)
-    res = integrals(tr, noise, flat, topk, nodes, jac="bias", jac_mu=with_mu)
+    res = integrals(tr, noise, flat, topk, nodes, jac="bias", jac_mu=with_mu,
+                    cov=with_covariance)
     n = res["p"].shape[-1]
     jb = _assemble(res["jac"], tr, flat, "bias").reshape(lead + (n, n))
     jm = _assemble(res["jac_mu"], tr, flat, "mu").reshape(lead + (n, n)) if with_mu else None
-    return res["p"].reshape(lead + (n,)), jb, jm
+    out: tuple[Any, ...] = (res["p"].reshape(lead + (n,)), jb, jm)
+    if with_covariance:
+        out += (_covariance(res["p"], res["cov"]).reshape(lead + (n, n)),)
+    return out
 
 
 def own_probability(mu_PE: Any, bias_PE: Any, expert_P: Any, *, topk: int,
