@@ -69,6 +69,10 @@ DEFAULT_TOLERANCE = 0.25
 #: Relative change of some ``p_i`` since the covariance was evaluated that
 #: triggers a fresh evaluation of the selection covariance.
 COVARIANCE_TOLERANCE = 0.25
+#: Quadrature nodes of the exact evaluations: at N = 16-256 the map, its
+#: Jacobians and the covariance are within 5e-7 (relative) of 192 nodes,
+#: far below the surrogate's own error, at two thirds of the default's cost.
+MAP_NODES = 64
 
 
 def threshold_design_effect(p_E: np.ndarray, rho: float | np.ndarray,

@@ -67,7 +67,7 @@ def _terms(kind, gate, law, y, mu, b, s, gwrt, full):  # pragma: no cover - comp
                 return 1.0, 0.0, 0.0
             if sc >= 1.0:
                 return 0.0, 0.0, 0.0
-            zeta = math.log(sc) - math.log1p(-sc)
+            zeta = math.log(sc / (1.0 - sc))  # one log: 1 - sc is exact for sc >= 1/2
             dz = 1.0 / (sc * (1.0 - sc))
         else:
             if sc <= 0.0:
