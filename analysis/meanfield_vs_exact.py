@@ -12,14 +12,16 @@ within 10 %.
 Usage::
 
     python analysis/meanfield_vs_exact.py [--steps 600] [--replicas 4]
-        [--backend numpy] [--jobs 1] [--only NAME ...]
+        [--backend numpy] [--kernel auto] [--jobs 1] [--only NAME ...]
 
 Every scenario: 256 sequences of 256 tokens, N = 64 experts, K = 8 (sigmoid
 gate unless named), popularity skewed so that the controller has a
 transient to settle; in ``sign/linear/drift`` the popularity also drifts (a
 random walk of 5e-3 per step and expert), so the controller keeps tracking it. The exact engine dominates the cost: under a minute per
 scenario on one core with normal noise, about 8 minutes with logistic or
-Gumbel noise. ``--jobs`` runs the simulations in parallel.
+Gumbel noise (the array path), a minute with ``--kernel sparse`` (the exact
+O(K)-per-token kernel, which draws every noise law). ``--jobs`` runs the
+simulations in parallel.
 """
 
 from __future__ import annotations
@@ -67,12 +69,16 @@ SCENARIOS = {
 }
 
 
-def scenario_config(name: str, engine: str, steps: int, replicas: int, backend: str):
-    """The config of a scenario for one engine."""
+def scenario_config(name: str, engine: str, steps: int, replicas: int, backend: str,
+                    kernel: str = "auto"):
+    """The config of a scenario for one engine (``kernel``: the exact engine's)."""
     spec = SCENARIOS[name]
+    run = {"steps": steps, "replicas": replicas, "engine": engine, "backend": backend,
+           "record_displacement": False, "seed": 7}
+    if engine == "exact":
+        run["kernel"] = kernel
     data = {
-        "run": {"steps": steps, "replicas": replicas, "engine": engine, "backend": backend,
-                "record_displacement": False, "seed": 7},
+        "run": run,
         "batch": {"num_sequences": 256, "seq_length": 256, **spec.get("batch", {})},
         "router": {"num_experts": 64, "topk": 8, **spec.get("router", {})},
         "traffic": spec["traffic"],
@@ -81,12 +87,13 @@ def scenario_config(name: str, engine: str, steps: int, replicas: int, backend: 
     return config_from_dict(data)
 
 
-def run_one(args: tuple[str, str, int, int, str]) -> tuple[str, str, object, float]:
+def run_one(args: tuple[str, str, int, int, str, str]) -> tuple[str, str, object, float]:
     """Simulate one (scenario, engine); returns the Dataset and the wall time."""
-    name, engine, steps, replicas, backend = args
+    name, engine, steps, replicas, backend, kernel = args
     backend = backend if engine == "exact" else "numpy"
     t0 = time.perf_counter()
-    ds = simulate(scenario_config(name, engine, steps, replicas, backend), progress=False)
+    ds = simulate(scenario_config(name, engine, steps, replicas, backend, kernel),
+                  progress=False)
     return name, engine, ds, time.perf_counter() - t0
 
 
@@ -95,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--backend", default="numpy", help="backend of the exact engine")
+    parser.add_argument("--kernel", default="auto", choices=("auto", "numba", "sparse", "generic"),
+                        help="kernel of the exact engine (run.kernel)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes")
     parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), default=None)
     args = parser.parse_args(argv)
     names = args.only or list(SCENARIOS)
-    tasks = [(n, e, args.steps, args.replicas, args.backend)
+    tasks = [(n, e, args.steps, args.replicas, args.backend, args.kernel)
              for n in names for e in ("exact", "meanfield")]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -109,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {(n, e): (ds, wall) for n, e, ds, wall in results}
     burn_in = args.steps // 2
     print(f"T = 65536 tokens/step, N = 64, K = 8; {args.steps} steps x {args.replicas} "
-          f"replicas; steady state = steps >= {burn_in}")
+          f"replicas; steady state = steps >= {burn_in}; exact engine: kernel "
+          f"{args.kernel}")
     header = (f"{'scenario':28s} {'statistic':14s} {'exact':>10s} {'meanfield':>10s} "
               f"{'rel.diff':>9s}")
     print(header)
