@@ -82,7 +82,7 @@ def test_compiled_pass_is_used_from_the_threshold(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_count_kernel, "integrals", spy)
-    monkeypatch.setattr(_quadrature, "COMPILED_FROM", 1 << 18)
+    monkeypatch.setattr(_quadrature, "COMPILED_FROM", 1 << 17)
     load_map(np.zeros(4), topk=2)
     assert calls == []
     mu = np.linspace(-1.0, 1.0, 64)

@@ -24,7 +24,7 @@ _CHUNK_ELEMENTS = 1 << 21
 #: (:mod:`._count_kernel`, with Numba) replaces the NumPy one; below it the
 #: call overhead of either is what counts. ``None`` switches the compiled pass
 #: off, ``0`` forces it (tests compare the two).
-COMPILED_FROM: int | None = 1 << 18
+COMPILED_FROM: int | None = 1 << 17
 
 
 # ----------------------------------------------------------------------------
