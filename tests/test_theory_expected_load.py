@@ -227,3 +227,21 @@ def test_softmax_additive_equal_bias_is_exact():
         p = load_map(mu, np.full(5, shift), topk=k, score_function="softmax")
         q = load_map(mu, None, topk=k, bias_on="logits")
         assert np.allclose(p, q)
+
+
+def test_one_expert_response_on_shared_levels_equals_the_full_map():
+    """Rows that move only their own expert's bias may share the count levels of the
+    others' bias: p_i(b* + y e_i) as the full map's entry i, at many nodes."""
+    mu = popularity("zipf", 12, zipf_exponent=1.0)
+    base = 0.05 * np.sin(np.arange(12))
+    y = np.array([-0.2, -0.03, 0.0, 0.04, 0.3])
+    bias = base + y[None, :, None] * np.eye(12)[:, None, :]  # (E, X, E)
+    idx = np.broadcast_to(np.arange(12)[:, None], bias.shape[:2])
+    shared = own_probability(np.broadcast_to(mu, bias.shape), bias, idx, topk=3,
+                             others_bias_E=base)
+    full = load_map(np.broadcast_to(mu, bias.shape), bias, topk=3, nodes=192)
+    expected = np.take_along_axis(full, idx[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(shared, expected, rtol=2e-5)
+    with pytest.raises(ConfigError, match="others_bias_E"):
+        own_probability(np.stack([mu, mu + 0.1]), np.zeros((2, 12)), [0, 1], topk=3,
+                        others_bias_E=base)

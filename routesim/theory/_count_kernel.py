@@ -132,7 +132,7 @@ def _kernel(rows_R, n, y_RU, w_RU, above_R, mu_BE, b_BE, s_B, kind, gate, law, t
         suf = np.empty((n + 1, topk))
         acc = 0.0
         for u in range(n_nodes):
-            y, wt = y_RU[r, u], w_RU[r, u]
+            y, wt = y_RU[i, u], w_RU[i, u]
             for j in range(n):
                 q, g, d = _terms(kind, gate, law, y, mu_BE[pt, j], b_BE[pt, j], s_B[pt],
                                 gwrt, pairs)
@@ -183,13 +183,16 @@ def _kernel(rows_R, n, y_RU, w_RU, above_R, mu_BE, b_BE, s_B, kind, gate, law, t
                         low += pre[k, a] * cum
                         cum -= suf[k + 1, topk - 2 - a]
                     cov_RE[r, k] += wt * low * qraw_E[k]
-        p_R[r] = acc + above_R[r]
+        p_R[r] = acc + above_R[i]
 
 
 def integrals(kind: str, gate: str, law: str, y_RU: np.ndarray, w_RU: np.ndarray,
               above_R: np.ndarray, flat: tuple, topk: int, todo: np.ndarray, *,
               jac: str | None, jac_mu: bool, cov: bool) -> dict[str, np.ndarray]:
-    """The compiled pass over the rows ``todo``; outputs as in ``_quadrature.integrals``."""
+    """The compiled pass over the rows ``todo``; outputs as in ``_quadrature.integrals``.
+
+    ``y_RU``, ``w_RU``, ``above_R`` are the nodes of the rows in ``todo`` order.
+    """
     # fresh contiguous copies (Numba warns on read-only broadcast views)
     m, b, s = (np.array(a, dtype=np.float64, order="C") for a in flat)
     nb, n = m.shape

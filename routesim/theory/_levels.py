@@ -241,15 +241,13 @@ class Nodes:
     above_BE: np.ndarray
 
 
-def make_nodes(tr: Transform, law: str, mu_BE: np.ndarray, bias_BE: np.ndarray,
-               sigma_B: np.ndarray, topk: int, nodes: int) -> Nodes:
-    """Own nodes of every expert over the levels that matter (about ``nodes`` per expert).
+def count_levels(tr: Transform, law: str, mu_BE: np.ndarray, bias_BE: np.ndarray,
+                 sigma_B: np.ndarray, topk: int, nodes: int) -> np.ndarray:
+    """The levels where the expected count of experts above runs through the panel edges.
 
-    Each expert's range of ``x`` is split into panels at ``nodes // 16``
-    equal steps and at the levels where the expected count of experts above
-    runs through ``K / 16 .. 16 K`` (``nodes // 16`` steps, evenly in
-    ``log(v / (N - v))``): the count law ``G`` turns over there, sharply
-    when ``N`` is large.
+    ``(B, V)``: first the level at ``v_hi`` (below it ``P(N <= K) < 1e-13``),
+    then at ``1e-7``, then ``nodes // 16 + 1`` counts from ``K / 16`` to
+    ``16 K``, evenly in ``log(v / (N - v))`` (see :func:`make_nodes`).
     """
     n = mu_BE.shape[-1]
     steps = max(1, nodes // (2 * ORDER))
@@ -258,19 +256,47 @@ def make_nodes(tr: Transform, law: str, mu_BE: np.ndarray, bias_BE: np.ndarray,
     t_a, t_b = t_of(max(_V_MIN, topk / 16.0)), t_of(min(v_hi, 16.0 * topk))
     tv = np.linspace(t_a, t_b, steps + 1) if t_b > t_a else np.array([t_a])
     v = np.concatenate([[v_hi, _V_MIN], n / (1.0 + np.exp(-tv))])
-    y_v = _levels_at_counts(tr, law, mu_BE, bias_BE, sigma_B, v)  # (B, V)
-    te = expert_terms(tr, law, y_v[..., None], mu_BE[:, None, :], bias_BE[:, None, :],
-                      sigma_B[:, None, None])
-    xv = np.swapaxes(te.x, -1, -2)  # (B, E, V): x_i at each level
+    return _levels_at_counts(tr, law, mu_BE, bias_BE, sigma_B, v)
+
+
+def make_nodes(tr: Transform, law: str, mu_BE: np.ndarray, bias_BE: np.ndarray,
+               sigma_B: np.ndarray, topk: int, nodes: int, rows_R: np.ndarray | None = None,
+               levels_BV: np.ndarray | None = None) -> Nodes:
+    """Own nodes of every expert over the levels that matter (about ``nodes`` per expert).
+
+    Each expert's range of ``x`` is split into panels at ``nodes // 16``
+    equal steps and at the levels where the expected count of experts above
+    runs through ``K / 16 .. 16 K`` (``nodes // 16`` steps, evenly in
+    ``log(v / (N - v))``): the count law ``G`` turns over there, sharply
+    when ``N`` is large.
+
+    ``rows_R`` (flattened ``point * E + expert`` indices) builds the nodes of
+    those rows only: the arrays are then (R, U) and (R,). ``levels_BV``
+    gives the count levels (:func:`count_levels`) instead of solving for them.
+    """
+    steps = max(1, nodes // (2 * ORDER))
+    y_v = (count_levels(tr, law, mu_BE, bias_BE, sigma_B, topk, nodes) if levels_BV is None
+           else levels_BV)  # (B, V)
+    if rows_R is None:
+        te = expert_terms(tr, law, y_v[..., None], mu_BE[:, None, :], bias_BE[:, None, :],
+                          sigma_B[:, None, None])
+        xv = np.swapaxes(te.x, -1, -2)  # (B, E, V): x_i at each level
+        mu_X, bias_X, sig_X = mu_BE[..., None], bias_BE[..., None], sigma_B[:, None, None]
+    else:
+        n = mu_BE.shape[-1]
+        pt, own = rows_R // n, rows_R % n
+        mu_X, bias_X, sig_X = (mu_BE[pt, own][:, None], bias_BE[pt, own][:, None],
+                               sigma_B[pt][:, None])
+        xv = expert_terms(tr, law, y_v[pt], mu_X, bias_X, sig_X).x  # (R, V)
     xmin, xmax = quantile(law, _TAIL), quantile(law, 1.0 - _TAIL)
     xv = np.clip(np.nan_to_num(xv, nan=xmin), xmin, xmax)
     x_lo, x_hi = xv[..., 0], np.maximum(xv[..., 1], xv[..., 0])
     even = x_lo[..., None] + (x_hi - x_lo)[..., None] * np.linspace(0.0, 1.0, steps + 1)
     edges = np.sort(np.concatenate([even, np.clip(xv[..., 2:], x_lo[..., None],
                                                   x_hi[..., None])], axis=-1), axis=-1)
-    half = 0.5 * (edges[..., 1:] - edges[..., :-1])  # (B, E, panels)
+    half = 0.5 * (edges[..., 1:] - edges[..., :-1])  # (..., panels)
     x = ((edges[..., :-1] + half)[..., None] + half[..., None] * _XG).reshape(
         edges.shape[:-1] + (-1,))
     w = (half[..., None] * _WG).reshape(x.shape) * _pdf(law, x)
-    y = levels_of(tr, mu_BE[..., None] + sigma_B[:, None, None] * x, bias_BE[..., None])
+    y = levels_of(tr, mu_X + sig_X * x, bias_X)
     return Nodes(x_BEU=x, w_BEU=w, y_BEU=y, above_BE=_sf(law, x_hi))

@@ -113,12 +113,15 @@ def setup(mu_PE: Any, bias_PE: Any, topk: int, score_function: str, noise: str,
 
 
 def integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
-               jac: str | None = None, cov: bool = False,
-               only: np.ndarray | None = None, jac_mu: bool = False) -> dict[str, np.ndarray]:
+              jac: str | None = None, cov: bool = False,
+              only: np.ndarray | None = None, jac_mu: bool = False,
+              levels_BV: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Integrals over each expert's own nodes, all (point, expert) rows at once.
 
     ``only`` restricts the work to some flattened (point, expert) rows (the
-    others are left NaN).
+    others are left NaN; nodes are built for those rows only).
+    ``levels_BV`` gives the count levels of the nodes
+    (:func:`._levels.count_levels`) instead of solving for them.
 
     Returns ``p`` (B, E); with ``jac`` the matrix ``M[i, k] = int f_i g_k D_ik``
     (``g`` the derivative with respect to ``jac``); with ``cov`` the matrix
@@ -128,34 +131,37 @@ def integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
     """
     m, b, s = flat
     nb, n = m.shape
-    nd = _levels.make_nodes(tr, noise, m, b, s, topk, nodes)
-    u = nd.y_BEU.shape[-1]
-    pairs = jac is not None or cov
-    out = {"p": np.full((nb, n), np.nan)}
-    if jac is not None:
-        out["jac"] = np.zeros((nb, n, n))
-    jac_mu = jac_mu and jac == "bias"
-    if jac_mu:
-        out["jac_mu"] = np.zeros((nb, n, n))
-    if cov:
-        out["cov"] = np.zeros((nb, n, n))
     rows = nb * n
-    todo = np.arange(rows) if only is None else np.asarray(only)
+    todo = np.arange(rows) if only is None else np.asarray(only, dtype=np.int64)
+    nd = _levels.make_nodes(tr, noise, m, b, s, topk, nodes,
+                            rows_R=None if only is None else todo, levels_BV=levels_BV)
+    u = nd.y_BEU.shape[-1]
+    # the nodes of the rows in ``todo`` order: row i of these is global row todo[i]
+    y_loc, w_loc = nd.y_BEU.reshape(todo.size, u), nd.w_BEU.reshape(todo.size, u)
+    above_loc = nd.above_BE.reshape(todo.size)
+    jac_mu = jac_mu and jac == "bias"
     if COMPILED_FROM is not None and todo.size * u * n >= COMPILED_FROM:
         from . import _count_kernel
 
         if _count_kernel.AVAILABLE:
-            return _count_kernel.integrals(
-                tr.kind, tr.gate, noise, nd.y_BEU.reshape(rows, u), nd.w_BEU.reshape(rows, u),
-                nd.above_BE.reshape(rows), flat, topk, todo, jac=jac, jac_mu=jac_mu, cov=cov)
+            return _count_kernel.integrals(tr.kind, tr.gate, noise, y_loc, w_loc, above_loc,
+                                           flat, topk, todo, jac=jac, jac_mu=jac_mu, cov=cov)
+    pairs = jac is not None or cov
+    out = {"p": np.full((nb, n), np.nan)}
+    if jac is not None:
+        out["jac"] = np.zeros((nb, n, n))
+    if jac_mu:
+        out["jac_mu"] = np.zeros((nb, n, n))
+    if cov:
+        out["cov"] = np.zeros((nb, n, n))
     per_row = u * n * topk * (3 if pairs else 1)
     chunk = max(1, _CHUNK_ELEMENTS // per_row)
-    y_r, w_r = nd.y_BEU.reshape(rows, u), nd.w_BEU.reshape(rows, u)
-    above_r = nd.above_BE.reshape(rows)
     for r0 in range(0, todo.size, chunk):
-        r = todo[r0:r0 + chunk]
+        loc = slice(r0, r0 + chunk)
+        r = todo[loc]
+        y_r, w_r = y_loc[loc], w_loc[loc]
         pt, own = r // n, r % n
-        terms = _levels.expert_terms(tr, noise, y_r[r][..., None], m[pt][:, None, :],
+        terms = _levels.expert_terms(tr, noise, y_r[..., None], m[pt][:, None, :],
                                      b[pt][:, None, :], s[pt][:, None, None],
                                      wrt=jac or "bias")
         q = terms.q.copy()
@@ -167,16 +173,16 @@ def integrals(tr: Transform, noise: str, flat: tuple, topk: int, nodes: int, *,
         else:
             law = _poisson.count_law(flat_q, topk)
         chosen = np.sum(law, axis=-1).reshape(r.size, u)
-        out["p"].reshape(rows)[r] = np.sum(w_r[r] * chosen, axis=-1) + above_r[r]
+        out["p"].reshape(rows)[r] = np.sum(w_r * chosen, axis=-1) + above_loc[loc]
         if jac is not None:
             d = without[..., topk - 1] * terms.g
-            out["jac"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r[r], d)
+            out["jac"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r, d)
         if jac_mu:  # dq/dmu is the logit density: f over dzeta/dy
             dens = np.where(terms.dx > 0, terms.f / np.where(terms.dx > 0, terms.dx, 1.0), 0.0)
             dens = dens / s[pt][:, None, None]
             d = without[..., topk - 1] * dens
-            out["jac_mu"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r[r], d)
+            out["jac_mu"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r, d)
         if cov:
             h = np.sum(without[..., :topk - 1], axis=-1) * terms.q
-            out["cov"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r[r], h)
+            out["cov"].reshape(rows, n)[r] = np.einsum("ru,ruk->rk", w_r, h)
     return out

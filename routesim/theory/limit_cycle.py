@@ -305,7 +305,7 @@ def map_response(mu_E: Any, bias_star_E: Any, *, topk: int, nodes: int = 48, kno
         bias = bs + grid[None, :, None] * eye[:, None, :]  # (E, X, E)
         idx = np.broadcast_to(np.arange(n)[:, None], bias.shape[:2])
         p = own_probability(np.broadcast_to(mu, bias.shape), bias, idx, topk=topk,
-                            nodes=nodes, **router)
+                            nodes=nodes, others_bias_E=bs, **router)
         dev = (n / topk) * p - 1.0
         out = np.empty_like(y)
         for i in range(n):  # one spline per expert (set-up, not a hot path)
