@@ -23,11 +23,12 @@ from routesim.cli import main
 from routesim.store import load
 from routesim.sweep import run_sweep
 
-# Four chunks of two points, of about a second each: a 2-worker sweep is still
-# busy when its first chunk appears.
+# Four chunks of two points, of two to three seconds each: a 2-worker sweep is
+# still busy when its first chunk appears, even on a loaded machine (where the
+# test's own polling may lag by a second).
 SLOW = """
 [run]
-steps = 100
+steps = 250
 seed = 3
 [batch]
 num_sequences = 8
