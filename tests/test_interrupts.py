@@ -86,12 +86,21 @@ def _chunks(out: Path) -> list[Path]:
     return sorted(out.glob("chunks/*/points_*.nc"))
 
 
+def _default_sigint() -> None:
+    """The sweep's own Ctrl-C handling, whatever this test process inherited: a shell
+    that starts a job in the background ignores SIGINT for it, and children inherit
+    that (a Python started with SIGINT ignored keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _start_then_signal(cfg_path: Path, out: Path, sig: int, to_group: bool):
     """Start a 2-worker sweep in its own session; signal it once a chunk exists."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "routesim", "sweep", str(cfg_path), "--out", str(out),
          "--chunk", "2", "--workers", "2", "--no-progress"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while not _chunks(out):
         assert proc.poll() is None, proc.stderr.read()
