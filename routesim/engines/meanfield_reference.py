@@ -260,10 +260,10 @@ def evaluate(plan: MeanFieldPlan, ref: LoadReference, mu_PRE: np.ndarray, bias_P
     changes = {name: _put(getattr(ref, name), rows, v) for name, v in new.items()}
     crows = np.nonzero(cov_PR & rows_PR)
     if crows[0].size:
-        cov_X = np.zeros(rows_PR.shape + cov.shape[-2:])
-        cov_X[rows] = cov
+        # both index lists are row-major, so the evaluated rows that need a covariance
+        # are picked by the mask restricted to the evaluated rows
         changes["factor_T_PREE"] = _put(ref.factor_T_PREE, crows,
-                                        _covariance_factor(cov_X[crows]))
+                                        _covariance_factor(cov[cov_PR[rows]]))
         changes["cov_p_PRE"] = _put(ref.cov_p_PRE, crows, changes["p_PRE"][crows])
     ref = dataclasses.replace(ref, **changes)
     return dataclasses.replace(ref, scale_PRE=_noise_scale(ref))
