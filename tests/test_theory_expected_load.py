@@ -245,3 +245,5 @@ def test_one_expert_response_on_shared_levels_equals_the_full_map():
     with pytest.raises(ConfigError, match="others_bias_E"):
         own_probability(np.stack([mu, mu + 0.1]), np.zeros((2, 12)), [0, 1], topk=3,
                         others_bias_E=base)
+    with pytest.raises(ConfigError, match="others_bias_E: shape"):
+        own_probability(mu, base, 0, topk=3, others_bias_E=base[:5])

@@ -315,6 +315,10 @@ def own_probability(mu_PE: Any, bias_PE: Any, expert_P: Any, *, topk: int,
     rows = np.arange(expert.size) * n + expert
     levels = None
     if others_bias_E is not None:
+        others = np.asarray(others_bias_E, dtype=np.float64)
+        if others.shape != (n,) or not np.all(np.isfinite(others)):
+            raise ConfigError(f"others_bias_E: shape {others.shape}: must be {n} finite "
+                              "biases, one per expert")
         _, _, (m1, b1, s1) = setup(flat[0][:1], others_bias_E, topk, score_function, noise,
                                    flat[2][:1], bias_mode, bias_on, nodes)
         if not (np.allclose(flat[0], m1) and np.allclose(flat[2], s1[0])):
