@@ -50,3 +50,30 @@ def test_one_pass_jacobians_equal_the_separate_quadratures():
     np.testing.assert_allclose(p, load_map(mu, b, **kw), atol=1e-13)
     np.testing.assert_allclose(jb, jacobian(mu, b, **kw), atol=1e-13)
     np.testing.assert_allclose(jm, jacobian(mu, b, wrt="mu", **kw), atol=1e-13)
+
+
+@pytest.mark.parametrize("kind,gate", [("logit", "sigmoid"), ("logit_logb", "sigmoid"),
+                                       ("score_add", "sigmoid"), ("score_add", "sqrtsoftplus"),
+                                       ("score_mul", "sigmoid"), ("score_mul", "sqrtsoftplus")])
+@pytest.mark.parametrize("noise", ["normal", "logistic", "gumbel"])
+def test_compiled_warm_solve_equals_the_numpy_path(kind, gate, noise):
+    """The compiled Newton solve (its own per-expert terms) against the NumPy terms."""
+    from routesim.theory import _threshold_kernel
+    from routesim.theory._levels import Transform
+    from routesim.theory.threshold_map import solve_threshold
+
+    if not _threshold_kernel.AVAILABLE:
+        pytest.skip("needs Numba")
+    rng = np.random.default_rng(7)
+    mu = rng.normal(size=(4, 48))
+    b = rng.normal(scale=0.1, size=(4, 48))
+    if kind in ("logit_logb", "score_mul"):
+        b = np.exp(b)
+    s = rng.uniform(0.5, 2.0, size=4)
+    tr = Transform(kind, gate)
+    start = solve_threshold(tr, noise, mu, b, s, 6, None).tau_P + 0.01
+    fast = solve_threshold(tr, noise, mu, 1.001 * b, s, 6, start, compiled=True)
+    slow = solve_threshold(tr, noise, mu, 1.001 * b, s, 6, start, compiled=False)
+    for name in ("p_PE", "f_PE", "g_bias_PE", "g_mu_PE", "tau_P"):
+        got, want = getattr(fast, name), getattr(slow, name)
+        assert np.max(np.abs(got - want)) <= 1e-9 * np.max(np.abs(want)), name

@@ -41,6 +41,8 @@ __all__ = ["ThresholdMap", "threshold_map", "threshold_change", "solve_threshold
 
 #: Newton iterations on the level before falling back to bisection.
 _NEWTON = 12
+#: Whether a warm-started solve may use the compiled kernel (with Numba).
+COMPILED = True
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,16 @@ class ThresholdMap:
 
 def solve_threshold(tr: Transform, noise: str, mu_PE: np.ndarray, bias_PE: np.ndarray,
                     scale_P: np.ndarray, topk: int, tau_P: np.ndarray | None = None,
-                    with_mu: bool = True) -> ThresholdMap:
+                    with_mu: bool = True, compiled: bool = True) -> ThresholdMap:
     """:class:`ThresholdMap` of flattened, validated rows (no argument checks: a hot path).
 
     Newton's method on ``sum_j q_j(tau) = K`` from ``tau_P`` (a warm start)
     until ``|sum_j q_j - K| <= 1e-11 K``; rows that do not get there within
     12 iterations, and every row without a start, are solved by bisection.
-    ``with_mu=False`` leaves ``g_mu_PE`` as zeros (one pass less).
+    ``with_mu=False`` leaves ``g_mu_PE`` as zeros (one pass less). With a
+    warm start and Numba the Newton iterations run compiled, row by row
+    (:mod:`._threshold_kernel`; rows that miss the tolerance fall back to
+    this NumPy path), which equals this path to rounding.
 
     Parameters
     ----------
@@ -100,6 +105,8 @@ def solve_threshold(tr: Transform, noise: str, mu_PE: np.ndarray, bias_PE: np.nd
         Warm start of each row's level.
     with_mu : bool
         Also compute the derivatives in ``mu``.
+    compiled : bool
+        Use the compiled solve when it is available (``False``: NumPy only).
 
     Returns
     -------
@@ -127,6 +134,18 @@ def solve_threshold(tr: Transform, noise: str, mu_PE: np.ndarray, bias_PE: np.nd
     if tau_P is None:
         tau = bisect(np.arange(mu_PE.shape[0]))
         t, resid = terms(tau)
+    elif compiled and COMPILED and np.all(scale_P > 0):
+        from . import _threshold_kernel
+
+        if _threshold_kernel.AVAILABLE:
+            p, f, g_b, g_m, tau, ok = _threshold_kernel.solve(tr.kind, tr.gate, noise, mu_PE,
+                                                             bias_PE, scale_P, topk, tau_P,
+                                                             _NEWTON)
+            if np.all(ok):
+                return ThresholdMap(p_PE=p, f_PE=f, g_bias_PE=g_b,
+                                    g_mu_PE=g_m if with_mu else np.zeros_like(p), tau_P=tau)
+        return solve_threshold(tr, noise, mu_PE, bias_PE, scale_P, topk, tau_P, with_mu,
+                               compiled=False)
     else:
         tau = np.array(tau_P, dtype=np.float64)
         for _ in range(_NEWTON):
