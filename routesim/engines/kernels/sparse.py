@@ -292,21 +292,42 @@ def _below(x, bound):
 
 
 @njit(**_INL)
-def _binomial(u, nb, p):
-    """Binomial(``nb``, ``p``) from a uniform ``u`` by inversion from the mode outwards.
-
-    The outcomes are visited in the order mode, mode - 1, mode + 1, mode - 2, ...
-    (inversion under any fixed order of the outcomes is exact), so about
-    1.6 standard deviations of steps.
-    """
-    q = 1.0 - p
+def _mode_mass(nb, p):
+    """The mode of Binomial(``nb``, ``p``) and its probability."""
     mode = min(nb, int(math.floor((nb + 1) * p)))
     if mode == 0:
-        pm = math.exp(nb * math.log1p(-p))
-    else:
-        pm = math.exp(math.lgamma(nb + 1.0) - math.lgamma(mode + 1.0)
-                      - math.lgamma(nb - mode + 1.0) + mode * math.log(p)
-                      + (nb - mode) * math.log1p(-p))
+        return mode, math.exp(nb * math.log1p(-p))
+    return mode, math.exp(math.lgamma(nb + 1.0) - math.lgamma(mode + 1.0)
+                          - math.lgamma(nb - mode + 1.0) + mode * math.log(p)
+                          + (nb - mode) * math.log1p(-p))
+
+
+@njit(**_OPT)
+def _stream_tables(S, TB, scan, ST, mode_E, pm_E):
+    """``ST = S.T`` (experts by levels) and :func:`_mode_mass` of every expert drawn by
+    a Binomial count, for blocks of ``TB``.
+
+    The levels are fixed for a stream (for a sequence when ``rho > 0``), so these are
+    computed once for it, not once per sequence or block.
+    """
+    J = S.shape[0] - 1
+    for i in range(S.shape[1]):
+        for j in range(J + 1):
+            ST[i, j] = S[j, i]
+        p = S[J - 1, i]
+        if 0.0 < p < scan:
+            mode_E[i], pm_E[i] = _mode_mass(TB, min(p, 1.0 - p))
+
+
+@njit(**_INL)
+def _binomial(u, nb, p, mode, pm):
+    """Binomial(``nb``, ``p``) from a uniform ``u`` by inversion from the mode outwards.
+
+    ``mode`` and its probability ``pm`` from :func:`_mode_mass`. The outcomes are
+    visited in the order mode, mode - 1, mode + 1, mode - 2, ... (inversion under any
+    fixed order of the outcomes is exact), so about 1.6 standard deviations of steps.
+    """
+    q = 1.0 - p
     u -= pm
     if u <= 0.0:
         return mode
@@ -353,16 +374,17 @@ def _store(t, jb, i, w, J, cnt, hkey, hw, nh):
     cnt[t * J + jb] += 1
 
 
-@njit(**_OPT)
-def _expert_hits(sub, i, p, nb, ST, J, owner, cnt, hkey, hw, nh, scan):
+@njit(**_INL)
+def _expert_hits(sub, i, p, nb, ST, J, owner, cnt, hkey, hw, nh, scan, mode, pm):
     """The tokens of a block of ``nb`` where expert ``i`` exceeds the lowest level.
 
     Independent Bernoulli(``p``) trials, each hit with its survival value ``w`` uniform
     on ``(0, p)``. For ``p >= scan`` every token is visited: a uniform ``u`` per token
     (53 bits), a hit when ``u < p``, with ``w = u`` (appended branch-free, the bands
     computed for the hits only). Below, a Binomial count, then that many distinct
-    uniform positions (repeats rejected), each with its ``w``. Returns the new number
-    of candidates.
+    uniform positions (repeats rejected), each with its ``w``; ``mode`` and ``pm``
+    are :func:`_mode_mass` of ``(nb, min(p, 1 - p))``. Returns the new number of
+    candidates.
     """
     if p >= scan:
         nh0 = nh
@@ -378,7 +400,7 @@ def _expert_hits(sub, i, p, nb, ST, J, owner, cnt, hkey, hw, nh, scan):
     c = np.uint64(1)
     x = _mix(sub + c * _GOLD)
     u = (float(x >> _S11) + 0.5) * _INV53
-    k = _binomial(u, nb, p) if p <= 0.5 else nb - _binomial(u, nb, 1.0 - p)
+    k = _binomial(u, nb, p, mode, pm) if p <= 0.5 else nb - _binomial(u, nb, 1.0 - p, mode, pm)
     if p <= 0.5:
         got = 0
         while got < k:
@@ -455,114 +477,147 @@ def _workspace(TB, n, J, k):
 
 
 @njit(**_OPT)
-def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias, S, counts_row,
-                   ws, scan):
+def _draw_block(hbase, bq, nb, TB, ST, owner, cnt, hkey, hw, scan, mode_E, pm_E):
+    """Every expert's candidates in a block of ``nb`` tokens; -1 if ``hkey`` is too short.
+
+    Kept apart from :func:`route_sequence`, whose work arrays may be reallocated:
+    arrays that are reassigned inside a loop cost reference counting on every turn.
+    """
+    J = ST.shape[1] - 1
+    nh = 0
+    for i in range(ST.shape[0]):
+        p = ST[i, J - 1]
+        if p <= 0.0:
+            continue
+        if nh + nb > hkey.shape[0]:  # room for this expert taking every token
+            return -1
+        if nb == TB or p >= scan:
+            b_mode, b_pm = mode_E[i], pm_E[i]
+        else:  # a shorter last block
+            b_mode, b_pm = _mode_mass(nb, min(p, 1.0 - p))
+        nh = _expert_hits(_mix(hbase + (bq + np.uint64(i)) * _GOLD), i, p, nb, ST, J, owner,
+                          cnt, hkey, hw, nh, scan, b_mode, b_pm)
+    return nh
+
+
+@njit(**_OPT)
+def _select_block(fbase, seq, L, b0, nb, k, m, sigma, law, gate, mode, bias, ST, counts_row,
+                  nh, ws):
+    """Count the selections of a block's tokens from its ``nh`` candidates (in ``ws``)."""
+    cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take = ws
+    n = m.shape[0]
+    J = ST.shape[1] - 1
+    # per token: the band where the count reaches K (J: never), what it still needs,
+    # how many bands are taken whole, and the band to rank (-1: none; J: completion)
+    for t in range(nb):
+        cum = 0
+        js = 0
+        before = 0
+        for jb in range(J):
+            cum += cnt[t * J + jb]
+            below = cum < k
+            js += below
+            before = cum if below else before
+        need[t] = k - before
+        exact = js < J and cnt[t * J + min(js, J - 1)] == k - before
+        take[t] = js + 1 if exact else js
+        jstar[t] = -1 if exact else js
+    # selected candidates counted; those to rank (or to exclude) kept, by token
+    nr = 0
+    for a in range(nh):
+        key = hkey[a]
+        t = key >> _TSHIFT
+        jb = (key >> _JSHIFT) & _JMASK
+        counts_row[key & _IMASK] += jb < take[t]
+        js = jstar[t]
+        rkey[nr] = key
+        rw[nr] = hw[a]
+        nr += (jb == js) | (js == J)
+    start[:nb + 1] = 0
+    for a in range(nr):
+        start[(rkey[a] >> _TSHIFT) + 1] += 1
+    for t in range(nb):
+        start[t + 1] += start[t]
+    for a in range(nr):  # counting sort by token
+        t = rkey[a] >> _TSHIFT
+        skey[start[t]] = rkey[a]
+        sw[start[t]] = rw[a]
+        start[t] += 1
+    a0 = 0
+    for t in range(nb):
+        a1 = start[t]
+        js = jstar[t]
+        if 0 <= js < J:  # too many in the band: rank its members by their scores
+            cnt_b = 0
+            for a in range(a0, a1):
+                i = skey[a] & _IMASK
+                z = m[i] + sigma * inverse_survival(sw[a], law)
+                vbuf[cnt_b] = _score(z, bias[i], gate, mode)
+                ibuf[cnt_b] = i
+                cnt_b += 1
+            _pick(vbuf, ibuf, cnt_b, need[t], counts_row)
+        elif js == J:  # fewer than K above the lowest level: complete from below it
+            for a in range(a0, a1):
+                mark[skey[a] & _IMASK] = True
+            tok = np.uint64(seq) * np.uint64(L) + np.uint64(b0 + t)
+            cnt_b = 0
+            above = 0
+            for i in range(n):
+                if mark[i]:
+                    mark[i] = False
+                    continue
+                x = _mix(fbase + (tok * np.uint64(n) + np.uint64(i)) * _GOLD)
+                u = (float(x >> _S11) + 0.5) * _INV53
+                p = ST[i, J - 1]
+                w = p + (1.0 - p) * u
+                vbuf[cnt_b] = w
+                ibuf[cnt_b] = i
+                cnt_b += 1
+                above += w < ST[i, J]
+            # enough above the completion level: only they can be selected
+            keep = 0
+            for a in range(cnt_b):
+                i = ibuf[a]
+                if above < need[t] or vbuf[a] < ST[i, J]:
+                    w = vbuf[a]
+                    z = m[i] + sigma * inverse_survival(w, law) if sigma > 0.0 else m[i]
+                    vbuf[keep] = _score(z, bias[i], gate, mode)
+                    ibuf[keep] = i
+                    keep += 1
+            _pick(vbuf, ibuf, keep, need[t], counts_row)
+        a0 = a1
+
+
+@njit(**_OPT)
+def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias, ST, counts_row,
+                   ws, scan, mode_E, pm_E):
     """Route the ``L`` tokens of global sequence ``seq`` of one stream; adds to ``counts_row``.
 
-    ``S`` (J, E) from :func:`levels_into`; ``ws`` from :func:`_workspace`; ``TB`` tokens
-    per block (:func:`block_tokens`). Returns the workspace (grown if it had to).
+    ``ST`` (E, J + 1), ``mode_E``, ``pm_E`` from :func:`_stream_tables` of the levels
+    of :func:`levels_into`; ``ws`` from :func:`_workspace`; ``TB`` tokens per block
+    (:func:`block_tokens`). Returns the workspace (grown if it had to).
     """
     cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take = ws
     n = m.shape[0]
-    J = S.shape[0] - 1
-    ST = np.ascontiguousarray(S.T)
+    J = ST.shape[1] - 1
     nblocks = (L + TB - 1) // TB
     for blk in range(nblocks):
         b0 = blk * TB
         nb = min(TB, L - b0)
-        cnt[:nb * J] = 0
-        owner[:nb] = -1
-        nh = 0
         bq = (np.uint64(seq) * np.uint64(nblocks) + np.uint64(blk)) * np.uint64(n)
-        for i in range(n):
-            p = S[J - 1, i]
-            if p <= 0.0:
-                continue
-            if nh + nb > hkey.shape[0]:  # room for this expert taking every token
-                hkey, hw = _grow(hkey, nb), _growf(hw, nb)
-                rkey, rw, skey, sw = (_grow(rkey, nb), _growf(rw, nb), _grow(skey, nb),
-                                      _growf(sw, nb))
-            nh = _expert_hits(_mix(hbase + (bq + np.uint64(i)) * _GOLD), i, p, nb, ST, J,
-                              owner, cnt, hkey, hw, nh, scan)
-        # per token: the band where the count reaches K (J: never), what it still needs,
-        # how many bands are taken whole, and the band to rank (-1: none; J: completion)
-        for t in range(nb):
-            cum = 0
-            js = 0
-            before = 0
-            for jb in range(J):
-                cum += cnt[t * J + jb]
-                below = cum < k
-                js += below
-                before = cum if below else before
-            need[t] = k - before
-            exact = js < J and cnt[t * J + min(js, J - 1)] == k - before
-            take[t] = js + 1 if exact else js
-            jstar[t] = -1 if exact else js
-        # selected candidates counted; those to rank (or to exclude) kept, by token
-        nr = 0
-        for a in range(nh):
-            key = hkey[a]
-            t = key >> _TSHIFT
-            jb = (key >> _JSHIFT) & _JMASK
-            counts_row[key & _IMASK] += jb < take[t]
-            js = jstar[t]
-            rkey[nr] = key
-            rw[nr] = hw[a]
-            nr += (jb == js) | (js == J)
-        start[:nb + 1] = 0
-        for a in range(nr):
-            start[(rkey[a] >> _TSHIFT) + 1] += 1
-        for t in range(nb):
-            start[t + 1] += start[t]
-        for a in range(nr):  # counting sort by token
-            t = rkey[a] >> _TSHIFT
-            skey[start[t]] = rkey[a]
-            sw[start[t]] = rw[a]
-            start[t] += 1
-        a0 = 0
-        for t in range(nb):
-            a1 = start[t]
-            js = jstar[t]
-            if 0 <= js < J:  # too many in the band: rank its members by their scores
-                cnt_b = 0
-                for a in range(a0, a1):
-                    i = skey[a] & _IMASK
-                    z = m[i] + sigma * inverse_survival(sw[a], law)
-                    vbuf[cnt_b] = _score(z, bias[i], gate, mode)
-                    ibuf[cnt_b] = i
-                    cnt_b += 1
-                _pick(vbuf, ibuf, cnt_b, need[t], counts_row)
-            elif js == J:  # fewer than K above the lowest level: complete from below it
-                for a in range(a0, a1):
-                    mark[skey[a] & _IMASK] = True
-                tok = np.uint64(seq) * np.uint64(L) + np.uint64(b0 + t)
-                cnt_b = 0
-                above = 0
-                for i in range(n):
-                    if mark[i]:
-                        mark[i] = False
-                        continue
-                    x = _mix(fbase + (tok * np.uint64(n) + np.uint64(i)) * _GOLD)
-                    u = (float(x >> _S11) + 0.5) * _INV53
-                    p = ST[i, J - 1]
-                    w = p + (1.0 - p) * u
-                    vbuf[cnt_b] = w
-                    ibuf[cnt_b] = i
-                    cnt_b += 1
-                    above += w < ST[i, J]
-                # enough above the completion level: only they can be selected
-                keep = 0
-                for a in range(cnt_b):
-                    i = ibuf[a]
-                    if above < need[t] or vbuf[a] < ST[i, J]:
-                        w = vbuf[a]
-                        z = m[i] + sigma * inverse_survival(w, law) if sigma > 0.0 else m[i]
-                        vbuf[keep] = _score(z, bias[i], gate, mode)
-                        ibuf[keep] = i
-                        keep += 1
-                _pick(vbuf, ibuf, keep, need[t], counts_row)
-            a0 = a1
+        while True:
+            cnt[:nb * J] = 0
+            owner[:nb] = -1
+            nh = _draw_block(hbase, bq, nb, TB, ST, owner, cnt, hkey, hw, scan, mode_E, pm_E)
+            if nh >= 0:
+                break
+            # out of room: grow and draw the block again (the same numbers)
+            hkey, hw = _grow(hkey, nb), _growf(hw, nb)
+            rkey, rw, skey, sw = (_grow(rkey, nb), _growf(rw, nb), _grow(skey, nb),
+                                  _growf(sw, nb))
+        _select_block(fbase, seq, L, b0, nb, k, m, sigma, law, gate, mode, bias, ST,
+                      counts_row, nh, (cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw,
+                                       vbuf, ibuf, mark, owner, take))
     return (cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take)
 
 
@@ -575,6 +630,10 @@ def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr,
     ws = _workspace(TB, n, J, k)
     m = np.empty(n, np.float64)
     S = np.empty((J, n), np.float64)
+    ST = np.empty((n, J), np.float64)
+    mode_E = np.zeros(n, np.int64)
+    pm_E = np.zeros(n, np.float64)
+    q_table = -1
     for task in range(first, stop):
         q = task // nseq
         s = task % nseq
@@ -583,11 +642,15 @@ def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr,
                 m[i] = mu[q, i] + scale[q] * sr[q] * a_seq[q, s, i]
             sigma = scale[q] * sq[q]
             levels_into(m, sigma, law, gate, mode, bias[q], lam_top, lam_bottom, iters, S)
+            _stream_tables(S, TB, scan, ST, mode_E, pm_E)
             ws = route_sequence(hbases[q], fbases[q], seq0 + s, L, TB, k, m, sigma, law, gate,
-                                mode, bias[q], S, counts[q, s], ws, scan)
+                                mode, bias[q], ST, counts[q, s], ws, scan, mode_E, pm_E)
         else:
+            if q != q_table:  # the stream's levels, hence its Binomials, are fixed
+                _stream_tables(S_Q[q], TB, scan, ST, mode_E, pm_E)
+                q_table = q
             ws = route_sequence(hbases[q], fbases[q], seq0 + s, L, TB, k, mu[q], scale[q], law,
-                                gate, mode, bias[q], S_Q[q], counts[q, s], ws, scan)
+                                gate, mode, bias[q], ST, counts[q, s], ws, scan, mode_E, pm_E)
 
 
 @njit(nogil=True, **_OPT)
