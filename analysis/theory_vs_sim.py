@@ -116,8 +116,11 @@ NONLINEAR_NOISE = 0.1
 #: u lam / (2 - u lam), 10 below 0.91 u_c): beyond it a 1 % error in the gain moves
 #: the variance by more than 10 %.
 ILL_CONDITIONED = 10.0
-#: Experts from which the engine runs with ``run.kernel = "sparse"``.
-SPARSE_FROM = 64
+#: Experts per selected expert (N / K) from which the engine runs with
+#: ``run.kernel = "sparse"`` (same law of the selections; measured on sequences of
+#: 256 tokens: at N = 64 the sparse kernel is faster for K = 1, 2 and slower for
+#: K = 6, 8; at N = 256 faster for every K here).
+SPARSE_FROM = 16
 #: Windows of the noise-free loop (enough to settle below 0.8 u_c).
 TRAJECTORY_STEPS = 120
 
@@ -199,8 +202,8 @@ def theory(scn: Scenario) -> Theory:
 
 def run_engine(scn: Scenario, rates: list[float], steps: int, seed: int):
     seqs, length = TOKENS[scn.noise]
-    # from N = 64 the O(K)-per-token kernel (same law of the selections) is the faster one
-    kernel = "sparse" if scn.n >= SPARSE_FROM else "auto"
+    # with many experts per selected one the O(K)-per-token kernel is the faster one
+    kernel = "sparse" if scn.n >= SPARSE_FROM * scn.k else "auto"
     cfg = Config(run=RunConfig(steps=steps, replicas=2, seed=seed, record_displacement=False,
                                bias_dtype="float64", kernel=kernel),
                  batch=BatchConfig(num_sequences=seqs, seq_length=length),
@@ -245,17 +248,30 @@ def _row(rows, scn, quantity, mult, pred, sim, note="", tag=""):
 
 def _loop_critical(scn: Scenario, th: Theory, steps: int) -> tuple[float, np.ndarray]:
     """Noise-free loop from b = 0 on the exact map: the smallest rate (on a fine grid
-    around u_c) that does not settle, and the settling windows at ``LINEAR_MULTS``."""
+    around u_c) that does not settle, and the settling windows at ``LINEAR_MULTS``.
+
+    The loop sees expected loads, so it does not depend on the tokens per step: it is
+    computed once per (N, K, skew, law) and shared by both token counts."""
+    loop_uc, settle = _noise_free_loop(scn.n, scn.k, scn.zipf, scn.law, scn.momentum,
+                                       min(steps, TRAJECTORY_STEPS))
+    return loop_uc, settle.copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _noise_free_loop(n: int, k: int, zipf: float, law: str, momentum: float,
+                     steps: int) -> tuple[float, np.ndarray]:
+    th = theory(Scenario(n, k, zipf, "high", law, momentum))
     fine = np.round(np.arange(0.5, 0.99, 0.05), 2)  # at and above u_c b* itself is unstable
     stable = np.array([m for m in LINEAR_MULTS if m < 1.0])
     mults_all = np.concatenate([stable, fine])
-    traj = deterministic_trajectory(th.mu, law=scn.law, rate=None, rates=mults_all * th.u_c,
-                                    steps=min(steps, TRAJECTORY_STEPS), topk=scn.k,
-                                    momentum=scn.momentum or 0.9, nodes=32,
-                                    linear_at=(th.bstar, th.a * scn.k / scn.n), linear_tol=1e-2)
+    # the stable rates 0.5, 0.8 and 0.95 are on the fine grid too: each loop runs once
+    uniq, back = np.unique(mults_all, return_inverse=True)
+    traj = deterministic_trajectory(th.mu, law=law, rate=None, rates=uniq * th.u_c,
+                                    steps=steps, topk=k, momentum=momentum or 0.9, nodes=32,
+                                    linear_at=(th.bstar, th.a * k / n), linear_tol=1e-2)
     tb = traj["bias_SPE"]
     offset = np.max(np.abs((tb - tb.mean(-1, keepdims=True)) - th.bstar), axis=-1)
-    settle = _settle_index(offset, float(np.max(np.abs(th.bstar))))
+    settle = _settle_index(offset, float(np.max(np.abs(th.bstar))))[back]
     # a rate fails if its loop does not settle; from u_c on, b* itself is unstable
     # (noise in the engine carries the loop off it)
     unsettled = np.append(fine[~np.isfinite(settle[stable.size:])], 1.0)
@@ -366,6 +382,17 @@ def analyse_linear(scn: Scenario, th: Theory, steps: int, seed: int, rows: list)
         _row(rows, scn, "maxvio", m, mv_pred[jj], mv_sim[jj], note)
 
 
+@functools.lru_cache(maxsize=None)
+def _relay_cycle(n: int, k: int, zipf: float, rate: float) -> dict | None:
+    """The noise-free relay cycle from b = 0 (None if it does not close within 3000
+    steps); it sees expected loads, so both token counts share it."""
+    plant = map_plant(popularity("zipf", n, zipf_exponent=zipf), topk=k)
+    try:
+        return relay_cycle(plant, rate, np.zeros(n), max_steps=3000)
+    except ConfigError:
+        return None
+
+
 def analyse_sign(scn: Scenario, th: Theory, steps: int, seed: int, rows: list) -> None:
     scale = float(np.max(np.abs(th.bstar - th.bstar.mean())))
     rates, mults = [], []
@@ -390,7 +417,6 @@ def analyse_sign(scn: Scenario, th: Theory, steps: int, seed: int, rows: list) -
     mv = ds["maxvio_batch"].values[late].mean(axis=(0, 2))
     sigma = np.sqrt(np.diag(th.noise_cov))
     resp = map_response(th.mu, th.bstar, topk=scn.k, nodes=48)
-    plant = map_plant(th.mu, topk=scn.k)
     gain = float(np.mean(np.diag(th.a)))
     for j, (u, m) in enumerate(zip(rates, mults)):
         note = "relay step ~ score range: outside the mean field" if m >= 1.0 else ""
@@ -404,10 +430,7 @@ def analyse_sign(scn: Scenario, th: Theory, steps: int, seed: int, rows: list) -
         # noise-free cycle keeps them in step once the relay dominates the noise
         cyc = None
         if ratio >= RELAY_DOMINATES and m < 1.0:
-            try:
-                cyc = relay_cycle(plant, u, np.zeros(scn.n), max_steps=3000)
-            except ConfigError:
-                cyc = None
+            cyc = _relay_cycle(scn.n, scn.k, scn.zipf, u)
         if cyc is not None:
             cross = "" if ratio >= CYCLE_HOLDS else (
                 "crossover: noise reshuffles part of the cycle's phases; MaxVio depends on "
