@@ -46,7 +46,7 @@ moves the bias by a sizeable part of the score range).
 Usage::
 
     python analysis/theory_vs_sim.py [--quick | --full] [--steps 150] [--seed 0] [--csv FILE]
-        [--experts N ...]
+        [--experts N ...] [--jobs 1]
 
 The default grid runs in about three minutes on two cores; ``--quick`` in
 under a minute; ``--full`` is the whole grid of the study (N in {16, 64, 256},
@@ -61,6 +61,8 @@ import argparse
 import csv
 import functools
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -461,6 +463,38 @@ def print_table(rows: list, out=sys.stdout) -> None:
               f"{ok:<4} {r['note']}", file=out)
 
 
+def analyse(scn: Scenario, steps: int, seed: int) -> tuple[list, float]:
+    """The rows of one scenario and the seconds they took."""
+    t0 = time.time()
+    rows: list = []
+    th = theory(scn)
+    if scn.law == "sign":
+        analyse_sign(scn, th, steps, seed, rows)
+    else:
+        analyse_linear(scn, th, steps, seed, rows)
+    return rows, time.time() - t0
+
+
+def analyse_group(group: list[tuple[int, Scenario]], steps: int,
+                  seed: int) -> list[tuple[int, list, float]]:
+    """Scenarios that share their noise-free predictions (one worker's task)."""
+    return [(i, *analyse(scn, steps, seed)) for i, scn in group]
+
+
+def _groups(scenarios: list[Scenario]) -> list[list[tuple[int, Scenario]]]:
+    """Scenarios grouped by what their predictions share (all but the token count),
+    largest N first so that the longest tasks start early."""
+    groups: dict[tuple, list[tuple[int, Scenario]]] = {}
+    for i, scn in enumerate(scenarios):
+        groups.setdefault((scn.n, scn.k, scn.zipf, scn.law, scn.momentum), []).append((i, scn))
+    return sorted(groups.values(), key=lambda g: -g[0][1].n)
+
+
+def _worker_init() -> None:
+    # a worker ignores Ctrl-C: the parent stops the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()
@@ -472,33 +506,44 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the rows to a CSV (row by row, as scenarios finish)")
     parser.add_argument("--experts", type=int, nargs="+", default=None, metavar="N",
                         help="only the scenarios with these numbers of experts")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes, one routing thread each (default 1: this "
+                             "process, every thread)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: must be at least 1")
     name = "quick" if args.quick else "full" if args.full else "default"
     scenarios = [s for s in grid(name) if args.experts is None or s.n in args.experts]
     if not scenarios:
         parser.error(f"--experts {args.experts}: no scenario of the {name} grid has them")
-    rows: list = []
+    by_index: dict[int, list] = {}
     start = time.time()
     fh = open(args.csv, "w", newline="") if args.csv else None
     writer = None
-    for i, scn in enumerate(scenarios):
-        t0 = time.time()
-        th = theory(scn)
-        before = len(rows)
-        if scn.law == "sign":
-            analyse_sign(scn, th, args.steps, args.seed, rows)
-        else:
-            analyse_linear(scn, th, args.steps, args.seed, rows)
-        if fh is not None and len(rows) > before:
+
+    def record(i: int, rows: list, seconds: float) -> None:
+        nonlocal writer
+        by_index[i] = rows
+        if fh is not None and rows:
             if writer is None:
                 writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
                 writer.writeheader()
-            writer.writerows(rows[before:])
+            writer.writerows(rows)
             fh.flush()
-        print(f"[{i + 1}/{len(scenarios)} {time.time() - t0:6.1f} s, "
-              f"{time.time() - start:6.0f} s in all] {scn.label}", file=sys.stderr, flush=True)
-    if fh is not None:
-        fh.close()
+        print(f"[{len(by_index)}/{len(scenarios)} {seconds:6.1f} s, "
+              f"{time.time() - start:6.0f} s in all] {scenarios[i].label}", file=sys.stderr,
+              flush=True)
+
+    try:
+        if args.jobs == 1:
+            for i, scn in enumerate(scenarios):
+                record(i, *analyse(scn, args.steps, args.seed))
+        else:
+            _run_pool(args.jobs, _groups(scenarios), args.steps, args.seed, record)
+    finally:
+        if fh is not None:
+            fh.close()
+    rows = [r for i in sorted(by_index) for r in by_index[i]]
     print_table(rows)
     counted = [r for r in rows if r["within_10%"] is not None]
     hits = sum(r["within_10%"] for r in counted)
@@ -507,6 +552,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"share of comparisons within 10%: {hits}/{len(counted)} = "
           f"{hits / max(len(counted), 1):.1%}")
     return 0
+
+
+def _run_pool(jobs: int, groups: list, steps: int, seed: int, record) -> None:
+    """Run the groups on ``jobs`` fresh processes; on an error or Ctrl-C, cancel what has
+    not started and stop the workers before re-raising."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    saved = os.environ.get("NUMBA_NUM_THREADS")
+    # read by each worker when it loads Numba (workers start as tasks are submitted)
+    os.environ["NUMBA_NUM_THREADS"] = "1"
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                               initializer=_worker_init)
+    try:
+        futures = [pool.submit(analyse_group, g, steps, seed) for g in groups]
+        for fut in as_completed(futures):
+            for i, rows, seconds in fut.result():
+                record(i, rows, seconds)
+    except BaseException:
+        workers = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:
+            proc.terminate()
+        raise
+    finally:
+        if saved is None:
+            os.environ.pop("NUMBA_NUM_THREADS", None)
+        else:
+            os.environ["NUMBA_NUM_THREADS"] = saved
+    pool.shutdown()
 
 
 if __name__ == "__main__":
