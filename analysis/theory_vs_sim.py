@@ -51,8 +51,11 @@ Usage::
 The default grid runs in about three minutes on two cores; ``--quick`` in
 under a minute; ``--full`` is the whole grid of the study (N in {16, 64, 256},
 K in {1, 2, 6, 8}, three skews, both noise levels, 147 scenarios) and takes
-about 70 minutes on two cores, 50 of them for N = 256 (``--experts 256``
-runs that part alone; ``--csv`` writes rows as scenarios finish).
+about 25 minutes on two cores with ``--jobs 2``, two thirds of them for
+N = 256 (``--experts 256`` runs that part alone; ``--csv`` writes rows as
+scenarios finish). ``--jobs`` runs groups of scenarios that share their
+noise-free predictions (the two token counts of one N, K, skew and law) on
+worker processes with one routing thread each; the rows are the same.
 """
 
 from __future__ import annotations
