@@ -73,6 +73,10 @@ CASES = {
                             np.zeros(32), (1.0, 5.0)),
     "dense-completion-only": (16, 3, "sqrtsoftplus", "normal", "additive",
                               np.linspace(1, -1, 16), np.zeros(16), (0.0, 0.0)),
+    # about 40 candidates per token overflow the work arrays (room for 2K + 16 per
+    # token): the first block grows them and is drawn again
+    "overflowing-workspace": (64, 2, "sigmoid", "normal", "additive", np.linspace(1, -1, 64),
+                              np.zeros(64), (1.0, 40.0)),
 }
 
 

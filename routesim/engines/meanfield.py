@@ -59,8 +59,8 @@ from ._common import (MeanFieldExtra, PointPlan, StepOutput, closes_after_micro_
                       closes_after_step, initial_bias, make_plan, maxvio_compute,
                       update_controller)
 from .meanfield_compare import compare_engines, settling_step
-from .meanfield_reference import (COVARIANCE_TOLERANCE, DEFAULT_TOLERANCE, MAP_NODES,
-                                  LoadReference, current_p, threshold_design_effect)
+from .meanfield_reference import (COVARIANCE_TOLERANCE, DEFAULT_TOLERANCE,
+                                  LoadReference, current_p, map_nodes, threshold_design_effect)
 
 __all__ = [
     "COVARIANCE_TOLERANCE",
@@ -304,7 +304,7 @@ def make_plan_meanfield(config: Config, point_indices: Sequence[int] | None = No
         tolerance=tolerance, covariance_tolerance=covariance_tolerance,
         map_args=dict(topk=router.topk, score_function=router.score_function,
                       noise=cfg.traffic.noise, bias_mode=router.bias_mode, bias_on="scores",
-                      nodes=MAP_NODES),
+                      nodes=map_nodes(router.num_experts)),
         cfg=cfg, drift=tparams.drift != "none", blocks_mb=seqs_mb // block_seqs,
         p_floor=0.01 * router.topk / router.num_experts, capped=cap < seqs_mb * L,
         rows_per_batch=tuple(size // block_seqs for size in cfg.batch.computation_batch_sizes),

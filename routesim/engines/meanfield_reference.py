@@ -58,6 +58,7 @@ __all__ = [
     "corrected_p",
     "current_p",
     "evaluate",
+    "map_nodes",
     "relative_change",
     "threshold_design_effect",
 ]
@@ -69,11 +70,35 @@ DEFAULT_TOLERANCE = 0.25
 #: Relative change of some ``p_i`` since the covariance was evaluated that
 #: triggers a fresh evaluation of the selection covariance.
 COVARIANCE_TOLERANCE = 0.25
-#: Quadrature nodes of the exact evaluations: at N = 64-256, K = 8 (linear
-#: skew, Zipf 1 and 1.5) the map is within 6e-6 (relative to its largest
-#: entry) of 192 nodes, its Jacobians and the covariance within 4e-4, far
-#: below the surrogate's own error (64 nodes: 9e-6 and 7e-4, at 4/3 the cost).
+#: Quadrature nodes of the exact evaluations from ``MAP_NODES_FROM`` experts on:
+#: at N = 64-256, K = 8 (linear skew, Zipf 1 and 1.5) the map is within 6e-6
+#: (relative to its largest entry) of 192 nodes, its Jacobians and the covariance
+#: within 4e-4, far below the surrogate's own error (64 nodes: 9e-6 and 7e-4, at
+#: 4/3 the cost). Fewer experts take ``SMALL_MAP_NODES`` (at N = 4, K = 2 48 nodes
+#: are 1e-5 off, 64 nodes 3e-10; an evaluation costs little there).
 MAP_NODES = 48
+SMALL_MAP_NODES = 64
+MAP_NODES_FROM = 64
+
+
+def map_nodes(num_experts: int) -> int:
+    """Quadrature nodes of the surrogate's exact evaluations for ``num_experts``.
+
+    Parameters
+    ----------
+    num_experts : int
+        ``N``.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> map_nodes(16), map_nodes(256)
+    (64, 48)
+    """
+    return MAP_NODES if num_experts >= MAP_NODES_FROM else SMALL_MAP_NODES
 
 
 def threshold_design_effect(p_E: np.ndarray, rho: float | np.ndarray,

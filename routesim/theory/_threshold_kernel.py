@@ -5,7 +5,7 @@ The same equation as :func:`routesim.theory.threshold_map.solve_threshold`,
 the per-expert terms of :mod:`._count_kernel` (one compiled loop per row
 instead of a dozen NumPy passes over ``rows x experts`` arrays). The
 mean-field surrogate solves it at every step, where the NumPy passes cost
-about 0.3 ms at N = 256 and this one about 20 us.
+about 0.3 ms at N = 256 and this one about 40 us.
 
 Rows that do not reach the tolerance are reported, and the caller solves them
 by bisection as the NumPy path does.
