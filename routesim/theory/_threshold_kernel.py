@@ -51,15 +51,16 @@ def _row_terms(kind, gate, law, tau, mu_E, b_E, s, p_E, f_E, gb_E, gm_E):  # pra
 
 
 @njit(**_OPTS)
-def _newton(kind, gate, law, mu_PE, b_PE, s_P, topk, tau_P, newton, p_PE, f_PE, gb_PE, gm_PE,
+def _newton(kind, gate, law, mu_PE, b_PE, s_P, topk, tau_P, newton, out_4PE,
             ok_P):  # pragma: no cover - compiled
+    # out_4PE: p, f, g_bias and g_mu, one (P, E) slab each
     target = float(topk)
     for r in range(mu_PE.shape[0]):
         tau = tau_P[r]
         resid = math.inf
         for it in range(newton + 1):
-            tot, slope = _row_terms(kind, gate, law, tau, mu_PE[r], b_PE[r], s_P[r], p_PE[r],
-                                    f_PE[r], gb_PE[r], gm_PE[r])
+            tot, slope = _row_terms(kind, gate, law, tau, mu_PE[r], b_PE[r], s_P[r],
+                                    out_4PE[0, r], out_4PE[1, r], out_4PE[2, r], out_4PE[3, r])
             resid = tot - target
             if abs(resid) <= 1e-11 * target or it == newton:
                 break
@@ -108,12 +109,13 @@ def solve(kind: str, gate: str, law: str, mu_PE: np.ndarray, bias_PE: np.ndarray
     >>> p.round(12).tolist(), round(float(tau[0]), 12), ok.tolist()
     ([[0.5, 0.5, 0.5, 0.5]], 0.5, [True])
     """
-    mu, b = (np.array(a, dtype=np.float64, order="C") for a in (mu_PE, bias_PE))
-    s = np.array(scale_P, dtype=np.float64, order="C")
-    tau = np.array(tau_P, dtype=np.float64, order="C")
-    p, f, gb, gm = (np.empty_like(mu) for _ in range(4))
+    # no copies of arrays that are already float64 and contiguous (a per-step hot path)
+    mu = np.ascontiguousarray(mu_PE, dtype=np.float64)
+    b = np.ascontiguousarray(bias_PE, dtype=np.float64)
+    s = np.ascontiguousarray(scale_P, dtype=np.float64)
+    tau = np.array(tau_P, dtype=np.float64)  # updated in place
+    out = np.empty((4,) + mu.shape)
     ok = np.empty(tau.shape, dtype=np.bool_)
-    _newton(KINDS[kind], GATES[gate], LAWS[law], mu, b, s, int(topk), tau, int(newton), p, f,
-            gb, gm, ok)
-    return p, f, gb, gm, tau, ok
+    _newton(KINDS[kind], GATES[gate], LAWS[law], mu, b, s, int(topk), tau, int(newton), out, ok)
+    return out[0], out[1], out[2], out[3], tau, ok
 
