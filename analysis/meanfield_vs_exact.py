@@ -29,11 +29,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 from routesim import simulate
 from routesim.config import config_from_dict
 from routesim.engines.meanfield import compare_engines
+from routesim.sweep import worker_pool
 
 TOLERANCE = 0.10
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [(n, e, args.steps, args.replicas, args.backend, args.kernel)
              for n in names for e in ("exact", "meanfield")]
     if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
+        with worker_pool(args.jobs) as pool:  # workers stop with this process
             results = list(pool.map(run_one, tasks))
     else:
         results = [run_one(t) for t in tasks]

@@ -64,8 +64,6 @@ import argparse
 import csv
 import functools
 import math
-import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -493,11 +491,6 @@ def _groups(scenarios: list[Scenario]) -> list[list[tuple[int, Scenario]]]:
     return sorted(groups.values(), key=lambda g: -g[0][1].n)
 
 
-def _worker_init() -> None:
-    # a worker ignores Ctrl-C: the parent stops the pool
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()
@@ -558,33 +551,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_pool(jobs: int, groups: list, steps: int, seed: int, record) -> None:
-    """Run the groups on ``jobs`` fresh processes; on an error or Ctrl-C, cancel what has
-    not started and stop the workers before re-raising."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """Run the groups on ``jobs`` worker processes (one routing thread each) that stop
+    with this one, on an error or on Ctrl-C."""
+    from concurrent.futures import as_completed
 
-    saved = os.environ.get("NUMBA_NUM_THREADS")
-    # read by each worker when it loads Numba (workers start as tasks are submitted)
-    os.environ["NUMBA_NUM_THREADS"] = "1"
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                               initializer=_worker_init)
-    try:
+    from routesim.sweep import worker_pool
+
+    with worker_pool(jobs, threads_per_worker=1) as pool:
         futures = [pool.submit(analyse_group, g, steps, seed) for g in groups]
         for fut in as_completed(futures):
             for i, rows, seconds in fut.result():
                 record(i, rows, seconds)
-    except BaseException:
-        workers = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in workers:
-            proc.terminate()
-        raise
-    finally:
-        if saved is None:
-            os.environ.pop("NUMBA_NUM_THREADS", None)
-        else:
-            os.environ["NUMBA_NUM_THREADS"] = saved
-    pool.shutdown()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ Because every point draws from the stream of its own global index
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -49,7 +50,7 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import xarray as xr
 from tqdm.auto import tqdm
@@ -93,7 +94,7 @@ class SweepInterrupted(KeyboardInterrupt):
         return (f"interrupted: {self.kept} of {self.total} chunks kept in {self.chunk_dir}; "
                 "re-run the same command to resume")
 
-__all__ = ["plan_chunks", "run_sweep", "SweepInterrupted", "RESULTS"]
+__all__ = ["plan_chunks", "run_sweep", "worker_pool", "SweepInterrupted", "RESULTS"]
 
 #: The joined results in ``out_dir``.
 RESULTS = "results.zarr"
@@ -202,6 +203,57 @@ def _stop_workers(executor: ProcessPoolExecutor) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join()
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, *,
+                threads_per_worker: int | None = None) -> Iterator[ProcessPoolExecutor]:
+    """A pool of fresh worker processes that die with this one, for scripts beside sweeps.
+
+    The sweep's own workers, as a context manager: spawned (never forked), Ctrl-C
+    ignored in the workers (the parent decides), each worker stopped by the kernel
+    and by a watchdog when its parent dies, and, when the ``with`` block raises
+    (Ctrl-C included), the queued tasks cancelled and the running workers terminated
+    before the exception goes on.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes (at least 1).
+    threads_per_worker : int, optional
+        Threads of the compiled routing kernels in each worker
+        (``NUMBA_NUM_THREADS``; default: Numba's own default).
+
+    Returns
+    -------
+    context manager of ProcessPoolExecutor
+
+    Examples
+    --------
+    >>> with worker_pool(1, threads_per_worker=1) as pool:
+    ...     pool.submit(abs, -3).result()
+    3
+    """
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ConfigError(f"workers = {workers!r}: must be an integer >= 1")
+    saved = os.environ.get("NUMBA_NUM_THREADS")
+    if threads_per_worker is not None:
+        # read by each worker when it loads Numba; workers start as tasks are submitted
+        os.environ["NUMBA_NUM_THREADS"] = str(int(threads_per_worker))
+    executor = ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        yield executor
+    except BaseException:
+        _stop_workers(executor)
+        raise
+    finally:
+        executor.shutdown(cancel_futures=True)
+        if saved is None:
+            os.environ.pop("NUMBA_NUM_THREADS", None)
+        else:
+            os.environ["NUMBA_NUM_THREADS"] = saved
 
 
 def _submit_all(executor: Any, config_json: str, todo: list) -> tuple[dict, Any]:

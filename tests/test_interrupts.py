@@ -268,3 +268,68 @@ def test_interrupted_figure_write_keeps_the_previous_file(tiny, tmp_path, monkey
         save_figure(fig, out / "maxvio_batch")
     assert {f: (out / f).read_bytes() for f in FIGURES} == before
     assert sorted(p.name for p in out.iterdir()) == names
+
+
+POOL_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from routesim.sweep import worker_pool
+
+
+def busy(folder):
+    Path(folder, str(os.getpid())).touch()
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    folder = sys.argv[2]
+    with worker_pool(2, threads_per_worker=1) as pool:
+        running = [pool.submit(busy, folder) for _ in range(2)]
+        while len(os.listdir(folder)) < 2:  # both workers busy
+            time.sleep(0.05)
+        print("busy", flush=True)
+        sys.stdin.readline()  # the test has seen the workers
+        if sys.argv[1] == "raise":
+            raise RuntimeError("stop")
+        running[0].result()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+@needs_proc
+@pytest.mark.parametrize("how", ["parent killed", "error in the block"])
+def test_worker_pool_leaves_no_worker_behind(tmp_path, how):
+    """Two workers busy for a minute: they stop within seconds when their parent is
+    killed (SIGKILL: no clean-up code runs in it) or leaves the block with an error."""
+    script, pids = tmp_path / "pool.py", tmp_path / "pids"
+    script.write_text(POOL_SCRIPT)
+    pids.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script),
+                             "wait" if how == "parent killed" else "raise", str(pids)],
+                            start_new_session=True, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "busy", proc.stderr.read()
+        workers = [int(p.name) for p in pids.iterdir()]
+        assert len(workers) == 2 and all(_alive(w) for w in workers)
+        if how == "parent killed":
+            proc.kill()
+        err = proc.communicate("go\n", timeout=15)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    if how != "parent killed":
+        assert proc.returncode == 1 and "RuntimeError: stop" in err, err
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "a worker outlived its pool"
+    _assert_no_process_left(proc.pid)
