@@ -128,8 +128,11 @@ def _kernel(rows_R, n, y_RU, w_RU, above_R, mu_BE, b_BE, s_B, kind, gate, law, t
         d_E = np.empty(n)
         qraw_E = np.empty(n)
         c_K = np.empty(topk)
-        pre = np.empty((n + 1, topk))
-        suf = np.empty((n + 1, topk))
+        pre = np.empty((topk, n + 1))
+        suf = np.empty((topk, n + 1))
+        cum = np.empty((max(topk - 1, 1), n + 1))
+        top_E = np.empty(n)
+        low_E = np.empty(n)
         acc = 0.0
         for u in range(n_nodes):
             y, wt = y_RU[i, u], w_RU[i, u]
@@ -150,39 +153,49 @@ def _kernel(rows_R, n, y_RU, w_RU, above_R, mu_BE, b_BE, s_B, kind, gate, law, t
                     c_K[0] *= 1.0 - q
                 acc += wt * np.sum(c_K)
                 continue
-            pre[0, :] = 0.0
+            # count laws of the experts before j (pre) and from j on (suf), coefficient-major
+            # so that the loops over experts below run on contiguous rows (vectorised)
+            pre[:, 0] = 0.0
             pre[0, 0] = 1.0
             for j in range(n):
                 q = q_E[j]
-                pre[j + 1, 0] = pre[j, 0] * (1.0 - q)
+                pre[0, j + 1] = pre[0, j] * (1.0 - q)
                 for m in range(1, topk):
-                    pre[j + 1, m] = pre[j, m] * (1.0 - q) + pre[j, m - 1] * q
-            suf[n, :] = 0.0
-            suf[n, 0] = 1.0
+                    pre[m, j + 1] = pre[m, j] * (1.0 - q) + pre[m - 1, j] * q
+            suf[:, n] = 0.0
+            suf[0, n] = 1.0
             for j in range(n - 1, -1, -1):
                 q = q_E[j]
-                suf[j, 0] = suf[j + 1, 0] * (1.0 - q)
+                suf[0, j] = suf[0, j + 1] * (1.0 - q)
                 for m in range(1, topk):
-                    suf[j, m] = suf[j + 1, m] * (1.0 - q) + suf[j + 1, m - 1] * q
-            acc += wt * np.sum(pre[n])
-            for k in range(n):
-                # the count law without own and k: pre[k] (x) suf[k + 1]
-                top = 0.0
-                for a in range(topk):
-                    top += pre[k, a] * suf[k + 1, topk - 1 - a]
-                if want_jac:
-                    jac_RE[r, k] += wt * top * g_E[k]
-                if want_jac_mu:
-                    jac_mu_RE[r, k] += wt * top * d_E[k]
-                if want_cov and topk >= 2:
-                    low = 0.0
-                    cum = 0.0
-                    for a in range(topk - 1):  # sum over a + c <= K - 2
-                        cum += suf[k + 1, a]
-                    for a in range(topk - 1):
-                        low += pre[k, a] * cum
-                        cum -= suf[k + 1, topk - 2 - a]
-                    cov_RE[r, k] += wt * low * qraw_E[k]
+                    suf[m, j] = suf[m, j + 1] * (1.0 - q) + suf[m - 1, j + 1] * q
+            acc += wt * np.sum(pre[:, n])
+            # the count law without own and k is pre[:, k] (x) suf[:, k + 1]: its
+            # coefficient K - 1 (top) and its sum up to K - 2 (low), for every k at once
+            top_E[:] = 0.0
+            for a in range(topk):
+                pa, sa = pre[a], suf[topk - 1 - a]
+                for k in range(n):
+                    top_E[k] += pa[k] * sa[k + 1]
+            if want_jac:
+                for k in range(n):
+                    jac_RE[r, k] += wt * top_E[k] * g_E[k]
+            if want_jac_mu:
+                for k in range(n):
+                    jac_mu_RE[r, k] += wt * top_E[k] * d_E[k]
+            if want_cov and topk >= 2:
+                # cum[c] = sum of suf[0..c]: low = sum_a pre[a] cum[K - 2 - a]
+                cum[0] = suf[0]
+                for c in range(1, topk - 1):
+                    for j in range(n + 1):
+                        cum[c, j] = cum[c - 1, j] + suf[c, j]
+                low_E[:] = 0.0
+                for a in range(topk - 1):
+                    pa, ca = pre[a], cum[topk - 2 - a]
+                    for k in range(n):
+                        low_E[k] += pa[k] * ca[k + 1]
+                for k in range(n):
+                    cov_RE[r, k] += wt * low_E[k] * qraw_E[k]
         p_R[r] = acc + above_R[i]
 
 
