@@ -41,6 +41,10 @@ token)`` under its own stream of :mod:`routesim.rng`; a completion draws ``(toke
 sequence's numbers depend on its global index only, so chunking sequences or splitting
 points does not change them.
 
+The kernel is three modules: :mod:`.sparse_levels` (the noise laws, selection scores and
+levels), :mod:`.sparse_draw` (a block's candidates) and this one (the selections, tasks
+and threads).
+
 Shape legend: Q = P * R streams, B sequences, L tokens per sequence, E experts,
 J levels.
 """
@@ -53,13 +57,15 @@ import os
 import numpy as np
 
 from .numba_math import njit
+from .sparse_draw import (_GOLD, _IMASK, _INV53, _JMASK, _JSHIFT, _S11, _TSHIFT, _draw_block,
+                          _grow, _mix, _stream_tables, _workspace, block_tokens)
+from .sparse_levels import (GATE_CODES, LAW_CODES, MODE_CODES, _score, inverse_survival,
+                            levels_into, survival)
 
 __all__ = ["route_counts_sparse", "LAW_CODES", "GATE_CODES", "MODE_CODES", "LEVELS",
-           "HIT_STREAM", "FILL_STREAM", "SCAN_ABOVE", "level_targets", "survival", "inverse_survival"]
+           "HIT_STREAM", "FILL_STREAM", "SCAN_ABOVE", "level_targets", "survival",
+           "inverse_survival"]
 
-LAW_CODES = {"normal": 0, "logistic": 1, "gumbel": 2}
-GATE_CODES = {"sigmoid": 0, "sqrtsoftplus": 2}
-MODE_CODES = {"additive": 0, "multiplicative": 1, "logit": 2}
 LEVELS = 16
 #: Probability above the lowest level from which an expert's candidates are drawn token by
 #: token (a Bernoulli trial each) rather than by a Binomial count and positions.
@@ -69,198 +75,6 @@ HIT_STREAM = 8 + 30
 FILL_STREAM = 8 + 31
 
 _OPT = dict(error_model="numpy", cache=True)
-_INL = dict(inline="always", error_model="numpy", cache=True)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
-_S30, _S27, _S31, _S32, _S11 = (np.uint64(s) for s in (30, 27, 31, 32, 11))
-_LO32 = np.uint64(0xFFFFFFFF)
-_INV32 = 1.0 / 4294967296.0
-_INV53 = 1.0 / 9007199254740992.0
-_EULER = 0.5772156649015329
-_SQRT2 = math.sqrt(2.0)
-_SQRT2PI = math.sqrt(2.0 * math.pi)
-_REACH = 40.0  # standardised noise beyond which the survival is negligible for bracketing
-
-
-@njit(**_INL)
-def _mix(x):
-    """SplitMix64 finaliser (as :func:`routesim.rng.hash_counter`)."""
-    x = x ^ (x >> _S30)
-    x = x * _M1
-    x = x ^ (x >> _S27)
-    x = x * _M2
-    return x ^ (x >> _S31)
-
-
-# ----------------------------------------------------------------------------
-# The noise laws: survival function and its inverse (float64)
-# ----------------------------------------------------------------------------
-@njit(**_INL)
-def _ndtri(p, refine):
-    """Standard normal quantile: Acklam's rational approximation (relative error below
-    1.2e-9), refined by one Halley step if ``refine`` (to double precision)."""
-    plow = 0.02425
-    if p < plow:
-        q = math.sqrt(-2.0 * math.log(p))
-        x = ((((((-7.784894002430293e-03 * q - 3.223964580411365e-01) * q
-                 - 2.400758277161838e+00) * q - 2.549732539343734e+00) * q
-               + 4.374664141464968e+00) * q + 2.938163982698783e+00)
-             / ((((7.784695709041462e-03 * q + 3.224671290700398e-01) * q
-                  + 2.445134137142996e+00) * q + 3.754408661907416e+00) * q + 1.0))
-    elif p <= 1.0 - plow:
-        q = p - 0.5
-        r = q * q
-        x = ((((((-3.969683028665376e+01 * r + 2.209460984245205e+02) * r
-                 - 2.759285104469687e+02) * r + 1.383577518672690e+02) * r
-               - 3.066479806614716e+01) * r + 2.506628277459239e+00) * q
-             / (((((-5.447609879822406e+01 * r + 1.615858368580409e+02) * r
-                   - 1.556989798598866e+02) * r + 6.680131188771972e+01) * r
-                 - 1.328068155288572e+01) * r + 1.0))
-    else:
-        q = math.sqrt(-2.0 * math.log1p(-p))
-        x = -((((((-7.784894002430293e-03 * q - 3.223964580411365e-01) * q
-                  - 2.400758277161838e+00) * q - 2.549732539343734e+00) * q
-                + 4.374664141464968e+00) * q + 2.938163982698783e+00)
-              / ((((7.784695709041462e-03 * q + 3.224671290700398e-01) * q
-                   + 2.445134137142996e+00) * q + 3.754408661907416e+00) * q + 1.0))
-    if refine and abs(x) < 37.0:
-        e = 0.5 * math.erfc(-x / _SQRT2) - p
-        u = e * _SQRT2PI * math.exp(0.5 * x * x)
-        x = x - u / (1.0 + 0.5 * x * u)
-    return x
-
-
-@njit(**_INL)
-def survival(x, law):
-    """``P(eps > x)`` of the standard noise law (0 normal, 1 logistic, 2 Gumbel, mean 0)."""
-    if law == 0:
-        return 0.5 * math.erfc(x / _SQRT2)
-    if law == 1:
-        if x > 0.0:
-            e = math.exp(-x)
-            return e / (1.0 + e)
-        return 1.0 / (1.0 + math.exp(x))
-    return -math.expm1(-math.exp(-(x + _EULER)))
-
-
-@njit(**_INL)
-def inverse_survival(w, law):
-    """The ``x`` with ``P(eps > x) = w``, for ``0 < w < 1``."""
-    if law == 0:
-        if w < 0.5:
-            return -_ndtri(w, False)
-        return _ndtri(1.0 - w, False)
-    if law == 1:
-        return math.log1p(-w) - math.log(w)
-    return -math.log(-math.log1p(-w)) - _EULER
-
-
-# ----------------------------------------------------------------------------
-# Selection scores and thresholds
-# ----------------------------------------------------------------------------
-@njit(**_INL)
-def _score(z, b, gate, mode):
-    """Selection score of logit ``z`` with bias ``b`` (float64)."""
-    if mode == 2:
-        return z + b
-    if gate == 0:
-        g = 1.0 / (1.0 + math.exp(-z)) if z >= 0.0 else math.exp(z) / (1.0 + math.exp(z))
-    else:
-        g = math.sqrt(math.log1p(math.exp(-abs(z))) + max(z, 0.0))
-    return g + b if mode == 0 else g * b
-
-
-@njit(**_INL)
-def _z_above(h, b, gate, mode):
-    """The logit above which the selection score exceeds ``h`` (+-inf: never, always)."""
-    if mode == 2:
-        return h - b
-    if mode == 0:
-        y = h - b
-    elif b > 0.0:
-        y = h / b
-    else:
-        return np.inf  # a score g * b <= 0 never exceeds h >= 0
-    if y <= 0.0:
-        return -np.inf
-    if gate == 0:
-        if y >= 1.0:
-            return np.inf
-        return math.log(y) - math.log1p(-y)
-    y2 = y * y
-    return y2 if y2 > 40.0 else math.log(math.expm1(y2))
-
-
-@njit(**_INL)
-def _above(h, m, sigma, law, gate, mode, bias, i):
-    """Probability that expert ``i``'s selection score exceeds ``h``."""
-    c = _z_above(h, bias[i], gate, mode)
-    if c == np.inf:
-        return 0.0
-    if c == -np.inf:
-        return 1.0
-    return survival((c - m[i]) / sigma, law)
-
-
-@njit(**_OPT)
-def _expected_above(h, m, sigma, law, gate, mode, bias):
-    tot = 0.0
-    for i in range(m.shape[0]):
-        tot += _above(h, m, sigma, law, gate, mode, bias, i)
-    return tot
-
-
-@njit(**_OPT)
-def _solve_level(target, lo, hi, m, sigma, law, gate, mode, bias, iters):
-    """A level ``h`` in ``[lo, hi]`` whose expected count above is about ``target``."""
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if _expected_above(mid, m, sigma, law, gate, mode, bias) > target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-@njit(**_OPT)
-def levels_into(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, S_out):
-    """Per level and expert the probability of scoring above the level, into ``S_out``.
-
-    Rows ``j = 0 .. J - 1`` are the levels from the highest down (non-decreasing down
-    the rows); row ``J`` (the last) is the completion level, below the lowest, with
-    about ``2 lambda_J`` expected above it (1 when that is every expert). All zero
-    when every token must be completed densely (zero noise scale).
-    """
-    n = m.shape[0]
-    J = S_out.shape[0] - 1
-    if not sigma > 0.0 or not lam_bottom > 0.0 or lam_bottom >= n:
-        S_out[:, :] = 0.0
-        return
-    lo = np.inf
-    hi = -np.inf
-    for i in range(n):
-        a = _score(m[i] - _REACH * sigma, bias[i], gate, mode)
-        c = _score(m[i] + _REACH * sigma, bias[i], gate, mode)
-        lo = min(lo, a, c)
-        hi = max(hi, a, c)
-    if mode == 1:
-        lo = max(lo, 0.0)
-    lo = lo - 1e-9 * (1.0 + abs(lo))
-    hi = hi + 1e-9 * (1.0 + abs(hi))
-    h_bot = _solve_level(lam_bottom, lo, hi, m, sigma, law, gate, mode, bias, iters)
-    h_top = _solve_level(lam_top, h_bot, hi, m, sigma, law, gate, mode, bias, iters)
-    for j in range(J):
-        h = h_top + (h_bot - h_top) * (j / (J - 1)) if J > 1 else h_bot
-        for i in range(n):
-            p = _above(h, m, sigma, law, gate, mode, bias, i)
-            S_out[j, i] = max(p, S_out[j - 1, i]) if j > 0 else p
-    if 2.0 * lam_bottom >= n:
-        S_out[J, :] = 1.0
-        return
-    h_fill = _solve_level(2.0 * lam_bottom, lo, h_bot, m, sigma, law, gate, mode, bias, iters)
-    for i in range(n):
-        S_out[J, i] = max(_above(h_fill, m, sigma, law, gate, mode, bias, i), S_out[J - 1, i])
 
 
 # ----------------------------------------------------------------------------
@@ -278,226 +92,6 @@ def _pick(vals, ids, cnt, need, counts_row):
                 best = a
         counts_row[ids[best]] += 1
         ids[best] = -1
-
-
-@njit(**_INL)
-def _below(x, bound):
-    """Lemire's unbiased integer in ``[0, bound)`` from the 32-bit ``x`` (-1: reject)."""
-    mm = x * np.uint64(bound)
-    lo = mm & _LO32
-    if lo < np.uint64(bound):
-        if lo < (np.uint64(4294967296) - np.uint64(bound)) % np.uint64(bound):
-            return np.int64(-1)
-    return np.int64(mm >> _S32)
-
-
-@njit(**_INL)
-def _mode_mass(nb, p):
-    """The mode of Binomial(``nb``, ``p``) and its probability."""
-    mode = min(nb, int(math.floor((nb + 1) * p)))
-    if mode == 0:
-        return mode, math.exp(nb * math.log1p(-p))
-    return mode, math.exp(math.lgamma(nb + 1.0) - math.lgamma(mode + 1.0)
-                          - math.lgamma(nb - mode + 1.0) + mode * math.log(p)
-                          + (nb - mode) * math.log1p(-p))
-
-
-@njit(**_OPT)
-def _stream_tables(S, TB, scan, ST, mode_E, pm_E):
-    """``ST = S.T`` (experts by levels) and :func:`_mode_mass` of every expert drawn by
-    a Binomial count, for blocks of ``TB``.
-
-    The levels are fixed for a stream (for a sequence when ``rho > 0``), so these are
-    computed once for it, not once per sequence or block.
-    """
-    J = S.shape[0] - 1
-    for i in range(S.shape[1]):
-        for j in range(J + 1):
-            ST[i, j] = S[j, i]
-        p = S[J - 1, i]
-        if 0.0 < p < scan:
-            mode_E[i], pm_E[i] = _mode_mass(TB, min(p, 1.0 - p))
-
-
-@njit(**_INL)
-def _binomial(u, nb, p, mode, pm):
-    """Binomial(``nb``, ``p``) from a uniform ``u`` by inversion from the mode outwards.
-
-    ``mode`` and its probability ``pm`` from :func:`_mode_mass`. The outcomes are
-    visited in the order mode, mode - 1, mode + 1, mode - 2, ... (inversion under any
-    fixed order of the outcomes is exact), so about 1.6 standard deviations of steps.
-    """
-    q = 1.0 - p
-    u -= pm
-    if u <= 0.0:
-        return mode
-    lo_k, lo_p = mode, pm
-    hi_k, hi_p = mode, pm
-    r = p / q
-    while True:
-        if lo_k > 0:
-            lo_p *= lo_k / (r * (nb - lo_k + 1))
-            lo_k -= 1
-            u -= lo_p
-            if u <= 0.0:
-                return lo_k
-        if hi_k < nb:
-            hi_p *= r * (nb - hi_k) / (hi_k + 1)
-            hi_k += 1
-            u -= hi_p
-            if u <= 0.0:
-                return hi_k
-        if lo_k == 0 and hi_k == nb:
-            return mode  # rounding left u above the total mass: a zero-width event
-
-
-@njit(**_INL)
-def _band(w, ST, J, i):
-    """The first level ``j`` with ``w < ST[i, j]`` (rows non-decreasing; counted, branch-free)."""
-    jb = 0
-    for j in range(J - 1):
-        jb += w >= ST[i, j]
-    return jb
-
-
-_TSHIFT, _JSHIFT = np.int64(19), np.int64(14)
-_IMASK, _JMASK = np.int64(16383), np.int64(31)
-#: Largest expert count of the packed candidate keys (token 13 bits, level 5, expert 14).
-MAX_EXPERTS = 16384
-MAX_BLOCK = 8192
-
-
-@njit(**_INL)
-def _store(t, jb, i, w, J, cnt, hkey, hw, nh):
-    hkey[nh] = (np.int64(t) << _TSHIFT) | (np.int64(jb) << _JSHIFT) | np.int64(i)
-    hw[nh] = w
-    cnt[t * J + jb] += 1
-
-
-@njit(**_INL)
-def _expert_hits(sub, i, p, nb, ST, J, owner, cnt, hkey, hw, nh, scan, mode, pm):
-    """The tokens of a block of ``nb`` where expert ``i`` exceeds the lowest level.
-
-    Independent Bernoulli(``p``) trials, each hit with its survival value ``w`` uniform
-    on ``(0, p)``. For ``p >= scan`` every token is visited: a uniform ``u`` per token
-    (53 bits), a hit when ``u < p``, with ``w = u`` (appended branch-free, the bands
-    computed for the hits only). Below, a Binomial count, then that many distinct
-    uniform positions (repeats rejected), each with its ``w``; ``mode`` and ``pm``
-    are :func:`_mode_mass` of ``(nb, min(p, 1 - p))``. Returns the new number of
-    candidates.
-    """
-    if p >= scan:
-        nh0 = nh
-        for t in range(nb):
-            x = _mix(sub + np.uint64(t + 2) * _GOLD)
-            w = (float(x >> _S11) + 0.5) * _INV53
-            hkey[nh] = t
-            hw[nh] = w
-            nh += w < p
-        for a in range(nh0, nh):
-            _store(hkey[a], _band(hw[a], ST, J, i), i, hw[a], J, cnt, hkey, hw, a)
-        return nh
-    c = np.uint64(1)
-    x = _mix(sub + c * _GOLD)
-    u = (float(x >> _S11) + 0.5) * _INV53
-    k = _binomial(u, nb, p, mode, pm) if p <= 0.5 else nb - _binomial(u, nb, 1.0 - p, mode, pm)
-    if p <= 0.5:
-        got = 0
-        while got < k:
-            c += np.uint64(1)
-            x = _mix(sub + c * _GOLD)
-            t = _below(x >> _S32, nb)
-            if t < 0 or owner[t] == i:
-                continue
-            owner[t] = i
-            w = p * ((float(x & _LO32) + 0.5) * _INV32)
-            _store(t, _band(w, ST, J, i), i, w, J, cnt, hkey, hw, nh)
-            nh += 1
-            got += 1
-        return nh
-    got = 0
-    while got < nb - k:  # mark the misses
-        c += np.uint64(1)
-        x = _mix(sub + c * _GOLD)
-        t = _below(x >> _S32, nb)
-        if t < 0 or owner[t] == i:
-            continue
-        owner[t] = i
-        got += 1
-    for t in range(nb):
-        if owner[t] == i:
-            continue
-        c += np.uint64(1)
-        x = _mix(sub + c * _GOLD)
-        w = p * ((float(x >> _S11) + 0.5) * _INV53)
-        _store(t, _band(w, ST, J, i), i, w, J, cnt, hkey, hw, nh)
-        nh += 1
-    return nh
-
-
-@njit(**_OPT)
-def _grow(x, extra):
-    y = np.empty(2 * x.shape[0] + extra, x.dtype)
-    y[:x.shape[0]] = x
-    return y
-
-
-@njit(**_OPT)
-def _growf(x, extra):
-    y = np.empty(2 * x.shape[0] + extra, x.dtype)
-    y[:x.shape[0]] = x
-    return y
-
-
-def block_tokens(seq_length: int, num_experts: int) -> int:
-    """Tokens per block of a sequence: a power of two at least ``N``, in ``[2048, 8192]``.
-
-    Candidates are drawn block by block (one Binomial count per block and expert, so
-    large blocks for many experts; small blocks keep the candidates in cache).
-
-    Examples
-    --------
-    >>> block_tokens(4096, 256), block_tokens(4096, 4096), block_tokens(300, 64)
-    (2048, 4096, 300)
-    """
-    tb = 2048
-    while tb < num_experts and tb < MAX_BLOCK:
-        tb *= 2
-    return min(tb, seq_length)
-
-
-@njit(**_OPT)
-def _workspace(TB, n, J, k):
-    cap = max(1024, TB * (2 * k + 16))
-    return (np.empty(TB * J, np.int32), np.empty(TB, np.int64), np.empty(TB, np.int64),
-            np.empty(TB + 1, np.int64), np.empty(cap, np.int64), np.empty(cap, np.float64),
-            np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty(cap, np.int64),
-            np.empty(cap, np.float64), np.empty(n, np.float64), np.empty(n, np.int64),
-            np.zeros(n, np.bool_), np.empty(TB, np.int64), np.empty(TB, np.int64))
-
-
-@njit(**_OPT)
-def _draw_block(hbase, bq, nb, TB, ST, owner, cnt, hkey, hw, scan, mode_E, pm_E):
-    """Every expert's candidates in a block of ``nb`` tokens; -1 if ``hkey`` is too short.
-
-    Kept apart from :func:`route_sequence`, whose work arrays may be reallocated:
-    arrays that are reassigned inside a loop cost reference counting on every turn.
-    """
-    J = ST.shape[1] - 1
-    nh = 0
-    for i in range(ST.shape[0]):
-        p = ST[i, J - 1]
-        if p <= 0.0:
-            continue
-        if nh + nb > hkey.shape[0]:  # room for this expert taking every token
-            return -1
-        if nb == TB or p >= scan:
-            b_mode, b_pm = mode_E[i], pm_E[i]
-        else:  # a shorter last block
-            b_mode, b_pm = _mode_mass(nb, min(p, 1.0 - p))
-        nh = _expert_hits(_mix(hbase + (bq + np.uint64(i)) * _GOLD), i, p, nb, ST, J, owner,
-                          cnt, hkey, hw, nh, scan, b_mode, b_pm)
-    return nh
 
 
 @njit(**_OPT)
@@ -612,9 +206,8 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
             if nh >= 0:
                 break
             # out of room: grow and draw the block again (the same numbers)
-            hkey, hw = _grow(hkey, nb), _growf(hw, nb)
-            rkey, rw, skey, sw = (_grow(rkey, nb), _growf(rw, nb), _grow(skey, nb),
-                                  _growf(sw, nb))
+            hkey, hw = _grow(hkey, nb), _grow(hw, nb)
+            rkey, rw, skey, sw = _grow(rkey, nb), _grow(rw, nb), _grow(skey, nb), _grow(sw, nb)
         _select_block(fbase, seq, L, b0, nb, k, m, sigma, law, gate, mode, bias, ST,
                       counts_row, nh, (cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw,
                                        vbuf, ibuf, mark, owner, take))
