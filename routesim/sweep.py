@@ -234,8 +234,11 @@ def worker_pool(workers: int, *,
     ...     pool.submit(abs, -3).result()
     3
     """
-    if not (isinstance(workers, int) and workers >= 1):
-        raise ConfigError(f"workers = {workers!r}: must be an integer >= 1")
+    for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
+        if value is None and name == "threads_per_worker":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} = {value!r}: must be an integer >= 1")
     saved = os.environ.get("NUMBA_NUM_THREADS")
     if threads_per_worker is not None:
         # read by each worker when it loads Numba; workers start as tasks are submitted
@@ -378,15 +381,18 @@ def _compute(todo: list, config_json: str, workers: int, executor: Any, bar: Any
             _simulate_chunk(config_json, c, str(p))
             bar.update(1)
         return
-    own = executor is None
-    if own:
-        # spawn: never fork a process that may hold a CUDA context
-        executor = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(os.getpid(),))
-    futures: dict = {}
+    if executor is None:
+        # the pool also stops its running workers when this raises (Ctrl-C, a failed chunk)
+        with worker_pool(workers) as pool:
+            _compute_on(pool, todo, config_json, bar)
+    else:  # a caller's executor (dask): its queued chunks are cancelled on a failure
+        _compute_on(executor, todo, config_json, bar)
+
+
+def _compute_on(executor: Any, todo: list, config_json: str, bar: Any) -> None:
+    """Submit every chunk to ``executor`` and save the results as they come."""
+    futures, waiter = _submit_all(executor, config_json, todo)
     try:
-        futures, waiter = _submit_all(executor, config_json, todo)
         for fut in waiter(list(futures)):
             try:
                 result = fut.result()
@@ -399,16 +405,11 @@ def _compute(todo: list, config_json: str, workers: int, executor: Any, bar: Any
                 save(result, futures[fut])
             bar.update(1)
     except BaseException:
-        # Ctrl-C or a failed chunk: stop the rest now rather than after it finishes
-        if own:
-            _stop_workers(executor)
-        else:
-            for fut in futures:
-                fut.cancel()
+        # stop the rest now rather than after it finishes (a pool of our own also
+        # terminates its running workers)
+        for fut in futures:
+            fut.cancel()
         raise
-    finally:
-        if own:
-            executor.shutdown(cancel_futures=True)
 
 
 def run_sweep(config: Config, out_dir: str | Path, *, points_per_chunk: int = 1,

@@ -149,3 +149,16 @@ def test_grid_order_rerun_from_stored_config(grid):
     again = config_from_dict(json.loads(whole.attrs["config"]))
     assert again == cfg
     xr.testing.assert_identical(simulate(again, progress=False), whole)
+
+
+@pytest.mark.parametrize("kw,field", [({"workers": 0}, "workers"), ({"workers": True}, "workers"),
+                                      ({"workers": 2, "threads_per_worker": 0},
+                                       "threads_per_worker"),
+                                      ({"workers": 2, "threads_per_worker": 1.5},
+                                       "threads_per_worker")])
+def test_worker_pool_refuses_bad_sizes(kw, field):
+    from routesim.sweep import worker_pool
+
+    with pytest.raises(ConfigError, match=rf"^{field} = .*: must be an integer >= 1$"):
+        with worker_pool(**kw):
+            pass
