@@ -70,12 +70,13 @@ DEFAULT_TOLERANCE = 0.25
 #: Relative change of some ``p_i`` since the covariance was evaluated that
 #: triggers a fresh evaluation of the selection covariance.
 COVARIANCE_TOLERANCE = 0.25
-#: Quadrature nodes of the exact evaluations from ``MAP_NODES_FROM`` experts on:
-#: at N = 64-256, K = 8 (linear skew, Zipf 1 and 1.5) the map is within 6e-6
-#: (relative to its largest entry) of 192 nodes, its Jacobians and the covariance
-#: within 4e-4, far below the surrogate's own error (64 nodes: 9e-6 and 7e-4, at
-#: 4/3 the cost). Fewer experts take ``SMALL_MAP_NODES`` (at N = 4, K = 2 48 nodes
-#: are 1e-5 off, 64 nodes 3e-10; an evaluation costs little there).
+#: Quadrature nodes of the exact evaluations from ``MAP_NODES_FROM`` experts on
+#: (``benchmarks/bench_load_map.py --accuracy``): at N = 64-256, K = 8 (linear
+#: skew, Zipf 1 and 1.5) the map is within 5e-6 (relative to its largest entry) of
+#: 192 nodes and its Jacobians within 5e-5; the covariance within 8e-4 up to Zipf 1
+#: and 2e-2 at Zipf 1.5 (64 nodes: 5e-3), inside the 25 % by which it may drift
+#: between its own evaluations (``COVARIANCE_TOLERANCE``). 64 nodes cost 4/3 as
+#: much. Fewer experts take ``SMALL_MAP_NODES`` (an evaluation costs little there).
 MAP_NODES = 48
 SMALL_MAP_NODES = 64
 MAP_NODES_FROM = 64
