@@ -40,11 +40,11 @@ H expert pairs), K top-k, T tokens.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 
+from .threads import default_threads, run_tasks
 from .numba_math import (FASTMATH, ONE, ZERO, bm_pairs, expf, gate1, hash_pairs, njit,
                           order_key)
 
@@ -438,46 +438,6 @@ def _route_tasks(first, stop, bases, task_q, task_a, task_b, task_sub, L, seq_ba
         disp[i] = d
 
 
-_POOL: list = []
-
-
-def _threads_default() -> int:
-    """Worker threads: ``NUMBA_NUM_THREADS`` (default: the machine's cores)."""
-    import numba
-
-    return int(numba.config.NUMBA_NUM_THREADS)
-
-
-def _run_parallel(threads: int, n_tasks: int, args: tuple) -> None:
-    """Run the tasks on ``threads`` threads, each taking the next free group of tasks."""
-    if threads <= 1:
-        _route_tasks(0, n_tasks, *args)
-        return
-    import itertools
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not _POOL or _POOL[0]._max_workers < threads - 1 or _POOL[1] != os.getpid():
-        # a new pool after a fork: the parent's worker threads do not exist in the child
-        _POOL[:] = [ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="routesim"),
-                    os.getpid()]
-    counter = itertools.count()  # next() is atomic under the GIL
-    # tasks in groups (8 per thread and call at least), so that many small tasks
-    # (a sweep of tiny configs) do not pay one compiled call each
-    group = max(1, n_tasks // (8 * threads))
-
-    def worker() -> None:
-        while True:
-            i = next(counter) * group
-            if i >= n_tasks:
-                return
-            _route_tasks(i, min(n_tasks, i + group), *args)
-
-    futures = [_POOL[0].submit(worker) for _ in range(threads - 1)]
-    worker()  # the calling thread works too
-    for f in futures:
-        f.result()
-
-
 def _plan(num_streams: int, token_start: int, n_tok: int, seq_length: int, threads: int,
           min_task: int) -> tuple[Any, ...]:
     """Tasks (stream, first row, end row, sub-chunk) covering every token once."""
@@ -576,7 +536,7 @@ def route_counts(bases_Q: np.ndarray, token_start: int, n_tok: int, seq_length: 
     h = (n + 1) // 2
     L = seq_length
     nseq = n_tok // L
-    threads = threads or _threads_default()
+    threads = threads or default_threads()
 
     def padded(x: np.ndarray, fill: float) -> np.ndarray:
         out = np.full(x.shape[:-1] + (2 * h,), fill, dtype=np.float32)
@@ -607,5 +567,5 @@ def route_counts(bases_Q: np.ndarray, token_start: int, n_tok: int, seq_length: 
     args = (np.ascontiguousarray(bases_Q, dtype=np.uint64), tq, ta, tb, ts, L, token_start // L,
             h, n, topk, mu, scale, sr, sq, a_seq, use_rho, bias, code, bool(multiplicative),
             bool(want_displacement), filt, counts, disp)
-    _run_parallel(min(threads, len(tq)), len(tq), args)
+    run_tasks(min(threads, len(tq)), len(tq), _route_tasks, args)
     return counts.sum(axis=2), np.bincount(tq, weights=disp, minlength=q_n).astype(np.int64)

@@ -52,11 +52,11 @@ J levels.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from .numba_math import njit
+from .threads import default_threads, run_tasks
 from .sparse_draw import (_GOLD, _IMASK, _INV53, _JMASK, _JSHIFT, _S11, _TSHIFT, _draw_block,
                           _grow, _mix, _stream_tables, _workspace, block_tokens)
 from .sparse_levels import (GATE_CODES, LAW_CODES, MODE_CODES, _score, inverse_survival,
@@ -254,29 +254,6 @@ def _stream_levels(first, stop, mu, scale, law, gate, mode, bias, lam_top, lam_b
                     S_Q[q])
 
 
-_POOL: list = []
-
-
-def _parallel(threads: int, n_tasks: int, fn, args: tuple) -> None:
-    """Run ``fn(first, stop, *args)`` over ``n_tasks`` tasks split into ``threads`` ranges."""
-    threads = max(1, min(threads, n_tasks))
-    if threads == 1:
-        fn(0, n_tasks, *args)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not _POOL or _POOL[0]._max_workers < threads - 1 or _POOL[1] != os.getpid():
-        _POOL[:] = [ThreadPoolExecutor(max_workers=threads - 1,
-                                       thread_name_prefix="routesim-sparse"), os.getpid()]
-    # more ranges than threads, so that an uneven range does not leave a core idle
-    edges = np.linspace(0, n_tasks, min(n_tasks, 4 * threads) + 1).astype(np.int64)
-    ranges = list(zip(edges[:-1].tolist(), edges[1:].tolist()))
-    futures = [_POOL[0].submit(fn, a, b, *args) for a, b in ranges[1:]]
-    fn(ranges[0][0], ranges[0][1], *args)
-    for f in futures:
-        f.result()
-
-
 def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
     """Expected counts above the highest and the lowest level, ``(lambda_1, lambda_J)``.
 
@@ -316,12 +293,6 @@ def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
         if cost < best_cost:
             best, best_cost = float(lam), cost
     return max(0.5, k - 2.5 * math.sqrt(k)), best
-
-
-def _threads_default() -> int:
-    import numba
-
-    return int(numba.config.NUMBA_NUM_THREADS)
 
 
 def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_start: int,
@@ -397,7 +368,7 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
     """
     q_n, n = mu_QE.shape
     L, k = int(seq_length), int(topk)
-    threads = threads or _threads_default()
+    threads = threads or default_threads()
     mu = np.ascontiguousarray(mu_QE, dtype=np.float64)
     bias = np.ascontiguousarray(bias_QE, dtype=np.float64)
     scale = np.ascontiguousarray(scale_Q, dtype=np.float64)
@@ -416,7 +387,7 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
     S_Q = np.zeros((q_n, J + 1, n), np.float64)
     codes = (LAW_CODES[law], GATE_CODES.get(gate, 0), MODE_CODES[mode])
     if not use_rho:
-        _parallel(threads, q_n, _stream_levels,
+        run_tasks(threads, q_n, _stream_levels,
                   (mu, scale, *codes, bias, lam_top, lam_bottom, iters, S_Q))
     counts = np.zeros((q_n, n_seqs, n), np.int64)
     args = (np.ascontiguousarray(hit_bases_Q, dtype=np.uint64),
@@ -424,5 +395,5 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
             L, block_tokens(L, n), k, mu, scale, sr, sq, a_seq, use_rho, *codes, bias, S_Q,
             lam_top, lam_bottom,
             iters, counts, float(scan_above))
-    _parallel(threads, q_n * n_seqs, _run_tasks, args)
+    run_tasks(threads, q_n * n_seqs, _run_tasks, args)
     return counts

@@ -1,0 +1,93 @@
+"""Worker threads of the compiled kernels: one pool, tasks taken in groups as threads free up.
+
+The Numba kernels release the GIL, so a process routes on several cores with plain
+threads. Each call splits its tasks into groups and every thread (the calling one
+included) takes the next free group until none is left: an uneven task never leaves
+a core idle behind a fixed share of the work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Callable
+
+__all__ = ["default_threads", "run_tasks"]
+
+_POOL: list = []
+
+
+def default_threads() -> int:
+    """Worker threads: ``NUMBA_NUM_THREADS`` (default: the machine's cores).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> import pytest
+    >>> _ = pytest.importorskip("numba")
+    >>> default_threads() >= 1
+    True
+    """
+    import numba
+
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def _pool(workers: int) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _POOL or _POOL[0]._max_workers < workers or _POOL[1] != os.getpid():
+        # a new pool after a fork: the parent's worker threads do not exist in the child
+        _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="routesim"),
+                    os.getpid()]
+    return _POOL[0]
+
+
+def run_tasks(threads: int, n_tasks: int, fn: Callable[..., Any], args: tuple,
+              groups_per_thread: int = 8) -> None:
+    """Run ``fn(first, stop, *args)`` over tasks ``0 .. n_tasks - 1`` on ``threads`` threads.
+
+    Parameters
+    ----------
+    threads : int
+        Threads, the calling one included (at most ``n_tasks`` are used).
+    n_tasks : int
+        Tasks; ``fn`` gets consecutive ranges of them.
+    fn : callable
+        ``fn(first, stop, *args)``, a compiled function that releases the GIL.
+    args : tuple
+        Its other arguments.
+    groups_per_thread : int
+        Groups of tasks per thread: many small tasks (a sweep of tiny configs) then
+        pay one call per group, not one per task, and a slow group is balanced by the
+        others.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> run_tasks(2, 10, lambda a, b, out: out.extend(range(a, b)), (seen,))
+    >>> sorted(seen) == list(range(10))
+    True
+    """
+    threads = max(1, min(threads, n_tasks))
+    if threads == 1:
+        fn(0, n_tasks, *args)
+        return
+    pool = _pool(threads - 1)
+    counter = itertools.count()  # next() is atomic under the GIL
+    group = max(1, n_tasks // (groups_per_thread * threads))
+
+    def worker() -> None:
+        while True:
+            first = next(counter) * group
+            if first >= n_tasks:
+                return
+            fn(first, min(n_tasks, first + group), *args)
+
+    futures = [pool.submit(worker) for _ in range(threads - 1)]
+    worker()  # the calling thread works too
+    for f in futures:
+        f.result()

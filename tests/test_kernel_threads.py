@@ -1,0 +1,48 @@
+"""Worker threads of the compiled kernels (routesim.engines.kernels.threads)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from routesim.engines.kernels.threads import run_tasks
+
+
+@pytest.mark.parametrize("threads, n_tasks", [(1, 5), (2, 1), (2, 7), (3, 64), (2, 1000)])
+def test_every_task_runs_once(threads: int, n_tasks: int) -> None:
+    runs_T = np.zeros(n_tasks, np.int64)
+
+    def fn(first: int, stop: int) -> None:
+        runs_T[first:stop] += 1
+
+    run_tasks(threads, n_tasks, fn, ())
+    assert runs_T.tolist() == [1] * n_tasks
+
+
+def test_threads_share_the_work() -> None:
+    # Tasks that wait (the GIL released, as in the compiled kernels): each thread takes
+    # the next free group, so both threads route about half of the tasks.
+    done_by: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def fn(first: int, stop: int) -> None:
+        time.sleep(0.004 * (stop - first))
+        with lock:
+            me = threading.get_ident()
+            done_by[me] = done_by.get(me, 0) + stop - first
+
+    run_tasks(2, 64, fn, ())
+    assert sum(done_by.values()) == 64
+    assert len(done_by) == 2 and min(done_by.values()) >= 16, done_by
+
+
+def test_an_error_reaches_the_caller() -> None:
+    def fn(first: int, stop: int) -> None:
+        if first <= 5 < stop:
+            raise FloatingPointError("task 5")
+
+    with pytest.raises(FloatingPointError, match="task 5"):
+        run_tasks(2, 16, fn, ())
