@@ -112,6 +112,33 @@ def test_both_ways_of_drawing_candidates_match_the_exact_load_map(case, scan_abo
     assert _mahalanobis_p(counts.astype(float), p, cov, 8 * 2048) > 1e-3
 
 
+@pytest.mark.parametrize("law, seq_length", [("normal", 256), ("gumbel", 2048)])
+def test_a_shared_component_shifts_the_law_of_its_sequence(law, seq_length):
+    """16384 tokens of sequences sharing one shared component ``a`` (``rho = 0.4``):
+    against the load map and covariance of ``mu + scale sqrt(rho) a`` with noise scale
+    ``scale sqrt(1 - rho)`` (the sequences' rows are their own, the levels their
+    stream's; 256-token sequences have fewer levels)."""
+    from routesim.theory import expected_load
+
+    n, k, rho, scale = 48, 4, 0.4, 1.3
+    mu = np.linspace(1.5, -1.5, n)
+    bias = 0.2 * np.sin(np.arange(n))
+    a = np.random.default_rng(3).standard_normal(n)
+    seqs = 16384 // seq_length
+    hb, fb = _bases(11, 1)
+    counts = sk.route_counts_sparse(hb, fb, 0, seqs, seq_length, mu[None], np.full(1, scale),
+                                    bias[None], k, law, "sigmoid", "additive",
+                                    rho_Q=np.full(1, rho),
+                                    a_QBE=np.broadcast_to(a, (1, seqs, n)))[0].sum(axis=0)
+    assert counts.sum() == 16384 * k
+    kw = dict(topk=k, score_function="sigmoid", noise=law,
+              noise_scale=scale * math.sqrt(1 - rho))
+    mu_seq = mu + scale * math.sqrt(rho) * a
+    p = expected_load.load_map(mu_seq, bias, **kw)
+    cov = expected_load.selection_covariance(mu_seq, bias, **kw)
+    assert _mahalanobis_p(counts.astype(float), p, cov, 16384) > 1e-3
+
+
 def _dense_sets(mu, bias, k, law, gname, mode, tokens, seed):
     """Per-token selected sets of the dense model, drawn with NumPy's own generator."""
     g = np.random.default_rng(seed)

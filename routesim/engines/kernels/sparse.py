@@ -9,10 +9,11 @@ Gumbel. The selection score ``v_i`` (``g(z) + b``, ``g(z) * b`` with ``b > 0``, 
 if ``z_i > c_i(h)``, which happens with probability ``P_i(h) = S((c_i - m_i) / sigma)``
 (``S`` the noise's survival function), independently across experts and tokens.
 
-**Levels.** Per stream and sequence (per stream when ``rho = 0``) thresholds
-``h_1 > ... > h_J`` in selection-score space are chosen so that about ``lambda_1 < K``
-experts lie above ``h_1`` and ``lambda_J > K`` above ``h_J`` (expected counts; the
-choice affects speed only). For each expert, the tokens with ``z_i > c_i(h_J)`` are
+**Levels.** Per stream, thresholds ``h_1 > ... > h_J`` in selection-score space are
+chosen so that about ``lambda_1 < K`` experts lie above ``h_1`` and ``lambda_J > K``
+above ``h_J`` (expected counts under the stream's law, ``m = mu``, ``sigma = scale``;
+the choice affects speed only, so with ``rho > 0`` the sequences share their stream's
+levels and only their probabilities ``P_i(h)`` of exceeding them are per sequence). For each expert, the tokens with ``z_i > c_i(h_J)`` are
 drawn (independent Bernoulli(``P_i(h_J)``) trials: token by token for a likely expert,
 else a Binomial count per block and distinct positions), each with a survival value
 ``w`` uniform on ``(0, P_i(h_J))``, i.e. ``z = m + sigma * S^-1(w)``
@@ -60,13 +61,18 @@ from .threads import default_threads, run_tasks
 from .sparse_draw import (_GOLD, _IMASK, _INV53, _JMASK, _JSHIFT, _S11, _TSHIFT, _draw_block,
                           _grow, _mix, _stream_tables, _workspace, block_tokens)
 from .sparse_levels import (GATE_CODES, LAW_CODES, MODE_CODES, _score, inverse_survival,
-                            levels_into, survival)
+                            level_heights, rows_at, rows_from_thresholds, survival,
+                            thresholds_into)
 
 __all__ = ["route_counts_sparse", "LAW_CODES", "GATE_CODES", "MODE_CODES", "LEVELS",
+           "MIN_LEVELS", "level_count",
            "HIT_STREAM", "FILL_STREAM", "SCAN_ABOVE", "level_targets", "survival",
            "inverse_survival"]
 
 LEVELS = 16
+#: Fewest levels, for short sequences with ``rho > 0`` (whose rows cost ``N`` survival
+#: functions per level and sequence).
+MIN_LEVELS = 6
 #: Probability above the lowest level from which an expert's candidates are drawn token by
 #: token (a Bernoulli trial each) rather than by a Binomial count and positions.
 SCAN_ABOVE = 0.3
@@ -188,7 +194,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
     """Route the ``L`` tokens of global sequence ``seq`` of one stream; adds to ``counts_row``.
 
     ``ST`` (E, J + 1), ``mode_E``, ``pm_E`` from :func:`_stream_tables` of the levels
-    of :func:`levels_into`; ``ws`` from :func:`_workspace`; ``TB`` tokens per block
+    of :func:`.sparse_levels.rows_at`; ``ws`` from :func:`_workspace`; ``TB`` tokens per block
     (:func:`block_tokens`). Returns the workspace (grown if it had to).
     """
     cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take = ws
@@ -216,7 +222,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
 
 @njit(nogil=True, **_OPT)
 def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr, sq, a_seq,
-               use_rho, law, gate, mode, bias, S_Q, lam_top, lam_bottom, iters, counts, scan):
+               use_rho, law, gate, mode, bias, S_Q, C_Q, counts, scan):
     """Route tasks ``first .. stop - 1`` (task = stream * nseq + sequence); releases the GIL."""
     n = mu.shape[1]
     J = S_Q.shape[1]
@@ -231,10 +237,11 @@ def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr,
         q = task // nseq
         s = task % nseq
         if use_rho:
+            # the stream's levels, the sequence's probabilities of exceeding them
             for i in range(n):
                 m[i] = mu[q, i] + scale[q] * sr[q] * a_seq[q, s, i]
             sigma = scale[q] * sq[q]
-            levels_into(m, sigma, law, gate, mode, bias[q], lam_top, lam_bottom, iters, S)
+            rows_from_thresholds(C_Q[q], m, sigma, law, S)
             _stream_tables(S, TB, scan, ST, mode_E, pm_E)
             ws = route_sequence(hbases[q], fbases[q], seq0 + s, L, TB, k, m, sigma, law, gate,
                                 mode, bias[q], ST, counts[q, s], ws, scan, mode_E, pm_E)
@@ -248,10 +255,45 @@ def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr,
 
 @njit(nogil=True, **_OPT)
 def _stream_levels(first, stop, mu, scale, law, gate, mode, bias, lam_top, lam_bottom, iters,
-                   S_Q):
+                   use_rho, S_Q, C_Q):
+    """Each stream's levels: its rows (``S_Q``), or with ``rho > 0`` the logits above
+    which each expert exceeds them (``C_Q``), from which each sequence's rows follow."""
+    H = np.empty(S_Q.shape[1], np.float64)
     for q in range(first, stop):
-        levels_into(mu[q], scale[q], law, gate, mode, bias[q], lam_top, lam_bottom, iters,
-                    S_Q[q])
+        level_heights(mu[q], scale[q], law, gate, mode, bias[q], lam_top, lam_bottom, iters, H)
+        if use_rho:
+            thresholds_into(H, bias[q], gate, mode, C_Q[q])
+        else:
+            rows_at(H, mu[q], scale[q], law, gate, mode, bias[q], S_Q[q])
+
+
+def level_count(seq_length: int, per_sequence: bool) -> int:
+    """Levels of a stream: :data:`LEVELS`, fewer for short sequences with ``rho > 0``.
+
+    With a per-sequence shared component every sequence computes its probabilities of
+    exceeding the levels (``N`` survival functions per level), which costs more than
+    the finer bands save on short sequences: ``L // 128`` levels, from
+    :data:`MIN_LEVELS` to :data:`LEVELS` (measured at N = 256, K = 8; speed only).
+
+    Parameters
+    ----------
+    seq_length : int
+        Tokens per sequence.
+    per_sequence : bool
+        Whether the sequences have rows of their own (``rho > 0``).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> level_count(256, False), level_count(256, True), level_count(1024, True)
+    (16, 6, 8)
+    """
+    if not per_sequence:
+        return LEVELS
+    return min(LEVELS, max(MIN_LEVELS, seq_length // 128))
 
 
 def level_targets(num_experts: int, topk: int) -> tuple[float, float]:
@@ -331,7 +373,7 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
     iters : int
         Bisection steps per level (speed only: a level within ``2^-iters`` of the
         score range of its target does as well; the solve costs ``O(iters N)`` per
-        stream, or per sequence when ``rho > 0``).
+        stream).
     levels : (float, float), optional
         Expected counts above the highest and the lowest level (default
         :func:`level_targets`; speed only; ``(0, 0)``: complete every token densely).
@@ -383,17 +425,18 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
     lam_top, lam_bottom = levels if levels is not None else level_targets(n, k)
     if levels is None and lam_bottom >= 0.5 * n:  # few experts: no levels, every token completed densely
         lam_top = lam_bottom = 0.0
-    J = LEVELS
+    J = level_count(L, use_rho)
     S_Q = np.zeros((q_n, J + 1, n), np.float64)
+    C_Q = np.zeros((q_n if use_rho else 1, J + 1, n), np.float64)
     codes = (LAW_CODES[law], GATE_CODES.get(gate, 0), MODE_CODES[mode])
-    if not use_rho:
-        run_tasks(threads, q_n, _stream_levels,
-                  (mu, scale, *codes, bias, lam_top, lam_bottom, iters, S_Q))
+    # levels per stream from its own law (with rho > 0 the sequences' common law: speed
+    # only, as the levels are); each sequence's rows at them when rho > 0
+    run_tasks(threads, q_n, _stream_levels,
+              (mu, scale, *codes, bias, lam_top, lam_bottom, iters, use_rho, S_Q, C_Q))
     counts = np.zeros((q_n, n_seqs, n), np.int64)
     args = (np.ascontiguousarray(hit_bases_Q, dtype=np.uint64),
             np.ascontiguousarray(fill_bases_Q, dtype=np.uint64), int(seq_start), int(n_seqs),
             L, block_tokens(L, n), k, mu, scale, sr, sq, a_seq, use_rho, *codes, bias, S_Q,
-            lam_top, lam_bottom,
-            iters, counts, float(scan_above))
+            C_Q, counts, float(scan_above))
     run_tasks(threads, q_n * n_seqs, _run_tasks, args)
     return counts

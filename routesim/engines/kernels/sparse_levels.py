@@ -17,7 +17,7 @@ import numpy as np
 from .numba_math import njit
 
 __all__ = ["LAW_CODES", "GATE_CODES", "MODE_CODES", "survival", "inverse_survival",
-           "levels_into"]
+           "levels_into", "level_heights", "rows_at", "thresholds_into", "rows_from_thresholds"]
 
 LAW_CODES = {"normal": 0, "logistic": 1, "gumbel": 2}
 GATE_CODES = {"sigmoid": 0, "sqrtsoftplus": 2}
@@ -162,18 +162,20 @@ def _solve_level(target, lo, hi, m, sigma, law, gate, mode, bias, iters):
 
 
 @njit(**_OPT)
-def levels_into(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, S_out):
-    """Per level and expert the probability of scoring above the level, into ``S_out``.
+def level_heights(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, H_out):
+    """The levels in selection-score space, into ``H_out`` (J + 1,).
 
-    Rows ``j = 0 .. J - 1`` are the levels from the highest down (non-decreasing down
-    the rows); row ``J`` (the last) is the completion level, below the lowest, with
-    about ``2 lambda_J`` expected above it (1 when that is every expert). All zero
-    when every token must be completed densely (zero noise scale).
+    ``H_out[0 .. J - 1]`` are the levels from the highest down, equally spaced between
+    the one with about ``lambda_1`` experts expected above it and the one with about
+    ``lambda_J``; ``H_out[J]`` is the completion level, with about ``2 lambda_J``
+    expected above it (``-inf``: every expert, when that is all of them). All NaN when
+    every token must be completed densely (zero noise scale, or ``lambda_J`` not in
+    ``(0, N)``).
     """
     n = m.shape[0]
-    J = S_out.shape[0] - 1
+    J = H_out.shape[0] - 1
     if not sigma > 0.0 or not lam_bottom > 0.0 or lam_bottom >= n:
-        S_out[:, :] = 0.0
+        H_out[:] = np.nan
         return
     lo = np.inf
     hi = -np.inf
@@ -189,13 +191,78 @@ def levels_into(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, S_o
     h_bot = _solve_level(lam_bottom, lo, hi, m, sigma, law, gate, mode, bias, iters)
     h_top = _solve_level(lam_top, h_bot, hi, m, sigma, law, gate, mode, bias, iters)
     for j in range(J):
-        h = h_top + (h_bot - h_top) * (j / (J - 1)) if J > 1 else h_bot
-        for i in range(n):
-            p = _above(h, m, sigma, law, gate, mode, bias, i)
-            S_out[j, i] = max(p, S_out[j - 1, i]) if j > 0 else p
+        H_out[j] = h_top + (h_bot - h_top) * (j / (J - 1)) if J > 1 else h_bot
     if 2.0 * lam_bottom >= n:
-        S_out[J, :] = 1.0
+        H_out[J] = -np.inf
+    else:
+        H_out[J] = _solve_level(2.0 * lam_bottom, lo, h_bot, m, sigma, law, gate, mode, bias,
+                                iters)
+
+
+@njit(**_OPT)
+def rows_at(H, m, sigma, law, gate, mode, bias, S_out):
+    """Per level of ``H`` (:func:`level_heights`) and expert the probability of scoring
+    above it, into ``S_out`` (J + 1, E): rows non-decreasing down (each at least the
+    row above, so that the bands are well ordered); all zero when ``H`` is NaN or the
+    noise scale is zero (every token completed densely)."""
+    n = m.shape[0]
+    J = S_out.shape[0] - 1
+    if not sigma > 0.0 or np.isnan(H[0]):
+        S_out[:, :] = 0.0
         return
-    h_fill = _solve_level(2.0 * lam_bottom, lo, h_bot, m, sigma, law, gate, mode, bias, iters)
-    for i in range(n):
-        S_out[J, i] = max(_above(h_fill, m, sigma, law, gate, mode, bias, i), S_out[J - 1, i])
+    for j in range(J + 1):
+        for i in range(n):
+            # every score exceeds -inf (also g * b <= 0, which never exceeds a level >= 0)
+            p = 1.0 if H[j] == -np.inf else _above(H[j], m, sigma, law, gate, mode, bias, i)
+            S_out[j, i] = max(p, S_out[j - 1, i]) if j > 0 else p
+
+
+@njit(**_OPT)
+def thresholds_into(H, bias, gate, mode, C_out):
+    """The logit above which each expert's selection score exceeds each level of ``H``,
+    into ``C_out`` (J + 1, E) (+-inf: never, always); NaN rows when ``H`` is NaN.
+
+    Fixed for a stream, so a sequence's rows (:func:`rows_from_thresholds`) cost one
+    survival function per level and expert.
+    """
+    for j in range(H.shape[0]):
+        for i in range(bias.shape[0]):
+            if np.isnan(H[j]) or H[j] == -np.inf:
+                C_out[j, i] = H[j]
+            else:
+                C_out[j, i] = _z_above(H[j], bias[i], gate, mode)
+
+
+@njit(**_OPT)
+def rows_from_thresholds(C, m, sigma, law, S_out):
+    """:func:`rows_at` from the thresholds of :func:`thresholds_into` (same rows)."""
+    n = m.shape[0]
+    J = S_out.shape[0] - 1
+    if not sigma > 0.0 or np.isnan(C[0, 0]):
+        S_out[:, :] = 0.0
+        return
+    for j in range(J + 1):
+        for i in range(n):
+            c = C[j, i]
+            if c == np.inf:
+                p = 0.0
+            elif c == -np.inf:
+                p = 1.0
+            else:
+                p = survival((c - m[i]) / sigma, law)
+            S_out[j, i] = max(p, S_out[j - 1, i]) if j > 0 else p
+
+
+@njit(**_OPT)
+def levels_into(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, S_out):
+    """Per level and expert the probability of scoring above the level, into ``S_out``.
+
+    :func:`level_heights` then :func:`rows_at`: rows ``j = 0 .. J - 1`` are the levels
+    from the highest down (non-decreasing down the rows); row ``J`` (the last) is the
+    completion level, below the lowest, with about ``2 lambda_J`` expected above it (1
+    when that is every expert). All zero when every token must be completed densely
+    (zero noise scale).
+    """
+    H = np.empty(S_out.shape[0], np.float64)
+    level_heights(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, H)
+    rows_at(H, m, sigma, law, gate, mode, bias, S_out)
