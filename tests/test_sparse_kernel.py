@@ -207,18 +207,27 @@ def test_zero_noise_selects_the_top_k_of_popularity_plus_bias():
     np.testing.assert_array_equal(counts, np.stack([want, want]))
 
 
-def test_same_numbers_however_chunked_or_threaded():
+@pytest.mark.parametrize("rho", [0.0, 0.5])
+def test_same_numbers_however_chunked_or_threaded(rho):
     n, k, L = 96, 4, 300
     mu = np.stack([np.linspace(1, -1, n), np.zeros(n)])
     bias = np.zeros((2, n))
     hb, fb = _bases(3, 2, step=5)
+    a = np.random.default_rng(8).standard_normal((2, 6, n))
     args = (mu, np.ones(2), bias, k, "logistic", "sigmoid", "additive")
-    whole = sk.route_counts_sparse(hb, fb, 0, 6, L, *args, threads=2)
-    parts = np.concatenate([sk.route_counts_sparse(hb, fb, 0, 2, L, *args, threads=1),
-                            sk.route_counts_sparse(hb, fb, 2, 4, L, *args, threads=2)], axis=1)
+
+    def shared(q, first, count):
+        return dict(rho_Q=np.full(len(q), rho), a_QBE=a[q, first:first + count])
+
+    both = [0, 1]
+    whole = sk.route_counts_sparse(hb, fb, 0, 6, L, *args, threads=2, **shared(both, 0, 6))
+    parts = np.concatenate([
+        sk.route_counts_sparse(hb, fb, 0, 2, L, *args, threads=1, **shared(both, 0, 2)),
+        sk.route_counts_sparse(hb, fb, 2, 4, L, *args, threads=2, **shared(both, 2, 4))],
+        axis=1)
     np.testing.assert_array_equal(whole, parts)
     one = sk.route_counts_sparse(hb[1:], fb[1:], 0, 6, L, mu[1:], np.ones(1), bias[1:], k,
-                                 "logistic", "sigmoid", "additive")
+                                 "logistic", "sigmoid", "additive", **shared([1], 0, 6))
     np.testing.assert_array_equal(whole[1:], one)
 
 
