@@ -144,7 +144,8 @@ def save(ds: xr.Dataset, path: str | Path, *, derived: Sequence[str | Path] = ()
             _remove(derived)
             os.replace(tmp, path)
         else:
-            ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=2,
+            # consolidated metadata: xarray.open_zarr(path) reads it in one file, quietly
+            ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=2,
                        encoding=zarr_encoding(ds))
             _remove(derived)
             if path.exists():
@@ -252,7 +253,9 @@ def load(path: str | Path) -> xr.Dataset:
         if suffix == ".nc":
             with xr.open_dataset(path, engine="scipy") as ds:
                 return ds.load()
-        return xr.open_zarr(path, consolidated=False).load()
+        # stores written before their metadata was consolidated are read all the same
+        consolidated = (path / ".zmetadata").is_file()
+        return xr.open_zarr(path, consolidated=consolidated).load()
     except (OSError, ValueError, TypeError, KeyError) as err:  # truncated, empty or foreign
         raise ResultsFileError(f"results path {str(path)!r}: cannot be read as a Dataset "
                                f"({type(err).__name__}: {err})") from err

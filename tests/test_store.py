@@ -34,6 +34,25 @@ def test_zarr_round_trip(ds, tmp_path):
                             ds[["expert_load", "bias", "maxvio_batch"]])
 
 
+def test_zarr_results_open_with_plain_xarray(ds, tmp_path):
+    """``xarray.open_zarr(path)`` with its defaults: no warning, the same Dataset."""
+    pytest.importorskip("zarr")
+    import warnings
+
+    path = save(ds, tmp_path / "r.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = xr.open_zarr(path).load()
+    xr.testing.assert_identical(back, load(path))
+
+
+def test_zarr_results_without_consolidated_metadata_still_load(ds, tmp_path):
+    pytest.importorskip("zarr")
+    path = tmp_path / "old.zarr"
+    ds.to_zarr(path, consolidated=False, zarr_format=2)
+    xr.testing.assert_equal(load(path)[["expert_load", "bias"]], ds[["expert_load", "bias"]])
+
+
 def test_failed_write_keeps_previous_file(ds, tmp_path, monkeypatch):
     path = save(ds, tmp_path / "r.nc")
     before = path.read_bytes()
