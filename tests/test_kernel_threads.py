@@ -46,3 +46,24 @@ def test_an_error_reaches_the_caller() -> None:
 
     with pytest.raises(FloatingPointError, match="task 5"):
         run_tasks(2, 16, fn, ())
+
+
+def test_a_failure_stops_the_other_threads():
+    # 64 groups of one task; the calling thread's first group fails at once, the other
+    # thread's groups each wait 20 ms: the other thread stops after its current group
+    # instead of running the remaining ones, and the call returns only then.
+    ran: list[int] = []
+    caller = threading.get_ident()
+
+    def fn(first: int, stop: int) -> None:
+        if threading.get_ident() == caller:
+            raise FloatingPointError(f"task {first}")
+        time.sleep(0.02)
+        ran.append(first)
+
+    with pytest.raises(FloatingPointError):
+        run_tasks(2, 64, fn, (), groups_per_thread=32)
+    done = len(ran)
+    time.sleep(0.1)
+    assert len(ran) == done, "a thread kept working after the call returned"
+    assert done <= 3, ran

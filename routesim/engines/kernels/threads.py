@@ -3,13 +3,15 @@
 The Numba kernels release the GIL, so a process routes on several cores with plain
 threads. Each call splits its tasks into groups and every thread (the calling one
 included) takes the next free group until none is left: an uneven task never leaves
-a core idle behind a fixed share of the work.
+a core idle behind a fixed share of the work. When a thread fails (or the caller is
+interrupted), the others stop after their current group and the call raises.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import threading
 from typing import Any, Callable
 
 __all__ = ["default_threads", "run_tasks"]
@@ -79,15 +81,28 @@ def run_tasks(threads: int, n_tasks: int, fn: Callable[..., Any], args: tuple,
     pool = _pool(threads - 1)
     counter = itertools.count()  # next() is atomic under the GIL
     group = max(1, n_tasks // (groups_per_thread * threads))
+    stop = threading.Event()  # set by a failing thread (or Ctrl-C): the others stop too
 
     def worker() -> None:
-        while True:
-            first = next(counter) * group
-            if first >= n_tasks:
-                return
-            fn(first, min(n_tasks, first + group), *args)
+        try:
+            while not stop.is_set():
+                first = next(counter) * group
+                if first >= n_tasks:
+                    return
+                fn(first, min(n_tasks, first + group), *args)
+        except BaseException:
+            stop.set()
+            raise
 
     futures = [pool.submit(worker) for _ in range(threads - 1)]
-    worker()  # the calling thread works too
-    for f in futures:
-        f.result()
+    try:
+        worker()  # the calling thread works too
+        for f in futures:
+            f.result()
+    except BaseException:
+        # the others finish their current group before the call raises, so no thread
+        # still writes into the arrays once the caller has them back
+        stop.set()
+        for f in futures:
+            f.exception()
+        raise
