@@ -215,7 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, required=True,
                        help="directory for chunks/ and results.zarr; re-run to resume")
     sweep.add_argument("--chunk", type=int, default=1, help="points per chunk (default 1)")
-    sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    sweep.add_argument("--workers", type=int, default=1,
+                       help="worker processes (default 1), each routing on "
+                            "cores // workers threads")
     sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sweep.add_argument("--overwrite", action="store_true",
                        help="replace a sweep of another config found in --out")

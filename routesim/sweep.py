@@ -94,7 +94,8 @@ class SweepInterrupted(KeyboardInterrupt):
         return (f"interrupted: {self.kept} of {self.total} chunks kept in {self.chunk_dir}; "
                 "re-run the same command to resume")
 
-__all__ = ["plan_chunks", "run_sweep", "worker_pool", "SweepInterrupted", "RESULTS"]
+__all__ = ["plan_chunks", "run_sweep", "worker_pool", "default_threads_per_worker",
+           "SweepInterrupted", "RESULTS"]
 
 #: The joined results in ``out_dir``.
 RESULTS = "results.zarr"
@@ -203,6 +204,44 @@ def _stop_workers(executor: ProcessPoolExecutor) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join()
+
+
+def default_threads_per_worker(workers: int) -> int | None:
+    """Routing threads for each of ``workers`` local workers: the cores shared out.
+
+    ``None`` (each worker keeps Numba's own choice) when ``NUMBA_NUM_THREADS`` is set,
+    so that a setting of the user's wins. The numbers of a sweep do not depend on it.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes.
+
+    Returns
+    -------
+    int or None
+        ``max(1, cores // workers)``, the cores being those this process may run on.
+
+    Examples
+    --------
+    >>> import os
+    >>> saved = os.environ.pop("NUMBA_NUM_THREADS", None)
+    >>> default_threads_per_worker(10**6)
+    1
+    >>> os.environ["NUMBA_NUM_THREADS"] = "3"
+    >>> default_threads_per_worker(2) is None
+    True
+    >>> _ = os.environ.pop("NUMBA_NUM_THREADS")
+    >>> if saved is not None:
+    ...     os.environ["NUMBA_NUM_THREADS"] = saved
+    """
+    if os.environ.get("NUMBA_NUM_THREADS"):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(workers)))
 
 
 @contextlib.contextmanager
@@ -383,7 +422,8 @@ def _compute(todo: list, config_json: str, workers: int, executor: Any, bar: Any
         return
     if executor is None:
         # the pool also stops its running workers when this raises (Ctrl-C, a failed chunk)
-        with worker_pool(workers) as pool:
+        with worker_pool(workers,
+                         threads_per_worker=default_threads_per_worker(workers)) as pool:
             _compute_on(pool, todo, config_json, bar)
     else:  # a caller's executor (dask): its queued chunks are cancelled on a failure
         _compute_on(executor, todo, config_json, bar)

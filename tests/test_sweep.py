@@ -162,3 +162,26 @@ def test_worker_pool_refuses_bad_sizes(kw, field):
     with pytest.raises(ConfigError, match=rf"^{field} = .*: must be an integer >= 1$"):
         with worker_pool(**kw):
             pass
+
+
+def test_local_workers_share_out_the_cores(whole, tmp_path, monkeypatch):
+    """Each of W workers routes on cores // W threads, unless NUMBA_NUM_THREADS is set."""
+    import os
+
+    import routesim.sweep as sweep_module
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    seen = []
+    real_pool = sweep_module.worker_pool
+
+    def recording_pool(workers, **kw):
+        pool = real_pool(workers, **kw)
+        seen.append(kw.get("threads_per_worker"))
+        return pool
+
+    monkeypatch.setattr(sweep_module, "worker_pool", recording_pool)
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    _same(run_sweep(CFG, tmp_path / "a", points_per_chunk=3, workers=2, progress=False), whole)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+    _same(run_sweep(CFG, tmp_path / "b", points_per_chunk=3, workers=2, progress=False), whole)
+    assert seen == [max(1, cores // 2), None]
