@@ -273,9 +273,10 @@ def worker_pool(workers: int, *,
     ...     pool.submit(abs, -3).result()
     3
     """
-    for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker)):
-        if value is None and name == "threads_per_worker":
-            continue
+    sizes = [("workers", workers)]
+    if threads_per_worker is not None:
+        sizes.append(("threads_per_worker", threads_per_worker))
+    for name, value in sizes:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} = {value!r}: must be an integer >= 1")
     saved = os.environ.get("NUMBA_NUM_THREADS")

@@ -41,8 +41,6 @@ __all__ = ["ThresholdMap", "threshold_map", "threshold_change", "solve_threshold
 
 #: Newton iterations on the level before falling back to bisection.
 _NEWTON = 12
-#: Whether a warm-started solve may use the compiled kernel (with Numba).
-COMPILED = True
 
 
 @dataclass(frozen=True)
@@ -84,8 +82,9 @@ def solve_threshold(tr: Transform, noise: str, mu_PE: np.ndarray, bias_PE: np.nd
     12 iterations, and every row without a start, are solved by bisection.
     ``with_mu=False`` leaves ``g_mu_PE`` as zeros (one pass less). With a
     warm start and Numba the Newton iterations run compiled, row by row
-    (:mod:`._threshold_kernel`; rows that miss the tolerance fall back to
-    this NumPy path), which equals this path to rounding.
+    (:mod:`._threshold_kernel`), which equals this path to rounding; when a
+    row misses the tolerance there, the call is solved again by this NumPy
+    path.
 
     Parameters
     ----------
@@ -134,7 +133,7 @@ def solve_threshold(tr: Transform, noise: str, mu_PE: np.ndarray, bias_PE: np.nd
     if tau_P is None:
         tau = bisect(np.arange(mu_PE.shape[0]))
         t, resid = terms(tau)
-    elif compiled and COMPILED and np.all(scale_P > 0):
+    elif compiled and np.all(scale_P > 0):
         from . import _threshold_kernel
 
         if _threshold_kernel.AVAILABLE:

@@ -61,7 +61,7 @@ from .threads import default_threads, run_tasks
 from .sparse_draw import (_GOLD, _IMASK, _INV53, _JMASK, _JSHIFT, _S11, _TSHIFT, _draw_block,
                           _grow, _mix, _stream_tables, _workspace, block_tokens)
 from .sparse_levels import (GATE_CODES, LAW_CODES, MODE_CODES, _score, inverse_survival,
-                            level_heights, rows_at, rows_from_thresholds, survival,
+                            level_heights, rows_from_thresholds, survival,
                             thresholds_into)
 
 __all__ = ["route_counts_sparse", "LAW_CODES", "GATE_CODES", "MODE_CODES", "LEVELS",
@@ -194,7 +194,7 @@ def route_sequence(hbase, fbase, seq, L, TB, k, m, sigma, law, gate, mode, bias,
     """Route the ``L`` tokens of global sequence ``seq`` of one stream; adds to ``counts_row``.
 
     ``ST`` (E, J + 1), ``mode_E``, ``pm_E`` from :func:`_stream_tables` of the levels
-    of :func:`.sparse_levels.rows_at`; ``ws`` from :func:`_workspace`; ``TB`` tokens per block
+    of :func:`.sparse_levels.rows_from_thresholds`; ``ws`` from :func:`_workspace`; ``TB`` tokens per block
     (:func:`block_tokens`). Returns the workspace (grown if it had to).
     """
     cnt, jstar, need, start, hkey, hw, rkey, rw, skey, sw, vbuf, ibuf, mark, owner, take = ws
@@ -256,15 +256,15 @@ def _run_tasks(first, stop, hbases, fbases, seq0, nseq, L, TB, k, mu, scale, sr,
 @njit(nogil=True, **_OPT)
 def _stream_levels(first, stop, mu, scale, law, gate, mode, bias, lam_top, lam_bottom, iters,
                    use_rho, S_Q, C_Q):
-    """Each stream's levels: its rows (``S_Q``), or with ``rho > 0`` the logits above
-    which each expert exceeds them (``C_Q``), from which each sequence's rows follow."""
+    """Each stream's levels: the logits above which each expert exceeds them (``C_Q``)
+    and, without a shared component, its rows (``S_Q``; with ``rho > 0`` each sequence
+    computes its own from ``C_Q``)."""
     H = np.empty(S_Q.shape[1], np.float64)
     for q in range(first, stop):
         level_heights(mu[q], scale[q], law, gate, mode, bias[q], lam_top, lam_bottom, iters, H)
-        if use_rho:
-            thresholds_into(H, bias[q], gate, mode, C_Q[q])
-        else:
-            rows_at(H, mu[q], scale[q], law, gate, mode, bias[q], S_Q[q])
+        thresholds_into(H, bias[q], gate, mode, C_Q[q])
+        if not use_rho:
+            rows_from_thresholds(C_Q[q], mu[q], scale[q], law, S_Q[q])
 
 
 def level_count(seq_length: int, per_sequence: bool) -> int:
@@ -427,7 +427,7 @@ def route_counts_sparse(hit_bases_Q: np.ndarray, fill_bases_Q: np.ndarray, seq_s
         lam_top = lam_bottom = 0.0
     J = level_count(L, use_rho)
     S_Q = np.zeros((q_n, J + 1, n), np.float64)
-    C_Q = np.zeros((q_n if use_rho else 1, J + 1, n), np.float64)
+    C_Q = np.zeros((q_n, J + 1, n), np.float64)
     codes = (LAW_CODES[law], GATE_CODES.get(gate, 0), MODE_CODES[mode])
     # levels per stream from its own law (with rho > 0 the sequences' common law: speed
     # only, as the levels are); each sequence's rows at them when rho > 0

@@ -17,7 +17,7 @@ import numpy as np
 from .numba_math import njit
 
 __all__ = ["LAW_CODES", "GATE_CODES", "MODE_CODES", "survival", "inverse_survival",
-           "levels_into", "level_heights", "rows_at", "thresholds_into", "rows_from_thresholds"]
+           "level_heights", "thresholds_into", "rows_from_thresholds"]
 
 LAW_CODES = {"normal": 0, "logistic": 1, "gumbel": 2}
 GATE_CODES = {"sigmoid": 0, "sqrtsoftplus": 2}
@@ -200,30 +200,14 @@ def level_heights(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, H
 
 
 @njit(**_OPT)
-def rows_at(H, m, sigma, law, gate, mode, bias, S_out):
-    """Per level of ``H`` (:func:`level_heights`) and expert the probability of scoring
-    above it, into ``S_out`` (J + 1, E): rows non-decreasing down (each at least the
-    row above, so that the bands are well ordered); all zero when ``H`` is NaN or the
-    noise scale is zero (every token completed densely)."""
-    n = m.shape[0]
-    J = S_out.shape[0] - 1
-    if not sigma > 0.0 or np.isnan(H[0]):
-        S_out[:, :] = 0.0
-        return
-    for j in range(J + 1):
-        for i in range(n):
-            # every score exceeds -inf (also g * b <= 0, which never exceeds a level >= 0)
-            p = 1.0 if H[j] == -np.inf else _above(H[j], m, sigma, law, gate, mode, bias, i)
-            S_out[j, i] = max(p, S_out[j - 1, i]) if j > 0 else p
-
-
-@njit(**_OPT)
 def thresholds_into(H, bias, gate, mode, C_out):
     """The logit above which each expert's selection score exceeds each level of ``H``,
     into ``C_out`` (J + 1, E) (+-inf: never, always); NaN rows when ``H`` is NaN.
 
-    Fixed for a stream, so a sequence's rows (:func:`rows_from_thresholds`) cost one
-    survival function per level and expert.
+    Fixed for a stream, so its rows, or each of its sequences' rows when they have a
+    shared component (:func:`rows_from_thresholds`), cost one survival function per
+    level and expert. A level of ``-inf`` is exceeded by every score (also ``g * b <= 0``,
+    which never exceeds a level ``>= 0``).
     """
     for j in range(H.shape[0]):
         for i in range(bias.shape[0]):
@@ -235,7 +219,14 @@ def thresholds_into(H, bias, gate, mode, C_out):
 
 @njit(**_OPT)
 def rows_from_thresholds(C, m, sigma, law, S_out):
-    """:func:`rows_at` from the thresholds of :func:`thresholds_into` (same rows)."""
+    """Per level and expert the probability of scoring above the level, into ``S_out``
+    (J + 1, E), from the thresholds of :func:`thresholds_into` and the logits' law
+    (``m``, ``sigma``).
+
+    Rows non-decreasing down (each at least the row above, so that the bands are well
+    ordered); all zero when the levels are NaN or the noise scale is zero (every token
+    completed densely).
+    """
     n = m.shape[0]
     J = S_out.shape[0] - 1
     if not sigma > 0.0 or np.isnan(C[0, 0]):
@@ -251,18 +242,3 @@ def rows_from_thresholds(C, m, sigma, law, S_out):
             else:
                 p = survival((c - m[i]) / sigma, law)
             S_out[j, i] = max(p, S_out[j - 1, i]) if j > 0 else p
-
-
-@njit(**_OPT)
-def levels_into(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, S_out):
-    """Per level and expert the probability of scoring above the level, into ``S_out``.
-
-    :func:`level_heights` then :func:`rows_at`: rows ``j = 0 .. J - 1`` are the levels
-    from the highest down (non-decreasing down the rows); row ``J`` (the last) is the
-    completion level, below the lowest, with about ``2 lambda_J`` expected above it (1
-    when that is every expert). All zero when every token must be completed densely
-    (zero noise scale).
-    """
-    H = np.empty(S_out.shape[0], np.float64)
-    level_heights(m, sigma, law, gate, mode, bias, lam_top, lam_bottom, iters, H)
-    rows_at(H, m, sigma, law, gate, mode, bias, S_out)
