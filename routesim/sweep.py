@@ -222,6 +222,11 @@ def default_threads_per_worker(workers: int) -> int | None:
     int or None
         ``max(1, cores // workers)``, the cores being those this process may run on.
 
+    Raises
+    ------
+    ConfigError
+        If ``workers`` is not an integer >= 1.
+
     Examples
     --------
     >>> import os
@@ -235,13 +240,15 @@ def default_threads_per_worker(workers: int) -> int | None:
     >>> if saved is not None:
     ...     os.environ["NUMBA_NUM_THREADS"] = saved
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers = {workers!r}: must be an integer >= 1")
     if os.environ.get("NUMBA_NUM_THREADS"):
         return None
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, cores // max(1, int(workers)))
+    return max(1, cores // workers)
 
 
 @contextlib.contextmanager

@@ -67,3 +67,29 @@ def test_a_failure_stops_the_other_threads():
     time.sleep(0.1)
     assert len(ran) == done, "a thread kept working after the call returned"
     assert done <= 3, ran
+
+
+@pytest.mark.parametrize("threads, n_tasks, field", [
+    (0, 4, "threads"), (2.0, 4, "threads"), (True, 4, "threads"), (2, -1, "n_tasks"),
+])
+def test_bad_sizes_are_refused(threads, n_tasks, field):
+    from routesim import ConfigError
+
+    with pytest.raises(ConfigError, match=f"^{field} = "):
+        run_tasks(threads, n_tasks, lambda a, b: None, ())
+
+
+def test_no_task_runs_nothing():
+    calls = []
+    run_tasks(2, 0, lambda a, b: calls.append((a, b)), ())
+    assert calls == []
+
+
+def test_numpy_integer_sizes_are_taken():
+    runs_T = np.zeros(6, np.int64)
+
+    def fn(first: int, stop: int) -> None:
+        runs_T[first:stop] += 1
+
+    run_tasks(np.int64(2), np.int32(6), fn, ())
+    assert runs_T.tolist() == [1] * 6

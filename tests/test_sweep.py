@@ -185,3 +185,11 @@ def test_local_workers_share_out_the_cores(whole, tmp_path, monkeypatch):
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     _same(run_sweep(CFG, tmp_path / "b", points_per_chunk=3, workers=2, progress=False), whole)
     assert seen == [max(1, cores // 2), None]
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5, True])
+def test_default_threads_per_worker_refuses_bad_counts(workers):
+    from routesim.sweep import default_threads_per_worker
+
+    with pytest.raises(ConfigError, match="^workers = "):
+        default_threads_per_worker(workers)

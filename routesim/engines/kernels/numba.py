@@ -567,5 +567,5 @@ def route_counts(bases_Q: np.ndarray, token_start: int, n_tok: int, seq_length: 
     args = (np.ascontiguousarray(bases_Q, dtype=np.uint64), tq, ta, tb, ts, L, token_start // L,
             h, n, topk, mu, scale, sr, sq, a_seq, use_rho, bias, code, bool(multiplicative),
             bool(want_displacement), filt, counts, disp)
-    run_tasks(min(threads, len(tq)), len(tq), _route_tasks, args)
+    run_tasks(threads, len(tq), _route_tasks, args)
     return counts.sum(axis=2), np.bincount(tq, weights=disp, minlength=q_n).astype(np.int64)

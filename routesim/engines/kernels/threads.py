@@ -10,9 +10,12 @@ interrupted), the others stop after their current group and the call raises.
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import threading
 from typing import Any, Callable
+
+from ...exceptions import ConfigError
 
 __all__ = ["default_threads", "run_tasks"]
 
@@ -67,6 +70,11 @@ def run_tasks(threads: int, n_tasks: int, fn: Callable[..., Any], args: tuple,
         pay one call per group, not one per task, and a slow group is balanced by the
         others.
 
+    Raises
+    ------
+    ConfigError
+        If ``threads`` is not an integer >= 1 or ``n_tasks`` not one >= 0.
+
     Examples
     --------
     >>> seen = []
@@ -74,7 +82,19 @@ def run_tasks(threads: int, n_tasks: int, fn: Callable[..., Any], args: tuple,
     >>> sorted(seen) == list(range(10))
     True
     """
-    threads = max(1, min(threads, n_tasks))
+    sizes = []
+    for name, value, least in (("threads", threads, 1), ("n_tasks", n_tasks, 0)):
+        try:  # NumPy integers too
+            size = operator.index(value) if not isinstance(value, bool) else None
+        except TypeError:
+            size = None
+        if size is None or size < least:
+            raise ConfigError(f"{name} = {value!r}: must be an integer >= {least}")
+        sizes.append(size)
+    threads, n_tasks = sizes
+    if n_tasks == 0:
+        return
+    threads = min(threads, n_tasks)
     if threads == 1:
         fn(0, n_tasks, *args)
         return
